@@ -1,0 +1,183 @@
+//! Model throughput benchmark: token log-probs (inference forward), a training step (forward +
+//! backward of the mean token NLL) and batched greedy decoding with the KV cache, on any device.
+//!
+//! `scripts/bench_transformers.py` measures the same three things with HF transformers on the same
+//! shapes and weights; run both side by side and record the figures in BENCHMARKS.md:
+//!
+//! ```sh
+//! cargo run --release --example bench_model -- --model models/Qwen2.5-0.5B-Instruct --batch 2 --seq 256
+//! ```
+//!
+//! A folder with only a `config.json` gets random weights (normal(0, 0.02), as HF initialises).
+//! Prints one JSON line per measurement.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use burn::module::AutodiffModule;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Int, Tensor, TensorData};
+use clap::Parser;
+use longrl::device::{AutodiffBackendFn, DeviceSpec};
+use longrl::generate::{greedy, GreedyConfig};
+use longrl::model::{checkpoint, load_model, Qwen2Config, Qwen2ForCausalLM, DEFAULT_LOGITS_CHUNK};
+use serde_json::json;
+
+/// Benchmark options.
+#[derive(Debug, Parser)]
+struct Args {
+    /// Model folder (config.json; weights optional).
+    #[arg(long)]
+    model: PathBuf,
+    /// Device: flex, ndarray, wgpu, cuda[:N].
+    #[arg(long)]
+    device: Option<DeviceSpec>,
+    /// Sequences per batch.
+    #[arg(long, default_value_t = 2)]
+    batch: usize,
+    /// Tokens per sequence for the forward and training measurements (and the decode prompt).
+    #[arg(long, default_value_t = 256)]
+    seq: usize,
+    /// New tokens per sequence for the decode measurement.
+    #[arg(long, default_value_t = 32)]
+    new_tokens: usize,
+    /// Timed repetitions (after one warm-up).
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
+    /// Which measurements: any of forward, train, decode (comma-separated).
+    #[arg(long, default_value = "forward,train,decode")]
+    only: String,
+}
+
+struct Bench(Args);
+
+fn ids<B: Backend>(
+    batch: usize,
+    seq: usize,
+    vocab: usize,
+    device: &B::Device,
+) -> Tensor<B, 2, Int> {
+    // A fixed pseudo-random token stream, the same as bench_transformers.py's.
+    let v: Vec<i64> = (0..batch * seq)
+        .map(|i| ((i as u64 * 2_654_435_761 + 12_345) % vocab as u64) as i64)
+        .collect();
+    Tensor::from_data(TensorData::new(v, [batch, seq]), device)
+}
+
+fn mean_nll<B: Backend>(
+    model: &Qwen2ForCausalLM<B>,
+    x: Tensor<B, 2, Int>,
+    device: &B::Device,
+) -> Tensor<B, 1> {
+    let [b, t] = x.dims();
+    let mask = Tensor::<B, 2, Int>::ones([b, t], device).bool();
+    let pos = Tensor::<B, 1, Int>::arange(0..t as i64, device)
+        .reshape([1, t])
+        .expand([b, t]);
+    let hidden = model
+        .forward_hidden(x.clone(), mask, pos, None)
+        .expect("forward");
+    let [_, _, h] = hidden.dims();
+    let lp = model.token_logprobs(
+        hidden.slice([0..b, 0..t - 1, 0..h]),
+        x.slice([0..b, 1..t]),
+        1.0,
+        DEFAULT_LOGITS_CHUNK,
+    );
+    lp.mean().neg()
+}
+
+fn time<F: FnMut()>(reps: usize, mut f: F) -> f64 {
+    f();
+    let start = Instant::now();
+    for _ in 0..reps {
+        f();
+    }
+    start.elapsed().as_secs_f64() / reps as f64
+}
+
+impl AutodiffBackendFn for Bench {
+    type Output = ();
+
+    fn call<B: AutodiffBackend>(self, device: B::Device) {
+        let a = self.0;
+        let config = Qwen2Config::from_file(a.model.join("config.json")).expect("config.json");
+        let model: Qwen2ForCausalLM<B> = if checkpoint::weight_files(&a.model).is_ok() {
+            load_model(&a.model, &device).expect("load weights")
+        } else {
+            Qwen2ForCausalLM::init(&config, &device)
+        };
+        let device_name = a
+            .device
+            .map(|d| d.to_string())
+            .unwrap_or_else(|| DeviceSpec::best_available().to_string());
+        let (b, t, vocab) = (a.batch, a.seq, config.vocab_size);
+        let report = |what: &str, secs: f64, tokens: usize| {
+            let line = json!({
+                "impl": "longrl", "bench": what, "device": device_name, "model": a.model.display().to_string(),
+                "batch": b, "seq": t, "new_tokens": a.new_tokens, "seconds": secs,
+                "tokens_per_s": tokens as f64 / secs,
+            });
+            println!("{line}");
+        };
+        let inner = model.valid();
+        if a.only.contains("forward") {
+            let secs = time(a.reps, || {
+                let nll = mean_nll(
+                    &inner,
+                    ids::<B::InnerBackend>(b, t, vocab, &device),
+                    &device,
+                );
+                nll.into_scalar();
+            });
+            report("forward_logprobs", secs, b * t);
+        }
+        if a.only.contains("train") {
+            let secs = time(a.reps, || {
+                let loss = mean_nll(&model, ids::<B>(b, t, vocab, &device), &device);
+                let grads = loss.backward();
+                drop(grads);
+                B::sync(&device).expect("sync");
+            });
+            report("train_step_fwd_bwd", secs, b * t);
+        }
+        if a.only.contains("decode") {
+            let prompts: Vec<Vec<u32>> = ids::<B::InnerBackend>(b, t, vocab, &device)
+                .into_data()
+                .iter::<i64>()
+                .map(|x| x as u32)
+                .collect::<Vec<_>>()
+                .chunks(t)
+                .map(<[u32]>::to_vec)
+                .collect();
+            let cfg = GreedyConfig {
+                max_new_tokens: a.new_tokens,
+                ..Default::default()
+            };
+            let prefill_cfg = GreedyConfig {
+                max_new_tokens: 1,
+                ..Default::default()
+            };
+            let prefill = time(a.reps, || {
+                greedy(&inner, &prompts, &prefill_cfg, &device).expect("prefill");
+            });
+            let total = time(a.reps, || {
+                greedy(&inner, &prompts, &cfg, &device).expect("decode");
+            });
+            report("prefill", prefill, b * t);
+            // Decode throughput excludes the prefill: new tokens after the first / their time.
+            report(
+                "decode",
+                (total - prefill).max(1e-9),
+                b * (a.new_tokens - 1),
+            );
+        }
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let device = args.device.unwrap_or_else(DeviceSpec::best_available);
+    device.run_autodiff(Bench(args))?;
+    Ok(())
+}

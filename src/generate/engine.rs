@@ -1,0 +1,336 @@
+//! The rollout engine: batched sampling with the KV cache for many prompts at once, G samples per
+//! prompt sharing one prefill.
+//!
+//! A call prefills every distinct prompt once (left-padded, in chunks of `prefill_chunk` columns so
+//! long documents need bounded memory), copies each prompt's cache rows to its samples, then
+//! decodes one token per step for all live sequences. A sequence that stops (stop token, stop
+//! string or length) leaves the batch: its cache rows are dropped, so it costs no more compute.
+//! Every sequence samples from its own random stream (seeded per sample), so its tokens do not
+//! depend on which other sequences share its batch.
+
+use std::collections::HashSet;
+
+use burn::tensor::{backend::Backend, Bool, Int, Tensor, TensorData};
+
+use super::sampling::{sample_row, seq_rng, SamplingParams, SeqRng};
+use super::{prefill, FinishReason, PaddedBatch};
+use crate::error::{Error, Result};
+use crate::model::{KvCache, Qwen2ForCausalLM};
+
+/// One prompt and the seeds of its samples: `seeds.len()` samples are drawn (G for a GRPO group).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GenerateRequest {
+    /// Prompt token ids (non-empty).
+    pub prompt: Vec<u32>,
+    /// One seed per sample (see [`super::sample_seed`]).
+    pub seeds: Vec<u64>,
+}
+
+/// One sampled continuation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    /// Generated token ids (prompt excluded; a stop token is included).
+    pub output_ids: Vec<u32>,
+    /// `log_softmax(logits / temperature)` of each output token: the behaviour log-probs.
+    pub logprobs: Vec<f32>,
+    /// Why the sequence stopped.
+    pub finish_reason: FinishReason,
+    /// The decoded text (when the engine has a detokenizer), cut before a stop string.
+    pub text: Option<String>,
+}
+
+/// Turns token ids into text (special tokens skipped), for stop strings and outputs.
+pub type Detokenizer<'a> = Box<dyn Fn(&[u32]) -> Result<String> + 'a>;
+
+/// Engine settings that do not change between calls.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// Id fed at padding positions (never attended to).
+    pub pad_token_id: u32,
+    /// Prompt columns prefilled per forward pass.
+    pub prefill_chunk: usize,
+    /// Largest KV cache (bytes, f32) a call may allocate; `None` is unbounded.
+    pub max_cache_bytes: Option<usize>,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        Self {
+            pad_token_id: 0,
+            prefill_chunk: 2048,
+            max_cache_bytes: None,
+        }
+    }
+}
+
+/// Samples continuations from a model on one device.
+pub struct Engine<'a, B: Backend> {
+    model: &'a Qwen2ForCausalLM<B>,
+    device: B::Device,
+    options: EngineOptions,
+    detokenizer: Option<Detokenizer<'a>>,
+}
+
+/// Decoding state of one sequence.
+struct Seq {
+    request: usize,
+    ids: Vec<u32>,
+    logprobs: Vec<f32>,
+    rng: SeqRng,
+    next_pos: i64,
+    finished: Option<FinishReason>,
+    stopped_by_string: bool,
+}
+
+impl<'a, B: Backend> Engine<'a, B> {
+    /// An engine for `model` on `device`.
+    pub fn new(model: &'a Qwen2ForCausalLM<B>, device: B::Device, options: EngineOptions) -> Self {
+        Self {
+            model,
+            device,
+            options,
+            detokenizer: None,
+        }
+    }
+
+    /// Adds a detokenizer: samples then carry text, and stop strings can be used.
+    pub fn with_detokenizer(mut self, detokenizer: Detokenizer<'a>) -> Self {
+        self.detokenizer = Some(detokenizer);
+        self
+    }
+
+    /// Samples every request; the result holds, per request, its samples in seed order.
+    pub fn generate(
+        &self,
+        requests: &[GenerateRequest],
+        params: &SamplingParams,
+    ) -> Result<Vec<Vec<Sample>>> {
+        self.generate_with_progress(requests, params, &mut |_| {})
+    }
+
+    /// As [`Self::generate`], calling `progress(n)` after each decoding step that produced `n` tokens.
+    pub fn generate_with_progress(
+        &self,
+        requests: &[GenerateRequest],
+        params: &SamplingParams,
+        progress: &mut dyn FnMut(usize),
+    ) -> Result<Vec<Vec<Sample>>> {
+        params.validate()?;
+        self.validate(requests, params)?;
+        let live: Vec<usize> = (0..requests.len())
+            .filter(|&i| !requests[i].seeds.is_empty())
+            .collect();
+        let mut seqs: Vec<Seq> = live
+            .iter()
+            .flat_map(|&r| {
+                requests[r].seeds.iter().map(move |&seed| Seq {
+                    request: r,
+                    ids: Vec::new(),
+                    logprobs: Vec::new(),
+                    rng: seq_rng(seed),
+                    next_pos: requests[r].prompt.len() as i64,
+                    finished: None,
+                    stopped_by_string: false,
+                })
+            })
+            .collect();
+        if seqs.is_empty() || params.max_new_tokens == 0 {
+            seqs.iter_mut()
+                .for_each(|s| s.finished = Some(FinishReason::Length));
+            return self.finish(requests, seqs, params);
+        }
+        let prompts: Vec<Vec<u32>> = live.iter().map(|&r| requests[r].prompt.clone()).collect();
+        let batch = PaddedBatch::left_padded(&prompts, self.options.pad_token_id);
+        let capacity = batch.len + params.max_new_tokens;
+        let mut cache = KvCache::new(self.model.config(), prompts.len(), capacity, &self.device);
+        let last = prefill(
+            self.model,
+            &batch,
+            &mut cache,
+            self.options.prefill_chunk,
+            &self.device,
+        )?;
+        // Sequence i reads prompt row `rows[i]`: copy the prefilled rows to every sample.
+        let rows: Vec<usize> = live
+            .iter()
+            .enumerate()
+            .flat_map(|(row, &r)| std::iter::repeat_n(row, requests[r].seeds.len()))
+            .collect();
+        let identity = rows.len() == prompts.len();
+        let mut cache = if identity {
+            cache
+        } else {
+            cache.select_rows(&rows)
+        };
+        let mut logits = if identity {
+            last
+        } else {
+            last.select(0, self.index(&rows))
+        };
+        let stop_ids: HashSet<u32> = params.stop_token_ids.iter().copied().collect();
+        let stop_window = params
+            .stop_strings
+            .iter()
+            .map(|s| s.chars().count())
+            .max()
+            .unwrap_or(0)
+            + 8;
+        // `active[r]` is the sequence in cache row r.
+        let mut active: Vec<usize> = (0..seqs.len()).collect();
+        let vocab = self.model.config().vocab_size;
+        let mut scratch = Vec::new();
+        loop {
+            let host: Vec<f32> = logits.into_data().iter::<f32>().collect();
+            debug_assert_eq!(host.len(), active.len() * vocab);
+            for (r, &s) in active.iter().enumerate() {
+                let seq = &mut seqs[s];
+                let row = &host[r * vocab..(r + 1) * vocab];
+                let (tok, lp) = sample_row(row, params, &mut seq.rng, &mut scratch);
+                seq.ids.push(tok);
+                seq.logprobs.push(lp);
+                if stop_ids.contains(&tok) {
+                    seq.finished = Some(FinishReason::Stop);
+                } else if self.hits_stop_string(&seq.ids, params, stop_window)? {
+                    seq.finished = Some(FinishReason::Stop);
+                    seq.stopped_by_string = true;
+                } else if seq.ids.len() >= params.max_new_tokens {
+                    seq.finished = Some(FinishReason::Length);
+                }
+            }
+            progress(active.len());
+            let keep: Vec<usize> = (0..active.len())
+                .filter(|&r| seqs[active[r]].finished.is_none())
+                .collect();
+            if keep.is_empty() {
+                break;
+            }
+            if keep.len() < active.len() {
+                cache = cache.select_rows(&keep);
+                active = keep.iter().map(|&r| active[r]).collect();
+            }
+            let n = active.len();
+            let ids: Vec<i64> = active
+                .iter()
+                .map(|&s| *seqs[s].ids.last().expect("sampled") as i64)
+                .collect();
+            let pos: Vec<i64> = active.iter().map(|&s| seqs[s].next_pos).collect();
+            for &s in &active {
+                seqs[s].next_pos += 1;
+            }
+            let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [n, 1]), &self.device);
+            let pos = Tensor::<B, 2, Int>::from_data(TensorData::new(pos, [n, 1]), &self.device);
+            let mask = Tensor::<B, 2, Bool>::from_data(
+                TensorData::new(vec![true; n], [n, 1]),
+                &self.device,
+            );
+            let hidden = self
+                .model
+                .forward_hidden(ids, mask, pos, Some(&mut cache))?;
+            logits = self.model.logits(hidden).squeeze_dim::<2>(1);
+        }
+        self.finish(requests, seqs, params)
+    }
+
+    fn index(&self, rows: &[usize]) -> Tensor<B, 1, Int> {
+        let v: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
+        Tensor::from_data(TensorData::new(v, [rows.len()]), &self.device)
+    }
+
+    fn validate(&self, requests: &[GenerateRequest], params: &SamplingParams) -> Result<()> {
+        let config = self.model.config();
+        let vocab = config.vocab_size;
+        for (i, r) in requests.iter().enumerate() {
+            if r.prompt.is_empty() {
+                return Err(Error::Invalid(format!(
+                    "request {i}: empty prompt; at least one token is needed"
+                )));
+            }
+            if let Some(bad) = r.prompt.iter().find(|&&t| t as usize >= vocab) {
+                return Err(Error::Invalid(format!(
+                    "request {i}: token id {bad} is out of range for the model's vocab_size {vocab}"
+                )));
+            }
+        }
+        if !params.stop_strings.is_empty() && self.detokenizer.is_none() {
+            return Err(Error::Invalid(
+                "stop strings need a tokenizer (the engine has no detokenizer)".into(),
+            ));
+        }
+        if let Some(limit) = self.options.max_cache_bytes {
+            let prompts = requests.iter().filter(|r| !r.seeds.is_empty()).count();
+            let seqs: usize = requests.iter().map(|r| r.seeds.len()).sum();
+            let longest = requests.iter().map(|r| r.prompt.len()).max().unwrap_or(0);
+            let positions = longest + params.max_new_tokens;
+            let need = KvCache::<B>::bytes_needed(config, prompts.max(seqs), positions);
+            if need > limit {
+                return Err(Error::Invalid(format!(
+                    "the KV cache for {seqs} sequences x {positions} positions (longest prompt {longest} + \
+                     max_new_tokens {}) needs {:.2} GiB, more than the limit of {:.2} GiB: lower the batch \
+                     size, the number of samples or max_new_tokens, or raise the limit",
+                    params.max_new_tokens,
+                    need as f64 / (1u64 << 30) as f64,
+                    limit as f64 / (1u64 << 30) as f64
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the newest tokens complete a stop string (decoding only a tail window).
+    fn hits_stop_string(
+        &self,
+        ids: &[u32],
+        params: &SamplingParams,
+        window: usize,
+    ) -> Result<bool> {
+        let Some(detok) = &self.detokenizer else {
+            return Ok(false);
+        };
+        if params.stop_strings.is_empty() {
+            return Ok(false);
+        }
+        let tail = detok(&ids[ids.len().saturating_sub(window)..])?;
+        Ok(params
+            .stop_strings
+            .iter()
+            .any(|s| tail.contains(s.as_str())))
+    }
+
+    fn finish(
+        &self,
+        requests: &[GenerateRequest],
+        seqs: Vec<Seq>,
+        params: &SamplingParams,
+    ) -> Result<Vec<Vec<Sample>>> {
+        let mut out: Vec<Vec<Sample>> = requests
+            .iter()
+            .map(|r| Vec::with_capacity(r.seeds.len()))
+            .collect();
+        for seq in seqs {
+            let text = match &self.detokenizer {
+                Some(detok) => {
+                    let mut text = detok(&seq.ids)?;
+                    if seq.stopped_by_string {
+                        if let Some(cut) = params
+                            .stop_strings
+                            .iter()
+                            .filter_map(|s| text.find(s.as_str()))
+                            .min()
+                        {
+                            text.truncate(cut);
+                        }
+                    }
+                    Some(text)
+                }
+                None => None,
+            };
+            out[seq.request].push(Sample {
+                output_ids: seq.ids,
+                logprobs: seq.logprobs,
+                finish_reason: seq.finished.unwrap_or(FinishReason::Length),
+                text,
+            });
+        }
+        Ok(out)
+    }
+}

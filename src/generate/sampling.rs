@@ -1,0 +1,355 @@
+//! Token sampling from one row of logits: temperature, top-k, top-p, and the log-prob the trainer
+//! will recompute.
+//!
+//! The reported log-prob of a sampled token is `log_softmax(logits / temperature)[token]` over the
+//! whole vocabulary (top-k/top-p not applied), as verl computes the behaviour policy's log-probs.
+//! Sampling runs on the host, in f64 where it sums, with a per-sequence random stream, so a
+//! sequence's samples do not depend on the other sequences of its batch.
+
+use std::cmp::Ordering;
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::error::{Error, Result};
+
+/// Sampling settings shared by every sequence of a generate call (names as in vLLM / HF).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SamplingParams {
+    /// Softmax temperature; 0 means greedy (argmax) decoding.
+    pub temperature: f32,
+    /// Nucleus sampling: keep the most probable tokens whose mass reaches `top_p` (1 = off).
+    pub top_p: f32,
+    /// Keep only the `top_k` most probable tokens (0 = off).
+    pub top_k: usize,
+    /// Most tokens generated per sequence.
+    pub max_new_tokens: usize,
+    /// Token ids that end a sequence (EOS, `<|im_end|>`, ...); the stop token is kept in the output.
+    pub stop_token_ids: Vec<u32>,
+    /// Strings that end a sequence; the text is cut before the stop string (as vLLM does).
+    pub stop_strings: Vec<String>,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        Self {
+            temperature: 1.0,
+            top_p: 1.0,
+            top_k: 0,
+            max_new_tokens: 256,
+            stop_token_ids: Vec::new(),
+            stop_strings: Vec::new(),
+        }
+    }
+}
+
+impl SamplingParams {
+    /// Greedy decoding of at most `max_new_tokens` tokens.
+    pub fn greedy(max_new_tokens: usize) -> Self {
+        Self {
+            temperature: 0.0,
+            max_new_tokens,
+            ..Self::default()
+        }
+    }
+
+    /// Checks the ranges of the settings, naming the bad one.
+    pub fn validate(&self) -> Result<()> {
+        if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
+            return Err(Error::Invalid(format!(
+                "temperature {}: expected a finite number >= 0 (0 is greedy)",
+                self.temperature
+            )));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return Err(Error::Invalid(format!(
+                "top_p {}: expected a number in (0, 1]",
+                self.top_p
+            )));
+        }
+        if self.stop_strings.iter().any(String::is_empty) {
+            return Err(Error::Invalid("stop strings must not be empty".into()));
+        }
+        Ok(())
+    }
+
+    /// Whether decoding is greedy (temperature 0 or top-k 1).
+    pub fn is_greedy(&self) -> bool {
+        self.temperature == 0.0 || self.top_k == 1
+    }
+}
+
+/// The random stream of one sequence.
+pub type SeqRng = ChaCha8Rng;
+
+/// The seed of sample `sample` of input `index` in a run seeded with `seed` (SplitMix64 mixing, so
+/// nearby indices give unrelated streams). Independent runs that pass these seeds reproduce the
+/// samples of a grouped run.
+pub fn sample_seed(seed: u64, index: u64, sample: u64) -> u64 {
+    let mut z = seed;
+    for v in [index, sample] {
+        z = splitmix64(z ^ splitmix64(v.wrapping_add(0x9E37_79B9_7F4A_7C15)));
+    }
+    z
+}
+
+fn splitmix64(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// A random stream for one sequence.
+pub fn seq_rng(seed: u64) -> SeqRng {
+    ChaCha8Rng::seed_from_u64(seed)
+}
+
+/// Descending by value, ties broken by the lower index, so selection is a total order.
+fn desc(values: &[f32]) -> impl Fn(&u32, &u32) -> Ordering + '_ {
+    move |&a, &b| {
+        values[b as usize]
+            .partial_cmp(&values[a as usize])
+            .unwrap_or(Ordering::Equal)
+            .then(a.cmp(&b))
+    }
+}
+
+/// Index of the largest entry (the first one on ties), as `argmax` does.
+fn argmax(row: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &v) in row.iter().enumerate() {
+        if v > row[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+/// `log(sum(exp(z)))` of `row / temperature`, computed stably in f64.
+fn log_sum_exp(row: &[f32], inv_t: f64, max: f64) -> f64 {
+    let s: f64 = row.iter().map(|&x| (x as f64 * inv_t - max).exp()).sum();
+    max + s.ln()
+}
+
+/// Picks the next token from `row` (the logits over the vocabulary) and returns it with its
+/// log-prob under `log_softmax(row / temperature)` (temperature 1 when greedy).
+///
+/// `scratch` is reused between calls to avoid allocating a vocabulary-sized buffer per token.
+pub fn sample_row(
+    row: &[f32],
+    p: &SamplingParams,
+    rng: &mut SeqRng,
+    scratch: &mut Vec<u32>,
+) -> (u32, f32) {
+    let n = row.len();
+    let inv_t = if p.temperature > 0.0 {
+        1.0 / p.temperature as f64
+    } else {
+        1.0
+    };
+    let best = argmax(row);
+    let max = row[best] as f64 * inv_t;
+    let lse = log_sum_exp(row, inv_t, max);
+    let logprob = |i: usize| (row[i] as f64 * inv_t - lse) as f32;
+    if p.is_greedy() {
+        return (best as u32, logprob(best));
+    }
+    let weight = |i: u32| (row[i as usize] as f64 * inv_t - max).exp();
+    let k = if p.top_k == 0 { n } else { p.top_k.min(n) };
+    if k == n && p.top_p >= 1.0 {
+        // Plain sampling: one pass over the vocabulary.
+        let total = (lse - max).exp();
+        let u = rng.random::<f64>() * total;
+        let mut acc = 0.0;
+        for i in 0..n {
+            acc += weight(i as u32);
+            if acc > u {
+                return (i as u32, logprob(i));
+            }
+        }
+        return (best as u32, logprob(best));
+    }
+    scratch.clear();
+    scratch.extend(0..n as u32);
+    let cmp = desc(row);
+    // The top-k candidates (unordered), then their mass.
+    if k < n {
+        scratch.select_nth_unstable_by(k - 1, &cmp);
+        scratch.truncate(k);
+    }
+    let cand_mass: f64 = if k < n {
+        scratch.iter().map(|&i| weight(i)).sum()
+    } else {
+        (lse - max).exp()
+    };
+    // Nucleus: order the candidates lazily, a growing prefix at a time, until the kept mass reaches
+    // top_p of the candidates' mass (a token is kept if the mass before it is below top_p).
+    let target = p.top_p as f64 * cand_mass;
+    let mut sorted = 0;
+    let mut mass = 0.0;
+    let mut keep = 0;
+    let mut want = 64usize;
+    'grow: loop {
+        let upto = want.min(scratch.len());
+        if upto > sorted {
+            let tail = &mut scratch[sorted..];
+            if upto - sorted < tail.len() {
+                tail.select_nth_unstable_by(upto - sorted - 1, &cmp);
+            }
+            scratch[sorted..upto].sort_unstable_by(&cmp);
+            sorted = upto;
+        }
+        while keep < sorted {
+            if p.top_p < 1.0 && mass >= target {
+                break 'grow;
+            }
+            mass += weight(scratch[keep]);
+            keep += 1;
+        }
+        if sorted == scratch.len() {
+            break;
+        }
+        want *= 4;
+    }
+    let u = rng.random::<f64>() * mass;
+    let mut acc = 0.0;
+    for &i in &scratch[..keep] {
+        acc += weight(i);
+        if acc > u {
+            return (i, logprob(i as usize));
+        }
+    }
+    let last = scratch[keep - 1];
+    (last, logprob(last as usize))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(temperature: f32, top_p: f32, top_k: usize) -> SamplingParams {
+        SamplingParams {
+            temperature,
+            top_p,
+            top_k,
+            ..SamplingParams::default()
+        }
+    }
+
+    fn counts(row: &[f32], p: &SamplingParams, draws: usize) -> Vec<usize> {
+        let mut rng = seq_rng(7);
+        let mut scratch = Vec::new();
+        let mut c = vec![0; row.len()];
+        for _ in 0..draws {
+            c[sample_row(row, p, &mut rng, &mut scratch).0 as usize] += 1;
+        }
+        c
+    }
+
+    #[test]
+    fn greedy_picks_argmax_with_full_logprob() {
+        let row = [0.1f32, 2.0, -1.0, 2.0];
+        let (tok, lp) = sample_row(&row, &params(0.0, 1.0, 0), &mut seq_rng(1), &mut Vec::new());
+        assert_eq!(tok, 1, "first of the tied maxima");
+        let lse = row.iter().map(|&x| (x as f64).exp()).sum::<f64>().ln();
+        assert!((lp as f64 - (2.0 - lse)).abs() < 1e-6);
+    }
+
+    #[test]
+    fn logprob_ignores_top_k_and_top_p() {
+        let row: Vec<f32> = (0..50).map(|i| (i as f32 * 0.37).sin() * 3.0).collect();
+        let p = params(0.7, 0.5, 5);
+        let (tok, lp) = sample_row(&row, &p, &mut seq_rng(3), &mut Vec::new());
+        let z: Vec<f64> = row.iter().map(|&x| x as f64 / 0.7).collect();
+        let m = z.iter().cloned().fold(f64::MIN, f64::max);
+        let lse = m + z.iter().map(|v| (v - m).exp()).sum::<f64>().ln();
+        assert!((lp as f64 - (z[tok as usize] - lse)).abs() < 1e-5);
+    }
+
+    #[test]
+    fn top_k_restricts_support_and_matches_softmax() {
+        let row = [1.0f32, 3.0, 2.0, 0.5, 2.5];
+        let draws = 40_000;
+        let c = counts(&row, &params(1.0, 1.0, 3), draws);
+        assert_eq!(c[0] + c[3], 0, "outside the top 3: {c:?}");
+        // Within the top 3, frequencies follow the renormalised softmax (5 sigma bounds).
+        let w: Vec<f64> = [3.0f64, 2.0, 2.5].iter().map(|x| x.exp()).collect();
+        let s: f64 = w.iter().sum();
+        for (idx, wi) in [1usize, 2, 4].iter().zip(&w) {
+            let p = wi / s;
+            let sd = (p * (1.0 - p) / draws as f64).sqrt();
+            let f = c[*idx] as f64 / draws as f64;
+            assert!((f - p).abs() < 5.0 * sd, "token {idx}: freq {f} vs p {p}");
+        }
+    }
+
+    #[test]
+    fn top_p_excludes_the_tail() {
+        // Probabilities 0.5, 0.3, 0.15, 0.05: top_p 0.75 keeps exactly the first two (the mass
+        // before the third is 0.8), renormalised to 0.625 / 0.375.
+        let probs = [0.5f64, 0.3, 0.15, 0.05];
+        let row: Vec<f32> = probs.iter().map(|p| p.ln() as f32).collect();
+        let draws = 40_000;
+        let c = counts(&row, &params(1.0, 0.75, 0), draws);
+        assert_eq!(c[2] + c[3], 0, "tail sampled: {c:?}");
+        let f = c[0] as f64 / draws as f64;
+        let sd = (0.625f64 * 0.375 / draws as f64).sqrt();
+        assert!((f - 0.625).abs() < 5.0 * sd, "freq of the top token {f}");
+        // top_p 0.85 takes the third token in too.
+        let c = counts(&row, &params(1.0, 0.85, 0), draws);
+        assert!(c[2] > 0 && c[3] == 0, "{c:?}");
+    }
+
+    #[test]
+    fn top_p_on_a_large_vocabulary_grows_its_prefix() {
+        // A flat distribution over 1000 tokens: top_p 0.5 keeps 500 of them (the lazy sort must
+        // grow past its first 64).
+        let row = vec![0.0f32; 1000];
+        let c = counts(&row, &params(1.0, 0.5, 0), 20_000);
+        let used = c.iter().filter(|&&x| x > 0).count();
+        assert!(
+            c[500..].iter().all(|&x| x == 0),
+            "tokens past the nucleus were drawn"
+        );
+        assert!(used > 450, "only {used} of the 500 nucleus tokens drawn");
+    }
+
+    #[test]
+    fn plain_sampling_matches_softmax() {
+        let row = [0.0f32, 1.0, 2.0];
+        let draws = 60_000;
+        let c = counts(&row, &params(0.5, 1.0, 0), draws);
+        let w: Vec<f64> = row.iter().map(|&x| (x as f64 / 0.5).exp()).collect();
+        let s: f64 = w.iter().sum();
+        for i in 0..3 {
+            let p = w[i] / s;
+            let sd = (p * (1.0 - p) / draws as f64).sqrt();
+            let f = c[i] as f64 / draws as f64;
+            assert!((f - p).abs() < 5.0 * sd + 1e-4, "token {i}: {f} vs {p}");
+        }
+    }
+
+    #[test]
+    fn seeds_are_distinct_and_stable() {
+        let a = sample_seed(1, 0, 0);
+        assert_eq!(a, sample_seed(1, 0, 0));
+        assert_ne!(a, sample_seed(1, 0, 1));
+        assert_ne!(a, sample_seed(1, 1, 0));
+        assert_ne!(sample_seed(1, 0, 1), sample_seed(1, 1, 0));
+    }
+
+    #[test]
+    fn validate_names_the_setting() {
+        assert!(params(-1.0, 1.0, 0)
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("temperature"));
+        assert!(params(1.0, 0.0, 0)
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("top_p"));
+    }
+}

@@ -1,0 +1,13 @@
+//! longrl: train long-context reasoning LLMs with the QwenLong-L1 recipe (warm-up SFT,
+//! curriculum-guided phased GRPO/DAPO, difficulty-aware retrospective sampling, hybrid rule + LLM
+//! judge rewards) on burn, with one code path for CUDA, wgpu and CPU backends.
+
+pub mod cli;
+pub mod device;
+pub mod error;
+pub mod generate;
+pub mod model;
+pub mod tokenizer;
+
+pub use device::DeviceSpec;
+pub use error::{Error, Result};

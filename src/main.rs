@@ -1,0 +1,5 @@
+//! The `longrl` binary: see `longrl --help`.
+
+fn main() -> std::process::ExitCode {
+    longrl::cli::run_main()
+}

@@ -1,0 +1,464 @@
+//! The Qwen2 decoder (Qwen2, Qwen2.5, DeepSeek-R1-Distill-Qwen, QwenLong-L1), generic over burn
+//! backends. Field names are HuggingFace's parameter names, so a checkpoint's tensors map onto the
+//! module tree without a rename table (`model.layers.3.self_attn.q_proj.weight`, ...).
+
+use burn::module::{Module, Param};
+use burn::nn::{Embedding, EmbeddingConfig, Initializer, Linear, LinearConfig};
+use burn::tensor::activation::{log_softmax, silu};
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::{backend::Backend, Bool, Int, Tensor};
+
+use super::cache::{KvCache, LayerKv};
+use super::config::Qwen2Config;
+use super::rope::{apply_rotary, RopeParams};
+use crate::error::{Error, Result};
+
+/// Root-mean-square layer norm with a learned scale (`weight`, as HF names it).
+#[derive(Module, Debug)]
+pub struct RmsNorm<B: Backend> {
+    /// Per-channel scale, `[hidden]`.
+    pub weight: Param<Tensor<B, 1>>,
+    #[module(skip)]
+    eps: f64,
+}
+
+impl<B: Backend> RmsNorm<B> {
+    fn new(dim: usize, eps: f64, device: &B::Device) -> Self {
+        Self {
+            weight: Initializer::Ones.init([dim], device),
+            eps,
+        }
+    }
+
+    /// Normalises the last dimension of `x` `[.., hidden]`.
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let rms = x
+            .clone()
+            .square()
+            .mean_dim(D - 1)
+            .add_scalar(self.eps)
+            .sqrt();
+        let weight = self.weight.val().unsqueeze::<D>();
+        x.div(rms).mul(weight)
+    }
+}
+
+/// Grouped-query self-attention with biased q/k/v projections and an unbiased output projection.
+#[derive(Module, Debug)]
+pub struct Attention<B: Backend> {
+    /// `[hidden, heads * head_dim]` with bias.
+    pub q_proj: Linear<B>,
+    /// `[hidden, kv_heads * head_dim]` with bias.
+    pub k_proj: Linear<B>,
+    /// `[hidden, kv_heads * head_dim]` with bias.
+    pub v_proj: Linear<B>,
+    /// `[heads * head_dim, hidden]`, no bias.
+    pub o_proj: Linear<B>,
+    #[module(skip)]
+    num_heads: usize,
+    #[module(skip)]
+    num_kv_heads: usize,
+    #[module(skip)]
+    head_dim: usize,
+}
+
+/// The SwiGLU MLP: `down(silu(gate(x)) * up(x))`.
+#[derive(Module, Debug)]
+pub struct Mlp<B: Backend> {
+    /// `[hidden, intermediate]`.
+    pub gate_proj: Linear<B>,
+    /// `[hidden, intermediate]`.
+    pub up_proj: Linear<B>,
+    /// `[intermediate, hidden]`.
+    pub down_proj: Linear<B>,
+}
+
+/// One pre-norm decoder layer.
+#[derive(Module, Debug)]
+pub struct DecoderLayer<B: Backend> {
+    /// Attention block.
+    pub self_attn: Attention<B>,
+    /// MLP block.
+    pub mlp: Mlp<B>,
+    /// Norm before attention.
+    pub input_layernorm: RmsNorm<B>,
+    /// Norm before the MLP.
+    pub post_attention_layernorm: RmsNorm<B>,
+}
+
+/// The decoder stack without the language-model head (HF `Qwen2Model`).
+#[derive(Module, Debug)]
+pub struct Qwen2Model<B: Backend> {
+    /// Token embeddings, `[vocab, hidden]`.
+    pub embed_tokens: Embedding<B>,
+    /// Decoder layers.
+    pub layers: Vec<DecoderLayer<B>>,
+    /// Final norm.
+    pub norm: RmsNorm<B>,
+}
+
+/// Qwen2 with its language-model head (HF `Qwen2ForCausalLM`).
+#[derive(Module, Debug)]
+pub struct Qwen2ForCausalLM<B: Backend> {
+    /// The decoder.
+    pub model: Qwen2Model<B>,
+    /// Output projection `[hidden, vocab]`; `None` when tied to the embeddings.
+    pub lm_head: Option<Linear<B>>,
+    #[module(skip)]
+    config: Qwen2Config,
+    #[module(skip)]
+    rope: RopeParams,
+}
+
+/// Which key positions each query may attend to, shared by all layers of one forward.
+struct AttnMask<B: Backend> {
+    /// `[batch, heads, q_len, k_len]`, true where attention is blocked.
+    blocked: Tensor<B, 4, Bool>,
+}
+
+impl<B: Backend> AttnMask<B> {
+    /// Causal mask over `k_len` keys for the last `q_len` positions, blocking padding keys.
+    ///
+    /// A query may always see itself, so a padding query never has an empty row (which some
+    /// attention kernels turn into NaN that then leaks through the values).
+    fn new(key_valid: Tensor<B, 2, Bool>, q_len: usize, heads: usize) -> Self {
+        let [batch, k_len] = key_valid.dims();
+        let device = key_valid.device();
+        let offset = (k_len - q_len) as i64;
+        let rows = Tensor::<B, 1, Int>::arange(offset..offset + q_len as i64, &device)
+            .reshape([1, 1, q_len, 1])
+            .expand([batch, 1, q_len, k_len]);
+        let cols = Tensor::<B, 1, Int>::arange(0..k_len as i64, &device)
+            .reshape([1, 1, 1, k_len])
+            .expand([batch, 1, q_len, k_len]);
+        let future = cols.clone().greater(rows.clone());
+        let diagonal = cols.equal(rows);
+        let padding = key_valid
+            .bool_not()
+            .reshape([batch, 1, 1, k_len])
+            .expand([batch, 1, q_len, k_len]);
+        let blocked = future.bool_or(padding.bool_and(diagonal.bool_not()));
+        Self {
+            blocked: blocked.expand([batch, heads, q_len, k_len]),
+        }
+    }
+}
+
+fn linear<B: Backend>(d_in: usize, d_out: usize, bias: bool, device: &B::Device) -> Linear<B> {
+    LinearConfig::new(d_in, d_out)
+        .with_bias(bias)
+        .with_initializer(Initializer::Normal {
+            mean: 0.0,
+            std: 0.02,
+        })
+        .init(device)
+}
+
+impl<B: Backend> Attention<B> {
+    fn new(c: &Qwen2Config, device: &B::Device) -> Self {
+        let (h, q, kv) = (
+            c.hidden_size,
+            c.num_attention_heads * c.head_dim,
+            c.num_key_value_heads * c.head_dim,
+        );
+        Self {
+            q_proj: linear(h, q, true, device),
+            k_proj: linear(h, kv, true, device),
+            v_proj: linear(h, kv, true, device),
+            o_proj: linear(q, h, false, device),
+            num_heads: c.num_attention_heads,
+            num_kv_heads: c.num_key_value_heads,
+            head_dim: c.head_dim,
+        }
+    }
+
+    /// `x` `[batch, seq, hidden]` -> `[batch, seq, hidden]`; with a cache, appends this step's
+    /// keys/values at its current length and attends over everything cached.
+    fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        cos: Tensor<B, 4>,
+        sin: Tensor<B, 4>,
+        mask: &AttnMask<B>,
+        cache: Option<(LayerKv<B>, usize)>,
+    ) -> (Tensor<B, 3>, Option<LayerKv<B>>) {
+        let [b, t, _] = x.dims();
+        let (nh, nkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        let split = |y: Tensor<B, 3>, heads: usize| y.reshape([b, t, heads, hd]).swap_dims(1, 2);
+        let q = split(self.q_proj.forward(x.clone()), nh);
+        let k = split(self.k_proj.forward(x.clone()), nkv);
+        let v = split(self.v_proj.forward(x), nkv);
+        let q = apply_rotary(q, cos.clone(), sin.clone());
+        let k = apply_rotary(k, cos, sin);
+        // The cache is moved in and out (not cloned) so that backends can write it in place.
+        let (k, v, cache) = match cache {
+            None => (k, v, None),
+            Some((kv, start)) => {
+                let end = start + t;
+                let kv = LayerKv {
+                    k: kv.k.slice_assign([0..b, 0..nkv, start..end, 0..hd], k),
+                    v: kv.v.slice_assign([0..b, 0..nkv, start..end, 0..hd], v),
+                };
+                (
+                    kv.k.clone().slice([0..b, 0..nkv, 0..end, 0..hd]),
+                    kv.v.clone().slice([0..b, 0..nkv, 0..end, 0..hd]),
+                    Some(kv),
+                )
+            }
+        };
+        let k = repeat_kv(k, nh / nkv);
+        let v = repeat_kv(v, nh / nkv);
+        let out = attention(
+            q,
+            k,
+            v,
+            Some(mask.blocked.clone()),
+            None,
+            AttentionModuleOptions::default(),
+        );
+        let out = out.swap_dims(1, 2).reshape([b, t, nh * hd]);
+        (self.o_proj.forward(out), cache)
+    }
+}
+
+/// Repeats each key/value head `groups` times: `[b, kv, s, d]` -> `[b, kv * groups, s, d]`.
+fn repeat_kv<B: Backend>(x: Tensor<B, 4>, groups: usize) -> Tensor<B, 4> {
+    if groups == 1 {
+        return x;
+    }
+    let [b, kv, s, d] = x.dims();
+    x.unsqueeze_dim::<5>(2)
+        .expand([b, kv, groups, s, d])
+        .reshape([b, kv * groups, s, d])
+}
+
+impl<B: Backend> Mlp<B> {
+    fn new(c: &Qwen2Config, device: &B::Device) -> Self {
+        Self {
+            gate_proj: linear(c.hidden_size, c.intermediate_size, false, device),
+            up_proj: linear(c.hidden_size, c.intermediate_size, false, device),
+            down_proj: linear(c.intermediate_size, c.hidden_size, false, device),
+        }
+    }
+
+    fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let gate = silu(self.gate_proj.forward(x.clone()));
+        self.down_proj.forward(gate * self.up_proj.forward(x))
+    }
+}
+
+impl<B: Backend> DecoderLayer<B> {
+    fn new(c: &Qwen2Config, device: &B::Device) -> Self {
+        Self {
+            self_attn: Attention::new(c, device),
+            mlp: Mlp::new(c, device),
+            input_layernorm: RmsNorm::new(c.hidden_size, c.rms_norm_eps, device),
+            post_attention_layernorm: RmsNorm::new(c.hidden_size, c.rms_norm_eps, device),
+        }
+    }
+}
+
+/// Default number of positions per chunk when projecting to the vocabulary.
+pub const DEFAULT_LOGITS_CHUNK: usize = 256;
+
+impl<B: Backend> Qwen2ForCausalLM<B> {
+    /// A randomly initialised model (normal(0, 0.02) weights, as HF's `initializer_range`).
+    pub fn init(config: &Qwen2Config, device: &B::Device) -> Self {
+        let model = Qwen2Model {
+            embed_tokens: EmbeddingConfig::new(config.vocab_size, config.hidden_size)
+                .with_initializer(Initializer::Normal {
+                    mean: 0.0,
+                    std: 0.02,
+                })
+                .init(device),
+            layers: (0..config.num_hidden_layers)
+                .map(|_| DecoderLayer::new(config, device))
+                .collect(),
+            norm: RmsNorm::new(config.hidden_size, config.rms_norm_eps, device),
+        };
+        let lm_head = (!config.tie_word_embeddings)
+            .then(|| linear(config.hidden_size, config.vocab_size, false, device));
+        Self {
+            model,
+            lm_head,
+            config: config.clone(),
+            rope: RopeParams::new(config),
+        }
+    }
+
+    /// The configuration this model was built from.
+    pub fn config(&self) -> &Qwen2Config {
+        &self.config
+    }
+
+    /// The rotary-embedding parameters in use.
+    pub fn rope(&self) -> &RopeParams {
+        &self.rope
+    }
+
+    /// Runs the decoder and returns the final hidden states `[batch, seq, hidden]`.
+    ///
+    /// - `input_ids` `[batch, seq]`: token ids (padding ids are ignored through the mask).
+    /// - `attention_mask` `[batch, seq]`: true for real tokens; left or right padding both work.
+    /// - `position_ids` `[batch, seq]`: RoPE positions (for left padding, count from each
+    ///   sequence's first real token).
+    /// - `cache`: when given, this step's keys/values are appended to it and attention covers
+    ///   everything cached before (decoding); the cache's length advances by `seq`.
+    pub fn forward_hidden(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        attention_mask: Tensor<B, 2, Bool>,
+        position_ids: Tensor<B, 2, Int>,
+        mut cache: Option<&mut KvCache<B>>,
+    ) -> Result<Tensor<B, 3>> {
+        let [b, t] = input_ids.dims();
+        if attention_mask.dims() != [b, t] || position_ids.dims() != [b, t] {
+            return Err(Error::Invalid(format!(
+                "input_ids {:?}, attention_mask {:?} and position_ids {:?} must have the same shape",
+                input_ids.dims(),
+                attention_mask.dims(),
+                position_ids.dims()
+            )));
+        }
+        let start = match cache.as_deref_mut() {
+            Some(c) => {
+                if c.batch_size() != b {
+                    return Err(Error::Invalid(format!(
+                        "KV cache was made for batch {}, got batch {b}",
+                        c.batch_size()
+                    )));
+                }
+                c.check_room(t)?;
+                let start = c.len;
+                c.push_valid(attention_mask.clone());
+                start
+            }
+            None => 0,
+        };
+        let key_valid = match cache.as_deref() {
+            Some(c) => c.valid_prefix(start + t),
+            None => attention_mask,
+        };
+        let mask = AttnMask::new(key_valid, t, self.config.num_attention_heads);
+        let (cos, sin) = self.rope.cos_sin(position_ids);
+        let mut x = self.model.embed_tokens.forward(input_ids);
+        let mut layer_caches = cache
+            .as_deref_mut()
+            .map(|c| std::mem::take(&mut c.layers).into_iter());
+        let mut updated = Vec::new();
+        for layer in &self.model.layers {
+            let layer_cache = layer_caches
+                .as_mut()
+                .and_then(Iterator::next)
+                .map(|kv| (kv, start));
+            let (h, kv) = layer.self_attn.forward(
+                layer.input_layernorm.forward(x.clone()),
+                cos.clone(),
+                sin.clone(),
+                &mask,
+                layer_cache,
+            );
+            updated.extend(kv);
+            x = x + h;
+            let h = layer
+                .mlp
+                .forward(layer.post_attention_layernorm.forward(x.clone()));
+            x = x + h;
+        }
+        if let Some(c) = cache {
+            c.layers = updated;
+            c.len = start + t;
+        }
+        Ok(self.model.norm.forward(x))
+    }
+
+    /// Projects hidden states `[batch, seq, hidden]` to logits `[batch, seq, vocab]`.
+    pub fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
+        match &self.lm_head {
+            Some(head) => head.forward(hidden),
+            None => {
+                let w = self.model.embed_tokens.weight.val();
+                hidden.matmul(w.transpose().unsqueeze::<3>())
+            }
+        }
+    }
+
+    /// Full forward: logits `[batch, seq, vocab]` (see [`Self::forward_hidden`] for the inputs).
+    pub fn forward(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        attention_mask: Tensor<B, 2, Bool>,
+        position_ids: Tensor<B, 2, Int>,
+        cache: Option<&mut KvCache<B>>,
+    ) -> Result<Tensor<B, 3>> {
+        let hidden = self.forward_hidden(input_ids, attention_mask, position_ids, cache)?;
+        Ok(self.logits(hidden))
+    }
+
+    /// Log-probabilities of `targets` `[batch, seq]` under the distribution at each position of
+    /// `hidden` `[batch, seq, hidden]`, divided by `temperature` first (as verl does for RL).
+    ///
+    /// Projects at most `chunk` positions to the vocabulary at a time, so the full
+    /// `[batch, seq, vocab]` logits never exist at once (vocab is 152K for real checkpoints).
+    pub fn token_logprobs(
+        &self,
+        hidden: Tensor<B, 3>,
+        targets: Tensor<B, 2, Int>,
+        temperature: f32,
+        chunk: usize,
+    ) -> Tensor<B, 2> {
+        let [b, t, h] = hidden.dims();
+        let chunk = chunk.max(1);
+        let mut parts = Vec::with_capacity(t.div_ceil(chunk));
+        let mut s = 0;
+        while s < t {
+            let e = (s + chunk).min(t);
+            let logits = self.logits(hidden.clone().slice([0..b, s..e, 0..h]));
+            let logits = if temperature != 1.0 {
+                logits.div_scalar(temperature)
+            } else {
+                logits
+            };
+            let logp = log_softmax(logits, 2);
+            let idx = targets.clone().slice([0..b, s..e]).unsqueeze_dim::<3>(2);
+            parts.push(logp.gather(2, idx).squeeze_dim::<2>(2));
+            s = e;
+        }
+        Tensor::cat(parts, 1)
+    }
+}
+
+impl<B: Backend> Qwen2ForCausalLM<B> {
+    /// Log-probabilities of each token of `ids` given the tokens before it: entry `t` is
+    /// `log p(ids[t + 1] | ids[..=t])`, so the result has `ids.len() - 1` entries.
+    pub fn sequence_logprobs(
+        &self,
+        ids: &[u32],
+        chunk: usize,
+        device: &B::Device,
+    ) -> Result<Vec<f32>> {
+        let n = ids.len();
+        let vocab = self.config.vocab_size;
+        if let Some(bad) = ids.iter().find(|&&t| t as usize >= vocab) {
+            return Err(Error::Invalid(format!(
+                "token id {bad} is out of range for the model's vocab_size {vocab}"
+            )));
+        }
+        if n < 2 {
+            return Ok(Vec::new());
+        }
+        let to_tensor = |v: Vec<i64>| {
+            Tensor::<B, 2, Int>::from_data(burn::tensor::TensorData::new(v, [1, n]), device)
+        };
+        let input = to_tensor(ids.iter().map(|&t| t as i64).collect());
+        let positions = to_tensor((0..n as i64).collect());
+        let mask = Tensor::<B, 2, Int>::ones([1, n], device).bool();
+        let hidden = self.forward_hidden(input.clone(), mask, positions, None)?;
+        let [_, _, h] = hidden.dims();
+        let hidden = hidden.slice([0..1, 0..n - 1, 0..h]);
+        let targets = input.slice([0..1, 1..n]);
+        let lp = self.token_logprobs(hidden, targets, 1.0, chunk);
+        Ok(lp.into_data().iter::<f32>().collect())
+    }
+}

@@ -1,0 +1,293 @@
+//! The `longrl` binary end to end: `info`, `score`, `generate`, and its error messages.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::{fixture, model_dir, read_safetensors};
+use serde_json::Value;
+
+/// Runs the binary on the CPU backend unless the arguments name a device (a CUDA-enabled build
+/// would otherwise default to a GPU that CI does not have).
+fn longrl(args: &[&str]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_longrl"));
+    if !args.contains(&"--device") {
+        cmd.args(["--device", "flex"]);
+    }
+    cmd.args(args).output().expect("run longrl")
+}
+
+fn ok_lines(out: &Output) -> Vec<Value> {
+    assert!(
+        out.status.success(),
+        "longrl failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout.clone())
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn err_text(out: &Output) -> String {
+    assert!(!out.status.success(), "longrl should have failed");
+    let e = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!e.contains("panicked"), "a panic instead of an error: {e}");
+    e
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p.to_string_lossy().into_owned()
+}
+
+#[test]
+fn info_reports_architecture_and_parameters() {
+    let m = model_dir("tiny-qwen2-chatml");
+    let v = &ok_lines(&longrl(&["info", "--model", m.to_str().unwrap(), "--json"]))[0];
+    assert_eq!(v["num_hidden_layers"], 2);
+    assert_eq!(v["num_key_value_heads"], 2);
+    assert_eq!(v["weight_files"], 1);
+    // Parameter count equals the number of stored values.
+    let stored: usize = read_safetensors(&m.join("model.safetensors"))
+        .values()
+        .map(|a| a.data.len())
+        .sum();
+    assert_eq!(v["parameters"].as_u64().unwrap() as usize, stored);
+    let text = longrl(&[
+        "info",
+        "--model",
+        model_dir("DeepSeek-R1-Distill-Qwen-32B").to_str().unwrap(),
+    ]);
+    let text = String::from_utf8(text.stdout).unwrap();
+    assert!(
+        text.contains("config only") && text.contains("parameters"),
+        "{text}"
+    );
+}
+
+#[test]
+fn score_matches_transformers_logprobs() {
+    let dir = fixture("parity/gqa_untied");
+    let fx = read_safetensors(&dir.join("fixture.safetensors"));
+    let ids = fx["input_ids"].i64s()[..14].to_vec(); // row 0 is unpadded
+    let logits = &fx["logits"];
+    let tmp = tempfile::tempdir().unwrap();
+    let input = write(
+        tmp.path(),
+        "in.jsonl",
+        &format!(
+            "{}\n\n{}\n",
+            serde_json::json!({"input_ids": ids}),
+            serde_json::json!({"input_ids": [7]})
+        ),
+    );
+    let lines = ok_lines(&longrl(&[
+        "score",
+        "--model",
+        dir.to_str().unwrap(),
+        "--input",
+        &input,
+        "--logits-chunk",
+        "4",
+        "--device",
+        "flex",
+    ]));
+    assert_eq!(lines.len(), 2);
+    let lp: Vec<f64> = lines[0]["token_logprobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect();
+    assert_eq!(lp.len(), ids.len() - 1);
+    let v = logits.shape[2];
+    for t in 0..ids.len() - 1 {
+        let row = &logits.data[t * v..(t + 1) * v];
+        let max = row.iter().cloned().fold(f64::MIN, f64::max);
+        let lse = max + row.iter().map(|x| (x - max).exp()).sum::<f64>().ln();
+        let want = row[ids[t + 1] as usize] - lse;
+        assert!(
+            (lp[t] - want).abs() < 1e-4,
+            "position {t}: {} vs {want}",
+            lp[t]
+        );
+    }
+    assert_eq!(lines[1]["token_logprobs"].as_array().unwrap().len(), 0);
+}
+
+#[test]
+fn score_text_uses_the_tokenizer() {
+    let m = model_dir("tiny-r1-distill");
+    let tmp = tempfile::tempdir().unwrap();
+    let input = write(
+        tmp.path(),
+        "in.jsonl",
+        "{\"text\": \"Therefore, the answer is 42.\"}\n",
+    );
+    let lines = ok_lines(&longrl(&[
+        "score",
+        "--model",
+        m.to_str().unwrap(),
+        "--input",
+        &input,
+    ]));
+    let ids = lines[0]["input_ids"].as_array().unwrap();
+    assert_eq!(ids[0], 1003, "R1's tokenizer adds BOS to plain text");
+    assert_eq!(
+        lines[0]["token_logprobs"].as_array().unwrap().len(),
+        ids.len() - 1
+    );
+}
+
+#[test]
+fn generate_greedy_matches_transformers() {
+    let dir = fixture("parity/rope_yarn");
+    let fx = read_safetensors(&dir.join("fixture.safetensors"));
+    let tmp = tempfile::tempdir().unwrap();
+    let mut text = String::new();
+    let mut want = Vec::new();
+    for i in 0..3 {
+        let seq = fx[&format!("greedy_{i}")].i64s();
+        let (p, c) = seq.split_at(seq.len() - 10);
+        text.push_str(&format!("{}\n", serde_json::json!({"input_ids": p})));
+        want.push(c.to_vec());
+    }
+    let input = write(tmp.path(), "in.jsonl", &text);
+    let lines = ok_lines(&longrl(&[
+        "generate",
+        "--model",
+        dir.to_str().unwrap(),
+        "--input",
+        &input,
+        "--max-new-tokens",
+        "10",
+        "--batch-size",
+        "2",
+    ]));
+    assert_eq!(lines.len(), 3);
+    for (l, w) in lines.iter().zip(&want) {
+        let got: Vec<i64> = l["output_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_i64().unwrap())
+            .collect();
+        assert_eq!(&got, w);
+        assert_eq!(l["finish_reason"], "length");
+    }
+}
+
+#[test]
+fn generate_applies_the_chat_template_and_stops_at_eos() {
+    let m = model_dir("tiny-qwen2-chatml");
+    let tmp = tempfile::tempdir().unwrap();
+    let input = write(
+        tmp.path(),
+        "in.jsonl",
+        "{\"messages\": [{\"role\": \"user\", \"content\": \"What is 2+2?\"}]}\n{\"text\": \"The document says\"}\n",
+    );
+    let lines = ok_lines(&longrl(&[
+        "generate",
+        "--model",
+        m.to_str().unwrap(),
+        "--input",
+        &input,
+        "--max-new-tokens",
+        "12",
+    ]));
+    assert_eq!(lines.len(), 2);
+    for l in &lines {
+        let ids = l["output_ids"].as_array().unwrap();
+        match l["finish_reason"].as_str().unwrap() {
+            "length" => assert_eq!(ids.len(), 12),
+            "stop" => assert!([1000, 1002].contains(&ids.last().unwrap().as_u64().unwrap())),
+            other => panic!("finish_reason {other}"),
+        }
+        assert!(l["text"].is_string());
+    }
+}
+
+#[test]
+fn bad_inputs_are_clear_errors() {
+    let m = model_dir("tiny-qwen2-chatml");
+    let m = m.to_str().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let input = write(
+        tmp.path(),
+        "in.jsonl",
+        "{\"input_ids\": [1, 2]}\n{\"input_ids\": [1, -2]}\n",
+    );
+    let e = err_text(&longrl(&["score", "--model", m, "--input", &input]));
+    assert!(e.contains("in.jsonl:2") && e.contains("input_ids"), "{e}");
+
+    let input = write(tmp.path(), "bad.jsonl", "{\"prompt\": \"x\"}\n");
+    let e = err_text(&longrl(&["generate", "--model", m, "--input", &input]));
+    assert!(
+        e.contains("bad.jsonl:1") && e.contains("\"messages\""),
+        "{e}"
+    );
+
+    let input = write(tmp.path(), "big.jsonl", "{\"input_ids\": [1, 5000]}\n");
+    let e = err_text(&longrl(&["score", "--model", m, "--input", &input]));
+    assert!(
+        e.contains("big.jsonl:1") && e.contains("5000") && e.contains("vocab_size"),
+        "{e}"
+    );
+
+    let e = err_text(&longrl(&[
+        "score",
+        "--model",
+        m,
+        "--input",
+        "/nonexistent.jsonl",
+    ]));
+    assert!(e.contains("/nonexistent.jsonl"), "{e}");
+
+    let input = write(tmp.path(), "ok.jsonl", "{\"input_ids\": [1, 2]}\n");
+    let e = err_text(&longrl(&[
+        "generate",
+        "--model",
+        m,
+        "--input",
+        &input,
+        "--temperature",
+        "0.7",
+        "--top-p",
+        "1.5",
+    ]));
+    assert!(e.contains("top_p 1.5"), "{e}");
+}
+
+#[test]
+fn tokenizer_that_does_not_fit_is_reported_by_the_cli() {
+    // The parity model has vocab 256; the tiny tokenizer has ids up to 1008.
+    let dir = common::copy_dir(&fixture("parity/gqa_untied"));
+    for f in ["tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(model_dir("tiny-qwen2-chatml").join(f), dir.path().join(f)).unwrap();
+    }
+    let input = write(dir.path(), "in.jsonl", "{\"text\": \"hello\"}\n");
+    let e = err_text(&longrl(&[
+        "score",
+        "--model",
+        dir.path().to_str().unwrap(),
+        "--input",
+        &input,
+    ]));
+    assert!(
+        e.contains("tokenizer.json") && e.contains("does not fit"),
+        "{e}"
+    );
+}
+
+#[test]
+fn unknown_device_is_a_clear_error() {
+    let e = err_text(&longrl(&["--device", "tpu:0", "info", "--model", "x"]));
+    assert!(
+        e.contains("unknown device `tpu:0`") && e.contains("cuda:N"),
+        "{e}"
+    );
+}
