@@ -19,7 +19,7 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor, TensorData};
 use clap::Parser;
 use longrl::device::{AutodiffBackendFn, DeviceSpec};
-use longrl::generate::{greedy, GreedyConfig};
+use longrl::generate::{sample_seed, Engine, EngineOptions, GenerateRequest, SamplingParams};
 use longrl::model::{checkpoint, load_model, Qwen2Config, Qwen2ForCausalLM, DEFAULT_LOGITS_CHUNK};
 use serde_json::json;
 
@@ -41,6 +41,15 @@ struct Args {
     /// New tokens per sequence for the decode measurement.
     #[arg(long, default_value_t = 32)]
     new_tokens: usize,
+    /// Samples per prompt in the decode measurement (G of a GRPO group).
+    #[arg(long, default_value_t = 1)]
+    n: usize,
+    /// Sampling temperature of the decode measurement (0 is greedy).
+    #[arg(long, default_value_t = 0.7)]
+    temperature: f32,
+    /// Nucleus mass of the decode measurement.
+    #[arg(long, default_value_t = 0.95)]
+    top_p: f32,
     /// Timed repetitions (after one warm-up).
     #[arg(long, default_value_t = 3)]
     reps: usize,
@@ -115,7 +124,7 @@ impl AutodiffBackendFn for Bench {
         let report = |what: &str, secs: f64, tokens: usize| {
             let line = json!({
                 "impl": "longrl", "bench": what, "device": device_name, "model": a.model.display().to_string(),
-                "batch": b, "seq": t, "new_tokens": a.new_tokens, "seconds": secs,
+                "batch": b, "n": a.n, "seq": t, "new_tokens": a.new_tokens, "seconds": secs,
                 "tokens_per_s": tokens as f64 / secs,
             });
             println!("{line}");
@@ -142,34 +151,42 @@ impl AutodiffBackendFn for Bench {
             report("train_step_fwd_bwd", secs, b * t);
         }
         if a.only.contains("decode") {
-            let prompts: Vec<Vec<u32>> = ids::<B::InnerBackend>(b, t, vocab, &device)
+            // `batch` prompts, `n` samples each sharing the prompt's prefill, as RL rollouts run.
+            let requests: Vec<GenerateRequest> = ids::<B::InnerBackend>(b, t, vocab, &device)
                 .into_data()
                 .iter::<i64>()
                 .map(|x| x as u32)
                 .collect::<Vec<_>>()
                 .chunks(t)
-                .map(<[u32]>::to_vec)
+                .enumerate()
+                .map(|(i, p)| GenerateRequest {
+                    prompt: p.to_vec(),
+                    seeds: (0..a.n as u64)
+                        .map(|j| sample_seed(0, i as u64, j))
+                        .collect(),
+                })
                 .collect();
-            let cfg = GreedyConfig {
-                max_new_tokens: a.new_tokens,
-                ..Default::default()
+            let params = |new| SamplingParams {
+                temperature: a.temperature,
+                top_p: a.top_p,
+                max_new_tokens: new,
+                ..SamplingParams::default()
             };
-            let prefill_cfg = GreedyConfig {
-                max_new_tokens: 1,
-                ..Default::default()
-            };
+            let engine = Engine::new(&inner, device.clone(), EngineOptions::default());
             let prefill = time(a.reps, || {
-                greedy(&inner, &prompts, &prefill_cfg, &device).expect("prefill");
+                engine.generate(&requests, &params(1)).expect("prefill");
             });
             let total = time(a.reps, || {
-                greedy(&inner, &prompts, &cfg, &device).expect("decode");
+                engine
+                    .generate(&requests, &params(a.new_tokens))
+                    .expect("decode");
             });
             report("prefill", prefill, b * t);
             // Decode throughput excludes the prefill: new tokens after the first / their time.
             report(
                 "decode",
                 (total - prefill).max(1e-9),
-                b * (a.new_tokens - 1),
+                b * a.n * (a.new_tokens - 1),
             );
         }
     }

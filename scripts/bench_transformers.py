@@ -24,6 +24,9 @@ def main():
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--seq", type=int, default=256)
     p.add_argument("--new-tokens", type=int, default=32)
+    p.add_argument("--n", type=int, default=1, help="samples per prompt in the decode measurement")
+    p.add_argument("--temperature", type=float, default=0.7)
+    p.add_argument("--top-p", type=float, default=0.95)
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--only", default="forward,train,decode")
@@ -60,7 +63,7 @@ def main():
     def report(what, secs, tokens):
         print(json.dumps({
             "impl": "transformers", "bench": what, "device": a.device, "model": a.model,
-            "batch": b, "seq": t, "new_tokens": a.new_tokens, "seconds": secs,
+            "batch": b, "n": a.n, "seq": t, "new_tokens": a.new_tokens, "seconds": secs,
             "tokens_per_s": tokens / secs, "threads": torch.get_num_threads(),
         }), flush=True)
 
@@ -87,16 +90,19 @@ def main():
         mask = torch.ones_like(ids)
 
         def gen(n):
+            sampling = dict(do_sample=True, temperature=a.temperature, top_p=a.top_p, top_k=0)
+            if a.temperature == 0:
+                sampling = dict(do_sample=False)
             return lambda: model.generate(
                 input_ids=ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n,
-                do_sample=False, pad_token_id=0, eos_token_id=None,
+                num_return_sequences=a.n, pad_token_id=0, eos_token_id=None, **sampling,
             )
 
         with torch.no_grad():
             prefill = timed(gen(1))
             total = timed(gen(a.new_tokens))
         report("prefill", prefill, b * t)
-        report("decode", max(total - prefill, 1e-9), b * (a.new_tokens - 1))
+        report("decode", max(total - prefill, 1e-9), b * a.n * (a.new_tokens - 1))
 
 
 if __name__ == "__main__":

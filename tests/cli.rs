@@ -291,3 +291,56 @@ fn unknown_device_is_a_clear_error() {
         "{e}"
     );
 }
+
+#[test]
+fn generate_samples_n_per_input_in_order_with_logprobs() {
+    let m = model_dir("tiny-qwen2-chatml");
+    let m = m.to_str().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let input = write(
+        tmp.path(),
+        "in.jsonl",
+        "{\"input_ids\": [5, 6, 7]}\n{\"text\": \"Therefore, the answer is\"}\n",
+    );
+    let args = [
+        "generate",
+        "--model",
+        m,
+        "--input",
+        &input,
+        "--n",
+        "3",
+        "--temperature",
+        "0.8",
+        "--top-p",
+        "0.95",
+        "--top-k",
+        "50",
+        "--seed",
+        "4",
+        "--max-new-tokens",
+        "6",
+        "--batch-size",
+        "1",
+        "--quiet",
+    ];
+    let lines = ok_lines(&longrl(&args));
+    assert_eq!(lines.len(), 6);
+    for (k, l) in lines.iter().enumerate() {
+        assert_eq!(l["index"], k / 3);
+        assert_eq!(l["sample"], k % 3);
+        let n = l["output_ids"].as_array().unwrap().len();
+        assert!(n >= 1 && n <= 6);
+        assert_eq!(l["logprobs"].as_array().unwrap().len(), n);
+        assert!(l["logprobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|x| x.as_f64().unwrap() <= 0.0));
+    }
+    // Seeded: the same command gives the same samples, whatever the batch size.
+    let mut again = args.to_vec();
+    let at = again.len() - 2;
+    again[at] = "2";
+    assert_eq!(ok_lines(&longrl(&again)), lines);
+}

@@ -6,8 +6,6 @@
 //! Sampling runs on the host, in f64 where it sums, with a per-sequence random stream, so a
 //! sequence's samples do not depend on the other sequences of its batch.
 
-use std::cmp::Ordering;
-
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -105,14 +103,22 @@ pub fn seq_rng(seed: u64) -> SeqRng {
     ChaCha8Rng::seed_from_u64(seed)
 }
 
-/// Descending by value, ties broken by the lower index, so selection is a total order.
-fn desc(values: &[f32]) -> impl Fn(&u32, &u32) -> Ordering + '_ {
-    move |&a, &b| {
-        values[b as usize]
-            .partial_cmp(&values[a as usize])
-            .unwrap_or(Ordering::Equal)
-            .then(a.cmp(&b))
-    }
+/// A sort key that orders tokens by descending value, ties broken by the lower index: the
+/// f32's bits mapped to an order-preserving u32, inverted, above the index. Sorting plain u64 keys
+/// is several times faster than sorting indices with a comparator that reads the logits.
+fn desc_key(value: f32, index: u32) -> u64 {
+    let bits = value.to_bits();
+    let ordered = if bits & 0x8000_0000 != 0 {
+        !bits
+    } else {
+        bits | 0x8000_0000
+    };
+    ((!ordered as u64) << 32) | index as u64
+}
+
+/// The token index of a [`desc_key`].
+fn key_index(key: u64) -> u32 {
+    key as u32
 }
 
 /// Index of the largest entry (the first one on ties), as `argmax` does.
@@ -140,7 +146,7 @@ pub fn sample_row(
     row: &[f32],
     p: &SamplingParams,
     rng: &mut SeqRng,
-    scratch: &mut Vec<u32>,
+    scratch: &mut Vec<u64>,
 ) -> (u32, f32) {
     let n = row.len();
     let inv_t = if p.temperature > 0.0 {
@@ -171,15 +177,14 @@ pub fn sample_row(
         return (best as u32, logprob(best));
     }
     scratch.clear();
-    scratch.extend(0..n as u32);
-    let cmp = desc(row);
+    scratch.extend(row.iter().enumerate().map(|(i, &v)| desc_key(v, i as u32)));
     // The top-k candidates (unordered), then their mass.
     if k < n {
-        scratch.select_nth_unstable_by(k - 1, &cmp);
+        scratch.select_nth_unstable(k - 1);
         scratch.truncate(k);
     }
     let cand_mass: f64 = if k < n {
-        scratch.iter().map(|&i| weight(i)).sum()
+        scratch.iter().map(|&key| weight(key_index(key))).sum()
     } else {
         (lse - max).exp()
     };
@@ -195,16 +200,16 @@ pub fn sample_row(
         if upto > sorted {
             let tail = &mut scratch[sorted..];
             if upto - sorted < tail.len() {
-                tail.select_nth_unstable_by(upto - sorted - 1, &cmp);
+                tail.select_nth_unstable(upto - sorted - 1);
             }
-            scratch[sorted..upto].sort_unstable_by(&cmp);
+            scratch[sorted..upto].sort_unstable();
             sorted = upto;
         }
         while keep < sorted {
             if p.top_p < 1.0 && mass >= target {
                 break 'grow;
             }
-            mass += weight(scratch[keep]);
+            mass += weight(key_index(scratch[keep]));
             keep += 1;
         }
         if sorted == scratch.len() {
@@ -214,13 +219,14 @@ pub fn sample_row(
     }
     let u = rng.random::<f64>() * mass;
     let mut acc = 0.0;
-    for &i in &scratch[..keep] {
+    for &key in &scratch[..keep] {
+        let i = key_index(key);
         acc += weight(i);
         if acc > u {
             return (i, logprob(i as usize));
         }
     }
-    let last = scratch[keep - 1];
+    let last = key_index(scratch[keep - 1]);
     (last, logprob(last as usize))
 }
 
@@ -328,6 +334,19 @@ mod tests {
             let f = c[i] as f64 / draws as f64;
             assert!((f - p).abs() < 5.0 * sd + 1e-4, "token {i}: {f} vs {p}");
         }
+    }
+
+    #[test]
+    fn sort_keys_order_by_descending_value_then_index() {
+        let vals = [1.5f32, -0.0, 0.0, -3.0, 1.5, f32::MAX, -f32::MAX, 2e-30];
+        let mut keys: Vec<u64> = vals
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| desc_key(v, i as u32))
+            .collect();
+        keys.sort_unstable();
+        let order: Vec<u32> = keys.into_iter().map(key_index).collect();
+        assert_eq!(order, vec![5, 0, 4, 7, 2, 1, 3, 6]);
     }
 
     #[test]

@@ -189,13 +189,15 @@ impl Qwen2Config {
         let f = Fields { path, obj: &obj };
         match f.str_opt("model_type")? {
             Some("qwen2") => {}
-            Some(other) => return Err(Error::config(
-                path,
-                format!(
+            Some(other) => {
+                return Err(Error::config(
+                    path,
+                    format!(
                     "unsupported architecture: field `model_type` is \"{other}\"; longrl supports \
                          \"qwen2\" (Qwen2, Qwen2.5, DeepSeek-R1-Distill-Qwen, QwenLong-L1)"
                 ),
-            )),
+                ))
+            }
             None => return Err(f.err("model_type", "\"qwen2\"", None)),
         }
         if let Some(act) = f.str_opt("hidden_act")? {

@@ -112,8 +112,12 @@ pub struct Qwen2ForCausalLM<B: Backend> {
 }
 
 /// Which key positions each query may attend to, shared by all layers of one forward.
+///
+/// Laid out for grouped-query attention without repeating keys/values: the queries of the
+/// `groups` heads that share a KV head are stacked along the query axis (`groups * q_len` rows,
+/// group-major), so one attention call per KV head covers them all.
 struct AttnMask<B: Backend> {
-    /// `[batch, heads, q_len, k_len]`, true where attention is blocked.
+    /// `[batch, kv_heads, groups * q_len, k_len]`, true where attention is blocked.
     blocked: Tensor<B, 4, Bool>,
 }
 
@@ -122,7 +126,7 @@ impl<B: Backend> AttnMask<B> {
     ///
     /// A query may always see itself, so a padding query never has an empty row (which some
     /// attention kernels turn into NaN that then leaks through the values).
-    fn new(key_valid: Tensor<B, 2, Bool>, q_len: usize, heads: usize) -> Self {
+    fn new(key_valid: Tensor<B, 2, Bool>, q_len: usize, kv_heads: usize, groups: usize) -> Self {
         let [batch, k_len] = key_valid.dims();
         let device = key_valid.device();
         let offset = (k_len - q_len) as i64;
@@ -139,8 +143,16 @@ impl<B: Backend> AttnMask<B> {
             .reshape([batch, 1, 1, k_len])
             .expand([batch, 1, q_len, k_len]);
         let blocked = future.bool_or(padding.bool_and(diagonal.bool_not()));
+        let blocked = if groups == 1 {
+            blocked
+        } else {
+            blocked
+                .unsqueeze_dim::<5>(1)
+                .expand([batch, groups, 1, q_len, k_len])
+                .reshape([batch, 1, groups * q_len, k_len])
+        };
         Self {
-            blocked: blocked.expand([batch, heads, q_len, k_len]),
+            blocked: blocked.expand([batch, kv_heads, groups * q_len, k_len]),
         }
     }
 }
@@ -207,8 +219,9 @@ impl<B: Backend> Attention<B> {
                 )
             }
         };
-        let k = repeat_kv(k, nh / nkv);
-        let v = repeat_kv(v, nh / nkv);
+        // Grouped-query attention without repeating K/V: the `nh / nkv` query heads of each KV
+        // head are stacked along the query axis, `[b, nkv, groups * t, hd]`.
+        let q = q.reshape([b, nkv, (nh / nkv) * t, hd]);
         let out = attention(
             q,
             k,
@@ -217,20 +230,12 @@ impl<B: Backend> Attention<B> {
             None,
             AttentionModuleOptions::default(),
         );
-        let out = out.swap_dims(1, 2).reshape([b, t, nh * hd]);
+        let out = out
+            .reshape([b, nh, t, hd])
+            .swap_dims(1, 2)
+            .reshape([b, t, nh * hd]);
         (self.o_proj.forward(out), cache)
     }
-}
-
-/// Repeats each key/value head `groups` times: `[b, kv, s, d]` -> `[b, kv * groups, s, d]`.
-fn repeat_kv<B: Backend>(x: Tensor<B, 4>, groups: usize) -> Tensor<B, 4> {
-    if groups == 1 {
-        return x;
-    }
-    let [b, kv, s, d] = x.dims();
-    x.unsqueeze_dim::<5>(2)
-        .expand([b, kv, groups, s, d])
-        .reshape([b, kv * groups, s, d])
 }
 
 impl<B: Backend> Mlp<B> {
@@ -340,7 +345,13 @@ impl<B: Backend> Qwen2ForCausalLM<B> {
             Some(c) => c.valid_prefix(start + t),
             None => attention_mask,
         };
-        let mask = AttnMask::new(key_valid, t, self.config.num_attention_heads);
+        let c = &self.config;
+        let mask = AttnMask::new(
+            key_valid,
+            t,
+            c.num_key_value_heads,
+            c.num_key_value_groups(),
+        );
         let (cos, sin) = self.rope.cos_sin(position_ids);
         let mut x = self.model.embed_tokens.forward(input_ids);
         let mut layer_caches = cache
@@ -378,8 +389,14 @@ impl<B: Backend> Qwen2ForCausalLM<B> {
         match &self.lm_head {
             Some(head) => head.forward(hidden),
             None => {
+                // logits = (W · hᵀ)ᵀ with the [vocab, hidden] embedding W as stored: transposing W
+                // itself would make CPU backends copy the whole matrix (vocab x hidden) per call.
+                let [b, t, h] = hidden.dims();
                 let w = self.model.embed_tokens.weight.val();
-                hidden.matmul(w.transpose().unsqueeze::<3>())
+                let v = w.dims()[0];
+                w.matmul(hidden.reshape([b * t, h]).transpose())
+                    .transpose()
+                    .reshape([b, t, v])
             }
         }
     }
