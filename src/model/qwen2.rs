@@ -167,6 +167,16 @@ fn linear<B: Backend>(d_in: usize, d_out: usize, bias: bool, device: &B::Device)
         .init(device)
 }
 
+/// Applies `layer` to `[batch, seq, in]` as one `[batch * seq, in]` matrix product: a 3-D input
+/// would be a batched matmul against a broadcast weight, which CPU backends run as one product
+/// (re-reading the whole weight) per sequence.
+fn linear_3d<B: Backend>(layer: &Linear<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    let [b, t, d] = x.dims();
+    let y = layer.forward(x.reshape([b * t, d]));
+    let out = y.dims()[1];
+    y.reshape([b, t, out])
+}
+
 impl<B: Backend> Attention<B> {
     fn new(c: &Qwen2Config, device: &B::Device) -> Self {
         let (h, q, kv) = (
@@ -198,9 +208,9 @@ impl<B: Backend> Attention<B> {
         let [b, t, _] = x.dims();
         let (nh, nkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let split = |y: Tensor<B, 3>, heads: usize| y.reshape([b, t, heads, hd]).swap_dims(1, 2);
-        let q = split(self.q_proj.forward(x.clone()), nh);
-        let k = split(self.k_proj.forward(x.clone()), nkv);
-        let v = split(self.v_proj.forward(x), nkv);
+        let q = split(linear_3d(&self.q_proj, x.clone()), nh);
+        let k = split(linear_3d(&self.k_proj, x.clone()), nkv);
+        let v = split(linear_3d(&self.v_proj, x), nkv);
         let q = apply_rotary(q, cos.clone(), sin.clone());
         let k = apply_rotary(k, cos, sin);
         // The cache is moved in and out (not cloned) so that backends can write it in place.
@@ -234,7 +244,7 @@ impl<B: Backend> Attention<B> {
             .reshape([b, nh, t, hd])
             .swap_dims(1, 2)
             .reshape([b, t, nh * hd]);
-        (self.o_proj.forward(out), cache)
+        (linear_3d(&self.o_proj, out), cache)
     }
 }
 
@@ -248,8 +258,8 @@ impl<B: Backend> Mlp<B> {
     }
 
     fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let gate = silu(self.gate_proj.forward(x.clone()));
-        self.down_proj.forward(gate * self.up_proj.forward(x))
+        let gate = silu(linear_3d(&self.gate_proj, x.clone()));
+        linear_3d(&self.down_proj, gate * linear_3d(&self.up_proj, x))
     }
 }
 
@@ -387,7 +397,7 @@ impl<B: Backend> Qwen2ForCausalLM<B> {
     /// Projects hidden states `[batch, seq, hidden]` to logits `[batch, seq, vocab]`.
     pub fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
         match &self.lm_head {
-            Some(head) => head.forward(hidden),
+            Some(head) => linear_3d(head, hidden),
             None => {
                 // logits = (W · hᵀ)ᵀ with the [vocab, hidden] embedding W as stored: transposing W
                 // itself would make CPU backends copy the whole matrix (vocab x hidden) per call.
