@@ -330,7 +330,7 @@ fn generate_samples_n_per_input_in_order_with_logprobs() {
         assert_eq!(l["index"], k / 3);
         assert_eq!(l["sample"], k % 3);
         let n = l["output_ids"].as_array().unwrap().len();
-        assert!(n >= 1 && n <= 6);
+        assert!((1..=6).contains(&n));
         assert_eq!(l["logprobs"].as_array().unwrap().len(), n);
         assert!(l["logprobs"]
             .as_array()

@@ -194,7 +194,7 @@ fn stop_tokens_compact_the_batch_without_changing_the_others() {
             }
         }
     }
-    assert!(early >= 1 && early < 9, "{early} of 9 stopped early");
+    assert!((1..9).contains(&early), "{early} of 9 stopped early");
 }
 
 #[test]
