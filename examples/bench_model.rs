@@ -151,6 +151,10 @@ impl AutodiffBackendFn for Bench {
             report("train_step_fwd_bwd", secs, b * t);
         }
         if a.only.contains("decode") {
+            assert!(
+                a.new_tokens >= 2,
+                "--new-tokens must be at least 2 (decode excludes the first token)"
+            );
             // `batch` prompts, `n` samples each sharing the prompt's prefill, as RL rollouts run.
             let requests: Vec<GenerateRequest> = ids::<B::InnerBackend>(b, t, vocab, &device)
                 .into_data()
