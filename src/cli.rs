@@ -9,7 +9,9 @@ use serde_json::{json, Value};
 
 use crate::device::{BackendFn, DeviceSpec};
 use crate::error::{Error, Result};
-use crate::generate::{sample_seed, Engine, EngineOptions, GenerateRequest, SamplingParams};
+use crate::generate::{
+    sample_seed, stop_token_ids, Engine, EngineOptions, GenerateRequest, SamplingParams,
+};
 use crate::model::{checkpoint, load_model, Qwen2Config, DEFAULT_LOGITS_CHUNK};
 use crate::tokenizer::{ChatTemplate, Message, Tokenizer};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -351,13 +353,7 @@ impl BackendFn for GenerateTask {
             check_ids(&ids, config.vocab_size, &args.input, i + 1)?;
             prompts.push(ids);
         }
-        let mut stop: Vec<u32> = config.eos_token_ids.clone();
-        stop.extend(read_generation_eos(&args.model)?);
-        if let Some(t) = &tok {
-            stop.extend(t.eos_token_id);
-        }
-        stop.sort_unstable();
-        stop.dedup();
+        let stop = stop_token_ids(&args.model, &config, tok.as_ref())?;
         let pad = tok
             .as_ref()
             .and_then(|t| t.pad_token_id)
@@ -429,26 +425,6 @@ impl BackendFn for GenerateTask {
         bar.finish_and_clear();
         Ok(())
     }
-}
-
-/// EOS ids listed in `generation_config.json`, if the folder has one.
-fn read_generation_eos(dir: &Path) -> Result<Vec<u32>> {
-    let path = dir.join("generation_config.json");
-    if !path.exists() {
-        return Ok(Vec::new());
-    }
-    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-    let value: Value = serde_json::from_str(&text)
-        .map_err(|e| Error::config(&path, format!("not valid JSON: {e}")))?;
-    Ok(match value.get("eos_token_id") {
-        Some(Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
-        Some(Value::Array(a)) => a
-            .iter()
-            .filter_map(|x| x.as_u64())
-            .map(|x| x as u32)
-            .collect(),
-        _ => Vec::new(),
-    })
 }
 
 /// Runs the CLI, printing any error as `error: ...` and returning the process exit code.

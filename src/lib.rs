@@ -7,6 +7,7 @@ pub mod device;
 pub mod error;
 pub mod generate;
 pub mod model;
+pub mod reward;
 pub mod tokenizer;
 
 pub use device::DeviceSpec;

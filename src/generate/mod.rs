@@ -11,7 +11,9 @@ use burn::tensor::{backend::Backend, Bool, Int, Tensor, TensorData};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::model::{KvCache, Qwen2ForCausalLM};
+use crate::model::{KvCache, Qwen2Config, Qwen2ForCausalLM};
+use crate::tokenizer::Tokenizer;
+use std::path::Path;
 
 /// Why a sequence stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -196,4 +198,43 @@ pub fn greedy<B: Backend>(
             finish_reason: s.finish_reason,
         })
         .collect())
+}
+
+/// The token ids that end a generation for a model folder: `config.json`'s EOS ids, those of
+/// `generation_config.json` (chat models list `<|im_end|>` there) and the tokenizer's EOS token.
+pub fn stop_token_ids(
+    dir: &Path,
+    config: &Qwen2Config,
+    tokenizer: Option<&Tokenizer>,
+) -> Result<Vec<u32>> {
+    let mut stop: Vec<u32> = config.eos_token_ids.clone();
+    stop.extend(read_generation_eos(dir)?);
+    if let Some(t) = tokenizer {
+        stop.extend(t.eos_token_id);
+    }
+    stop.sort_unstable();
+    stop.dedup();
+    Ok(stop)
+}
+
+/// EOS ids listed in `generation_config.json`, if the folder has one.
+fn read_generation_eos(dir: &Path) -> Result<Vec<u32>> {
+    let path = dir.join("generation_config.json");
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    let value: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| Error::config(&path, format!("not valid JSON: {e}")))?;
+    Ok(match value.get("eos_token_id") {
+        Some(serde_json::Value::Number(n)) => {
+            n.as_u64().map(|x| vec![x as u32]).unwrap_or_default()
+        }
+        Some(serde_json::Value::Array(a)) => a
+            .iter()
+            .filter_map(|x| x.as_u64())
+            .map(|x| x as u32)
+            .collect(),
+        _ => Vec::new(),
+    })
 }
