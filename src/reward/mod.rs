@@ -1,4 +1,12 @@
 //! Rewards: the QwenLong-L1 rule verifiers, LLM judges, their hybrid (max of both, judge only when
 //! the rule fails) and DAPO's overlong shaping.
 
+pub mod hybrid;
 pub mod judge;
+pub mod rule;
+pub mod shaping;
+
+pub use hybrid::{HybridConfig, HybridReward, RewardItem, RewardOutput, RewardStats};
+pub use judge::{Judge, JudgeOutcome, JudgeQuery, Verdict};
+pub use rule::{RuleOptions, RuleResult, TaskKind};
+pub use shaping::OverlongConfig;

@@ -1,0 +1,276 @@
+//! Rule verifiers of QwenLong-L1: the answer after the last `</think>`, then a per-task check
+//! (QA sub-EM, DocMath numeric match, multiple-choice letter). By default every function
+//! reproduces the public reference code exactly, quirks included; [`RuleOptions`] holds the
+//! improvements, all off by default.
+//!
+//! One deviation is deliberate: where the reference crashes (or scores 0 whatever the response)
+//! because a gold answer lacks the answer phrase, longrl reads the bare gold instead (see each
+//! task's `parse_gold`). Gold answers that carry the phrase are parsed exactly as the reference does.
+
+pub mod choice;
+pub mod docmath;
+mod pyexpr;
+pub mod qa;
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// The three task types of DocQA-RL-1.6K, each with its own verifier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskKind {
+    /// Free-form QA (MultiHopRAG, MuSiQue, ...): sub-EM after SQuAD normalisation.
+    Qa,
+    /// Numeric reasoning (DocMath): number match with scale and tolerance rules.
+    DocMath,
+    /// Multiple choice A-D; never sent to the judge.
+    MultipleChoice,
+}
+
+impl TaskKind {
+    /// The task of a verl-style `data_source`, matched as the public code does (substring tests in
+    /// this order: `long_toc_choices`, `docmath`, `multihoprag` / `musique`).
+    pub fn from_data_source(data_source: &str) -> Result<Self> {
+        if data_source.contains("long_toc_choices") {
+            Ok(TaskKind::MultipleChoice)
+        } else if data_source.contains("docmath") {
+            Ok(TaskKind::DocMath)
+        } else if data_source.contains("multihoprag") || data_source.contains("musique") {
+            Ok(TaskKind::Qa)
+        } else {
+            Err(Error::Invalid(format!(
+                "unknown data_source {data_source:?}: expected one containing \"long_toc_choices\" \
+                 (multiple choice), \"docmath\" (numeric) or \"multihoprag\" / \"musique\" (QA), \
+                 or give an explicit task (qa, docmath, multiple_choice)"
+            )))
+        }
+    }
+
+    /// The task of a sample: its explicit `task` field when present, else its `data_source`.
+    pub fn resolve(task: Option<&str>, data_source: Option<&str>) -> Result<Self> {
+        match (task, data_source) {
+            (Some(t), _) => t.parse(),
+            (None, Some(ds)) => Self::from_data_source(ds),
+            (None, None) => Err(Error::Invalid(
+                "neither `task` nor `data_source` is given: one is needed to pick the verifier"
+                    .into(),
+            )),
+        }
+    }
+
+    /// The canonical name, as accepted by [`FromStr`].
+    pub fn name(self) -> &'static str {
+        match self {
+            TaskKind::Qa => "qa",
+            TaskKind::DocMath => "docmath",
+            TaskKind::MultipleChoice => "multiple_choice",
+        }
+    }
+}
+
+impl fmt::Display for TaskKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for TaskKind {
+    type Err = Error;
+
+    /// Accepts longrl's names and DocQA-RL's `ability` values (`doc-qa`, `doc-math`, `doc-mc`).
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "qa" | "doc-qa" | "docqa" => Ok(TaskKind::Qa),
+            "docmath" | "doc-math" | "math" | "numeric" => Ok(TaskKind::DocMath),
+            "multiple_choice" | "multiple-choice" | "mc" | "doc-mc" | "choice" => {
+                Ok(TaskKind::MultipleChoice)
+            }
+            _ => Err(Error::Invalid(format!(
+                "unknown task {s:?}: expected qa (doc-qa), docmath (doc-math) or multiple_choice (doc-mc)"
+            ))),
+        }
+    }
+}
+
+/// Trailing end-of-sequence texts removed from a response before extraction (verl's reward
+/// manager removes the tokenizer's EOS; these are the EOS texts of the Qwen2 family).
+pub const DEFAULT_EOS_SUFFIXES: [&str; 3] =
+    ["<|im_end|>", "<|endoftext|>", "<｜end▁of▁sentence｜>"];
+
+/// Options of the rule verifiers. The defaults reproduce the public code.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RuleOptions {
+    /// A response without `</think>` scores 0 (the reference). Off: the whole response is the answer
+    /// (models without thinking tags).
+    pub require_think: bool,
+    /// Accept the answer phrases in any case ("The answer is", "the correct answer is (b)"); the
+    /// reference's QA and multiple-choice phrases are case-sensitive.
+    pub case_insensitive: bool,
+    /// One of these at the end of a response is removed before extraction.
+    pub eos_suffixes: Vec<String>,
+}
+
+impl Default for RuleOptions {
+    fn default() -> Self {
+        Self {
+            require_think: true,
+            case_insensitive: false,
+            eos_suffixes: DEFAULT_EOS_SUFFIXES.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+}
+
+/// What a rule verifier found.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RuleResult {
+    /// 1 when the answer matches the gold, else 0.
+    pub score: f64,
+    /// The text after the last `</think>`, stripped (`None` without `</think>`).
+    pub answer_text: Option<String>,
+    /// The answer parsed from that text (what was compared), `None` when none was found.
+    pub pred: Option<String>,
+    /// The gold answer as parsed (what the judge is shown as Answer 2).
+    pub gold: Option<String>,
+}
+
+impl RuleResult {
+    fn zero(answer_text: Option<String>) -> Self {
+        Self {
+            score: 0.0,
+            answer_text,
+            pred: None,
+            gold: None,
+        }
+    }
+}
+
+/// Python's `str.isspace`: Unicode white space plus the ASCII separators 0x1c-0x1f.
+pub(crate) fn is_py_space(c: char) -> bool {
+    c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c)
+}
+
+/// Python's `str.strip()`.
+pub(crate) fn py_strip(s: &str) -> &str {
+    s.trim_matches(is_py_space)
+}
+
+/// The answer part of a response: a trailing EOS text removed, then the text after the last
+/// `</think>`, stripped. `None` when the response has no `</think>` and thinking is required.
+pub fn extract_answer_text(response: &str, options: &RuleOptions) -> Option<String> {
+    let mut response = response;
+    if let Some(eos) = options
+        .eos_suffixes
+        .iter()
+        .find(|e| !e.is_empty() && response.ends_with(e.as_str()))
+    {
+        response = &response[..response.len() - eos.len()];
+    }
+    match response.rfind("</think>") {
+        Some(i) => Some(py_strip(&response[i + "</think>".len()..]).to_string()),
+        None if options.require_think => None,
+        None => Some(py_strip(response).to_string()),
+    }
+}
+
+/// Scores one response against its gold answer with the verifier of `task`.
+pub fn score(
+    task: TaskKind,
+    response: &str,
+    ground_truth: &str,
+    options: &RuleOptions,
+) -> RuleResult {
+    let answer_text = match extract_answer_text(response, options) {
+        Some(t) if !t.is_empty() => t,
+        other => return RuleResult::zero(other),
+    };
+    let ci = options.case_insensitive;
+    let (pred, gold, score) = match task {
+        TaskKind::Qa => {
+            let pred = qa::parse_answer(&answer_text, ci);
+            match pred {
+                Some(p) if !p.is_empty() => {
+                    let gold = qa::parse_gold(ground_truth, ci);
+                    let s = if qa::sub_em(&p, &gold) { 1.0 } else { 0.0 };
+                    (Some(p), Some(gold), s)
+                }
+                p => (p, None, 0.0),
+            }
+        }
+        TaskKind::DocMath => {
+            let pred = docmath::parse_answer(&answer_text);
+            match pred {
+                Some(p) if !p.is_empty() => {
+                    let gold = docmath::parse_gold(ground_truth);
+                    let s = docmath::get_acc(&p, &gold);
+                    (Some(p), Some(gold), s)
+                }
+                p => (p, None, 0.0),
+            }
+        }
+        TaskKind::MultipleChoice => {
+            let pred = choice::parse_answer(&answer_text, ci);
+            let gold = choice::parse_gold(ground_truth, ci);
+            let s = match (&pred, &gold) {
+                (Some(p), Some(g)) if p.eq_ignore_ascii_case(g) => 1.0,
+                _ => 0.0,
+            };
+            (pred, gold, s)
+        }
+    };
+    RuleResult {
+        score,
+        answer_text: Some(answer_text),
+        pred,
+        gold,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tasks_dispatch_like_the_reference() {
+        let t = |s| TaskKind::from_data_source(s).unwrap();
+        assert_eq!(t("long_toc_choices_0_20000"), TaskKind::MultipleChoice);
+        assert_eq!(t("docmath_v1"), TaskKind::DocMath);
+        assert_eq!(t("multihoprag_v1"), TaskKind::Qa);
+        assert_eq!(t("musique_v1"), TaskKind::Qa);
+        let e = TaskKind::from_data_source("hotpot")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown data_source \"hotpot\""), "{e}");
+        assert_eq!(
+            "doc-mc".parse::<TaskKind>().unwrap(),
+            TaskKind::MultipleChoice
+        );
+        assert_eq!(
+            TaskKind::resolve(Some("qa"), Some("docmath_v1")).unwrap(),
+            TaskKind::Qa
+        );
+        assert!(TaskKind::resolve(None, None).is_err());
+    }
+
+    #[test]
+    fn answer_text_follows_the_last_think() {
+        let o = RuleOptions::default();
+        assert_eq!(extract_answer_text("no tags", &o), None);
+        assert_eq!(
+            extract_answer_text("a</think>b</think>  c <|im_end|>", &o).as_deref(),
+            Some("c")
+        );
+        let free = RuleOptions {
+            require_think: false,
+            ..o
+        };
+        assert_eq!(
+            extract_answer_text(" plain ", &free).as_deref(),
+            Some("plain")
+        );
+    }
+}
