@@ -6,8 +6,10 @@
 //! A judge never fails a batch: a call that cannot be answered becomes [`Verdict::Failed`] (score
 //! 0, counted), so training goes on when the judge server is down.
 
+mod http;
 mod local;
 
+pub use http::{HttpJudge, HttpJudgeConfig};
 pub use local::{LocalJudge, LocalJudgeConfig};
 
 use serde::Serialize;
