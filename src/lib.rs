@@ -8,6 +8,7 @@ pub mod error;
 pub mod generate;
 pub mod model;
 pub mod reward;
+pub mod rl;
 pub mod tokenizer;
 
 pub use device::DeviceSpec;

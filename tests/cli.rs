@@ -1,4 +1,4 @@
-//! The `longrl` binary end to end: `info`, `score`, `generate`, and its error messages.
+//! The `longrl` binary end to end: `info`, `score`, `generate`, `reward`, and their error messages.
 
 mod common;
 
@@ -343,4 +343,180 @@ fn generate_samples_n_per_input_in_order_with_logprobs() {
     let at = again.len() - 2;
     again[at] = "2";
     assert_eq!(ok_lines(&longrl(&again)), lines);
+}
+
+const REWARD_LINES: &str = r#"{"data_source": "docmath_v1", "response": "<think>sum</think>Therefore, the answer is 1,200.", "ground_truth": "$1,200"}
+{"data_source": "musique_v1", "response": "<think>hops</think>Therefore, the answer is the Eiffel Tower", "ground_truth": "Gustave Eiffel's tower", "prompt": "<text>\ndoc\n</text>\n\nWhich landmark?\n\nFormat your response as follows: x"}
+{"data_source": "long_toc_choices_0_20000", "response": "<think>c</think>The correct answer is (B)", "ground_truth": "C"}
+{"task": "qa", "response": "no thinking here", "ground_truth": "x"}
+"#;
+
+#[test]
+fn reward_scores_each_line_in_order_with_rules_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = write(dir.path(), "r.jsonl", REWARD_LINES);
+    let lines = ok_lines(&longrl(&["reward", "--input", &input]));
+    assert_eq!(lines.len(), 4);
+    assert_eq!(lines[0]["score"], 1.0);
+    assert_eq!(lines[0]["acc"], true);
+    assert_eq!(lines[0]["pred"], "1200");
+    assert_eq!(lines[0]["judge"], Value::Null);
+    assert_eq!(
+        (lines[1]["score"].as_f64(), lines[1]["rule"].as_f64()),
+        (Some(0.0), Some(0.0))
+    );
+    assert_eq!(lines[2]["pred"], "B");
+    assert_eq!(lines[3]["pred"], Value::Null);
+    assert!(lines[0].get("reward").is_none());
+}
+
+#[test]
+fn reward_asks_a_loopback_judge_only_for_rule_failures() {
+    let server = tiny_http::Server::http("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/v1", server.server_addr().to_ip().unwrap());
+    let handle = std::thread::spawn(move || {
+        let mut bodies = Vec::new();
+        // Exactly one request is expected; the server stops after it.
+        if let Ok(Some(mut req)) = server.recv_timeout(std::time::Duration::from_secs(60)) {
+            let mut body = String::new();
+            req.as_reader().read_to_string(&mut body).unwrap();
+            bodies.push(body);
+            let reply = serde_json::json!({"choices": [{"index": 0, "message": {"role": "assistant", "content": "Both name the same tower. [[YES]]"}, "finish_reason": "stop"}]});
+            req.respond(tiny_http::Response::from_string(reply.to_string()))
+                .unwrap();
+        }
+        bodies
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let input = write(dir.path(), "r.jsonl", REWARD_LINES);
+    let lines = ok_lines(&longrl(&[
+        "reward",
+        "--input",
+        &input,
+        "--judge-url",
+        &url,
+        "--judge-model",
+        "judge-1",
+        "--judge-retries",
+        "0",
+        "--judge-timeout",
+        "30",
+    ]));
+    let bodies = handle.join().unwrap();
+    assert_eq!(bodies.len(), 1);
+    let req: Value = serde_json::from_str(&bodies[0]).unwrap();
+    assert_eq!(req["model"], "judge-1");
+    let user = req["messages"][1]["content"].as_str().unwrap();
+    assert!(user.contains("Problem: Which landmark?"), "{user}");
+    assert!(
+        user.contains("Answer 1: the Eiffel Tower")
+            && user.contains("Answer 2: Gustave Eiffel's tower"),
+        "{user}"
+    );
+    assert_eq!(lines[1]["judge"], 1.0);
+    assert_eq!(
+        (lines[1]["score"].as_f64(), lines[1]["acc"].as_bool()),
+        (Some(1.0), Some(true))
+    );
+    assert_eq!(lines[0]["judge"], Value::Null, "rule already 1");
+    assert_eq!(
+        lines[2]["judge"],
+        Value::Null,
+        "multiple choice is never judged"
+    );
+}
+
+#[test]
+fn reward_with_a_local_judge_and_overlong_shaping() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = write(
+        dir.path(),
+        "r.jsonl",
+        r#"{"data_source": "docmath_v1", "response": "<think>x</think>Therefore, the answer is 3.", "ground_truth": "4", "response_length": 95}
+"#,
+    );
+    let model = model_dir("tiny-qwen2-chatml");
+    let lines = ok_lines(&longrl(&[
+        "reward",
+        "--input",
+        &input,
+        "--judge-checkpoint",
+        model.to_str().unwrap(),
+        "--judge-max-new-tokens",
+        "4",
+        "--max-response-length",
+        "100",
+        "--overlong-buffer",
+        "10",
+    ]));
+    assert_eq!(lines[0]["rule"], 0.0);
+    assert!(lines[0]["judge"].is_number(), "{}", lines[0]);
+    assert_eq!(lines[0]["overlong"], -0.5);
+    assert_eq!(
+        lines[0]["reward"].as_f64().unwrap(),
+        lines[0]["score"].as_f64().unwrap() - 0.5
+    );
+}
+
+#[test]
+fn reward_input_errors_name_the_line_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            "{\"data_source\": \"docmath_v1\", \"ground_truth\": \"1\"}\n",
+            ":1:",
+            "missing field `response`",
+        ),
+        (
+            "{\"data_source\": \"trivia\", \"response\": \"a\", \"ground_truth\": \"1\"}\n",
+            ":1:",
+            "unknown data_source \"trivia\"",
+        ),
+        (
+            "\n{\"task\": \"qa\", \"response\": \"a\", \"ground_truth\": [1]}\n",
+            ":2:",
+            "\"ground_truth\": expected a string or number",
+        ),
+        (
+            "{\"task\": \"qa\", \"response\": \"a\", \"ground_truth\": \"1\", \"respons\": 1}\n",
+            ":1:",
+            "unknown field `respons`",
+        ),
+    ];
+    for (text, line, msg) in cases {
+        let input = write(dir.path(), "bad.jsonl", text);
+        let e = err_text(&longrl(&["reward", "--input", &input]));
+        assert!(
+            e.contains(&format!("bad.jsonl{line}")) && e.contains(msg),
+            "{e}"
+        );
+    }
+    let input = write(
+        dir.path(),
+        "ok.jsonl",
+        "{\"task\": \"qa\", \"response\": \"a\", \"ground_truth\": \"1\"}\n",
+    );
+    let e = err_text(&longrl(&[
+        "reward",
+        "--input",
+        &input,
+        "--max-response-length",
+        "10",
+        "--overlong-buffer",
+        "5",
+    ]));
+    assert!(
+        e.contains("ok.jsonl:1:") && e.contains("response_length"),
+        "{e}"
+    );
+    let e = err_text(&longrl(&[
+        "reward",
+        "--input",
+        &input,
+        "--judge-url",
+        "ftp://x",
+        "--judge-model",
+        "m",
+    ]));
+    assert!(e.contains("--judge-url"), "{e}");
 }

@@ -1,4 +1,6 @@
-//! The `longrl` command line: `info`, `score`, `generate`.
+//! The `longrl` command line: `info`, `score`, `generate`, `reward`.
+
+mod reward;
 
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
@@ -44,6 +46,8 @@ pub enum Command {
     Score(ScoreArgs),
     /// Continue each input with the model: greedy or sampled, n samples per input.
     Generate(GenerateArgs),
+    /// Reward responses with the QwenLong-L1 rules and, if asked, an LLM judge (JSONL in and out).
+    Reward(reward::RewardArgs),
 }
 
 /// Arguments of `longrl info`.
@@ -132,6 +136,7 @@ pub fn main() -> anyhow::Result<()> {
         Command::Info(args) => info(&args)?,
         Command::Score(args) => device.run(ScoreTask(args))??,
         Command::Generate(args) => device.run(GenerateTask(args))??,
+        Command::Reward(args) => reward::run(args, device)?,
     }
     Ok(())
 }

@@ -1,0 +1,13 @@
+//! Reinforcement learning: group advantages, the GRPO/DAPO policy loss, dynamic sampling, and the
+//! trainer that ties rollouts, rewards and updates together.
+
+pub mod advantage;
+pub mod dynamic;
+pub mod loss;
+
+pub use advantage::{group_advantages, AdvantageEstimator, ScaleRewards};
+pub use dynamic::{FilterReport, GroupFilter};
+pub use loss::{
+    aggregate, kl_penalty, policy_loss, AggScale, KlEstimator, LossAggMode, PolicyLossConfig,
+    PolicyLossInputs, PolicyLossStats,
+};
