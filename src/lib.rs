@@ -3,13 +3,18 @@
 //! judge rewards) on burn, with one code path for CUDA, wgpu and CPU backends.
 
 pub mod cli;
+pub mod config;
+pub mod data;
 pub mod device;
 pub mod error;
 pub mod generate;
+pub mod metrics;
 pub mod model;
 pub mod reward;
 pub mod rl;
+pub mod sft;
 pub mod tokenizer;
+pub mod train;
 
 pub use device::DeviceSpec;
 pub use error::{Error, Result};

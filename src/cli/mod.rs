@@ -1,6 +1,7 @@
-//! The `longrl` command line: `info`, `score`, `generate`, `reward`.
+//! The `longrl` command line: `info`, `score`, `generate`, `reward`, `sft`, `rl`.
 
 mod reward;
+mod train;
 
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
@@ -48,6 +49,8 @@ pub enum Command {
     Generate(GenerateArgs),
     /// Reward responses with the QwenLong-L1 rules and, if asked, an LLM judge (JSONL in and out).
     Reward(reward::RewardArgs),
+    /// Supervised fine-tuning (the warm-up phase) from a TOML config.
+    Sft(train::TrainArgs),
 }
 
 /// Arguments of `longrl info`.
@@ -137,6 +140,7 @@ pub fn main() -> anyhow::Result<()> {
         Command::Score(args) => device.run(ScoreTask(args))??,
         Command::Generate(args) => device.run(GenerateTask(args))??,
         Command::Reward(args) => reward::run(args, device)?,
+        Command::Sft(args) => train::run_sft(args, cli.device)?,
     }
     Ok(())
 }

@@ -1,0 +1,104 @@
+//! `longrl sft` and `longrl rl`: training runs from a TOML config, with command-line overrides.
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::backend::AutodiffBackend;
+use clap::Args;
+
+use crate::config::{load_toml, resolve_path, Overrides};
+use crate::device::{AutodiffBackendFn, DeviceSpec};
+use crate::error::Result;
+use crate::sft::{self, SftFile};
+
+/// Options shared by the training commands.
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// TOML configuration (see `configs/`).
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Run directory (overrides `[run] run_dir`).
+    #[arg(long)]
+    pub run_dir: Option<PathBuf>,
+    /// Seed (overrides `[run] seed`).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Optimiser steps (overrides the config's `max_steps`).
+    #[arg(long)]
+    pub max_steps: Option<usize>,
+    /// Continue from the latest checkpoint in the run directory.
+    #[arg(long)]
+    pub resume: bool,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+impl TrainArgs {
+    fn overrides(&self) -> Overrides {
+        Overrides {
+            run_dir: self.run_dir.clone(),
+            seed: self.seed,
+            max_steps: self.max_steps,
+            resume: self.resume,
+        }
+    }
+}
+
+/// The device: `--device`, else `[run] device`, else the best compiled-in one.
+fn pick_device(cli: Option<DeviceSpec>, config: Option<&str>) -> Result<DeviceSpec> {
+    match (cli, config) {
+        (Some(d), _) => Ok(d),
+        (None, Some(s)) => s.parse(),
+        (None, None) => Ok(DeviceSpec::best_available()),
+    }
+}
+
+/// Reads an SFT config, resolving its paths and applying the overrides.
+pub fn load_sft_file(path: &Path, overrides: &Overrides) -> Result<SftFile> {
+    let mut file: SftFile = load_toml(path)?;
+    file.model.path = resolve_path(path, &file.model.path);
+    file.sft.train_file = resolve_path(path, &file.sft.train_file);
+    file.sft.valid_file = file.sft.valid_file.as_ref().map(|p| resolve_path(path, p));
+    overrides.apply(&mut file.run);
+    if let Some(n) = overrides.max_steps {
+        file.sft.max_steps = n;
+    }
+    Ok(file)
+}
+
+struct SftTask {
+    file: SftFile,
+    resume: bool,
+}
+
+impl AutodiffBackendFn for SftTask {
+    type Output = Result<sft::SftSummary>;
+
+    fn call<B: AutodiffBackend>(self, device: B::Device) -> Self::Output {
+        let f = self.file;
+        sft::train::<B>(&f.model, &f.run, &f.sft, self.resume, device)
+    }
+}
+
+/// Runs `longrl sft`.
+pub fn run_sft(args: TrainArgs, device: Option<DeviceSpec>) -> Result<()> {
+    let mut file = load_sft_file(&args.config, &args.overrides())?;
+    if args.quiet {
+        file.run.progress = false;
+    }
+    let device = pick_device(device, file.run.device.as_deref())?;
+    std::fs::create_dir_all(&file.run.run_dir)
+        .map_err(|e| crate::error::Error::io(&file.run.run_dir, e))?;
+    let text = toml::to_string_pretty(&file).unwrap_or_default();
+    crate::train::RunDir::open(&file.run.run_dir)?.write_config(&text)?;
+    let checkpointing = file.sft.gradient_checkpointing;
+    let summary = device.run_training(
+        checkpointing,
+        SftTask {
+            file,
+            resume: args.resume,
+        },
+    )??;
+    println!("{}", serde_json::to_string(&summary).unwrap_or_default());
+    Ok(())
+}

@@ -1,0 +1,130 @@
+//! Training configuration files (TOML): the sections every command shares (`[model]`, `[run]`) and
+//! the loader that turns a bad file into an error naming the file, the line and the field.
+
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::model::SaveDtype;
+
+/// `[model]`: the checkpoint training starts from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSection {
+    /// HuggingFace model folder (config.json, safetensors, tokenizer.json); relative paths are
+    /// read from the config file's folder first, then the working directory.
+    pub path: PathBuf,
+    /// Chat format override (chatml, qwen2.5, r1); default: the model's own.
+    #[serde(default)]
+    pub chat_template: Option<String>,
+    /// dtype of the final model (float32, bfloat16, float16); default: float32.
+    #[serde(default)]
+    pub save_dtype: Option<String>,
+}
+
+impl ModelSection {
+    /// The dtype the final model is written in.
+    pub fn save_dtype(&self) -> Result<SaveDtype> {
+        match &self.save_dtype {
+            Some(s) => {
+                SaveDtype::parse(s).map_err(|e| Error::Invalid(format!("model.save_dtype: {e}")))
+            }
+            None => Ok(SaveDtype::F32),
+        }
+    }
+}
+
+/// `[run]`: where the run writes, its seed and its checkpoint cadence.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RunSection {
+    /// The run directory (checkpoints, metrics, final model).
+    pub run_dir: PathBuf,
+    /// Seed of data order and sampling.
+    pub seed: u64,
+    /// Checkpoint every this many steps (0: only at the end).
+    pub save_steps: usize,
+    /// Checkpoints kept (the newest ones); 0 keeps all.
+    pub save_total_limit: usize,
+    /// Device (flex, ndarray, wgpu[:N], cuda[:N]); `--device` overrides it.
+    pub device: Option<String>,
+    /// Progress bar and per-step console lines.
+    pub progress: bool,
+}
+
+impl Default for RunSection {
+    fn default() -> Self {
+        Self {
+            run_dir: PathBuf::from("runs/longrl"),
+            seed: 0,
+            save_steps: 0,
+            save_total_limit: 2,
+            device: None,
+            progress: true,
+        }
+    }
+}
+
+/// Reads a TOML file into `T`; syntax errors and unknown or mistyped fields name the file, the
+/// line and the field.
+pub fn load_toml<T: DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    parse_toml(&text, path)
+}
+
+/// Parses TOML text read from `path` (for error messages).
+pub fn parse_toml<T: DeserializeOwned>(text: &str, path: &Path) -> Result<T> {
+    toml::from_str(text).map_err(|e| {
+        let line = e
+            .span()
+            .map(|s| {
+                text.as_bytes()[..s.start.min(text.len())]
+                    .iter()
+                    .filter(|&&b| b == b'\n')
+                    .count()
+                    + 1
+            })
+            .unwrap_or(0);
+        Error::input(path, line, e.message().to_string())
+    })
+}
+
+/// Resolves a path from a config file: absolute as is; relative to the config's folder when that
+/// exists, else relative to the working directory.
+pub fn resolve_path(config_path: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        return p.to_path_buf();
+    }
+    let beside = config_path.parent().map(|d| d.join(p));
+    match beside {
+        Some(b) if b.exists() => b,
+        _ => p.to_path_buf(),
+    }
+}
+
+/// Command-line overrides of a run's `[run]` section and step count.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--run-dir`.
+    pub run_dir: Option<PathBuf>,
+    /// `--seed`.
+    pub seed: Option<u64>,
+    /// `--max-steps`.
+    pub max_steps: Option<usize>,
+    /// `--resume`: continue from the latest checkpoint of the run directory.
+    pub resume: bool,
+}
+
+impl Overrides {
+    /// Applies the run-directory and seed overrides.
+    pub fn apply(&self, run: &mut RunSection) {
+        if let Some(d) = &self.run_dir {
+            run.run_dir = d.clone();
+        }
+        if let Some(s) = self.seed {
+            run.seed = s;
+        }
+    }
+}

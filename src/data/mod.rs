@@ -1,0 +1,174 @@
+//! Datasets: SFT records (`{"prompt", "response"}` or `{"messages"}`), RL samples in longrl's JSONL
+//! format (`id`, `data_source`, `task`, `document`, `question`, `answer`, `choices`, or a ready
+//! `prompt`), the QwenLong-L1 prompt template, and a deterministic, resumable sampler.
+
+pub mod sampler;
+pub mod template;
+
+use std::io::BufRead;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use crate::reward::TaskKind;
+use crate::tokenizer::Message;
+
+pub use sampler::{EpochSampler, SamplerState};
+pub use template::{render_prompt, PROMPT_TEMPLATE};
+
+/// Reads a JSONL file line by line, handing `(line number, value)` to `f`; blank lines are skipped
+/// and a line that is not JSON is an error naming the file and line.
+pub fn read_jsonl(path: &Path, mut f: impl FnMut(usize, Value) -> Result<()>) -> Result<()> {
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
+        let line = line.map_err(|e| Error::io(path, e))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let value: Value = serde_json::from_str(&line)
+            .map_err(|e| Error::input(path, i + 1, format!("not valid JSON: {e}")))?;
+        f(i + 1, value)?;
+    }
+    Ok(())
+}
+
+/// One SFT example: chat messages whose last message is the assistant's response.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SftRecord {
+    /// The conversation up to the response (rendered with the generation prompt).
+    pub prompt: Vec<Message>,
+    /// The response text (the loss covers its tokens and the end-of-turn token).
+    pub response: String,
+}
+
+/// Reads SFT data: each line `{"prompt": str, "response": str}` (one user turn) or
+/// `{"messages": [{role, content}, ...]}` ending with an assistant message.
+pub fn load_sft(path: &Path) -> Result<Vec<SftRecord>> {
+    let mut out = Vec::new();
+    read_jsonl(path, |n, v| {
+        let bad = |m: &str| Error::input(path, n, m.to_string());
+        if let Some(msgs) = v.get("messages") {
+            let mut msgs: Vec<Message> = serde_json::from_value(msgs.clone()).map_err(|_| {
+                bad("field \"messages\": expected a list of {\"role\": string, \"content\": string}")
+            })?;
+            match msgs.pop() {
+                Some(last) if last.role == "assistant" && !msgs.is_empty() => out.push(SftRecord {
+                    prompt: msgs,
+                    response: last.content,
+                }),
+                _ => {
+                    return Err(bad(
+                        "field \"messages\": expected at least one message followed by a final \"assistant\" message",
+                    ))
+                }
+            }
+        } else {
+            let prompt = v.get("prompt").and_then(Value::as_str);
+            let response = v.get("response").and_then(Value::as_str);
+            match (prompt, response) {
+                (Some(p), Some(r)) => out.push(SftRecord {
+                    prompt: vec![Message::new("user", p)],
+                    response: r.to_string(),
+                }),
+                _ => return Err(bad(
+                    "expected {\"prompt\": string, \"response\": string} or {\"messages\": [...]}",
+                )),
+            }
+        }
+        Ok(())
+    })?;
+    if out.is_empty() {
+        return Err(Error::input(path, 0, "no examples in the file"));
+    }
+    Ok(out)
+}
+
+/// One RL sample in longrl's format.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RlSample {
+    /// Stable identifier (difficulty tracking, logs); the line number when absent.
+    #[serde(default)]
+    pub id: String,
+    /// Source name, as verl's `data_source` (selects the verifier when `task` is absent).
+    #[serde(default)]
+    pub data_source: Option<String>,
+    /// Explicit verifier: qa, docmath or multiple_choice.
+    #[serde(default)]
+    pub task: Option<String>,
+    /// The document the question is about.
+    #[serde(default)]
+    pub document: Option<String>,
+    /// The question.
+    #[serde(default)]
+    pub question: Option<String>,
+    /// Options of a multiple-choice question, appended to the question as `(A) ...` lines.
+    #[serde(default)]
+    pub choices: Option<Vec<String>>,
+    /// A complete user prompt, used instead of document + question.
+    #[serde(default)]
+    pub prompt: Option<String>,
+    /// The gold answer.
+    pub answer: String,
+}
+
+impl RlSample {
+    /// The verifier of this sample.
+    pub fn task_kind(&self) -> Result<TaskKind> {
+        TaskKind::resolve(self.task.as_deref(), self.data_source.as_deref())
+    }
+
+    /// The user message: `prompt` as given, or the recipe template over document and question.
+    pub fn user_prompt(&self) -> Result<String> {
+        if let Some(p) = &self.prompt {
+            return Ok(p.clone());
+        }
+        match (&self.document, &self.question) {
+            (Some(doc), Some(q)) => {
+                let mut question = q.clone();
+                if let Some(choices) = &self.choices {
+                    for (letter, c) in ["A", "B", "C", "D", "E", "F", "G", "H"].iter().zip(choices)
+                    {
+                        question.push_str(&format!("\n({letter}) {c}"));
+                    }
+                }
+                Ok(render_prompt(doc, &question))
+            }
+            _ => Err(Error::Invalid(
+                "a sample needs \"prompt\", or \"document\" and \"question\"".into(),
+            )),
+        }
+    }
+}
+
+/// Reads RL samples (longrl JSONL); ids default to `line-N`; every bad line is an error naming
+/// the file, line and field.
+pub fn load_rl(path: &Path) -> Result<Vec<RlSample>> {
+    let mut out = Vec::new();
+    read_jsonl(path, |n, v| {
+        let mut s: RlSample = serde_json::from_value(v).map_err(|e| {
+            Error::input(
+                path,
+                n,
+                format!(
+                    "{e}; expected {{\"answer\", \"data_source\" or \"task\", \"document\" + \"question\" or \"prompt\", optional \"id\", \"choices\"}}"
+                ),
+            )
+        })?;
+        s.task_kind()
+            .map_err(|e| Error::input(path, n, e.to_string()))?;
+        s.user_prompt()
+            .map_err(|e| Error::input(path, n, e.to_string()))?;
+        if s.id.is_empty() {
+            s.id = format!("line-{n}");
+        }
+        out.push(s);
+        Ok(())
+    })?;
+    if out.is_empty() {
+        return Err(Error::input(path, 0, "no samples in the file"));
+    }
+    Ok(out)
+}

@@ -1,0 +1,415 @@
+//! Warm-up SFT: the chat template over each example, the loss on response tokens only (token mean
+//! over the optimiser step), micro-batches by a token budget with gradient accumulation, AdamW with
+//! warm-up and a constant/cosine/linear schedule, global-norm clipping, a held-out loss,
+//! checkpoints every N steps and exact resume.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::module::AutodiffModule;
+use burn::optim::{GradientsAccumulator, GradientsParams};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::config::{ModelSection, RunSection};
+use crate::data::{load_sft, EpochSampler, SamplerState, SftRecord};
+use crate::error::{Error, Result};
+use crate::generate::stop_token_ids;
+use crate::model::{load_model, Qwen2ForCausalLM};
+use crate::tokenizer::{ChatTemplate, Tokenizer};
+use crate::train::{
+    clip_grad_norm, stable_param_ids, token_budget_batches, AdamWOptimizer, OptimConfig, Packed,
+    RunDir, Sequence,
+};
+
+/// `[sft]`: the warm-up SFT settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SftConfig {
+    /// Training data (JSONL: `{"prompt", "response"}` or `{"messages"}`).
+    pub train_file: PathBuf,
+    /// Held-out data in the same format (optional).
+    pub valid_file: Option<PathBuf>,
+    /// Optimiser steps; 0 derives them from `num_epochs`.
+    pub max_steps: usize,
+    /// Passes over the data when `max_steps` is 0.
+    pub num_epochs: f64,
+    /// Examples per optimiser step.
+    pub batch_size: usize,
+    /// Padded tokens per micro-batch (dynamic batch size: many short or few long examples).
+    pub micro_batch_tokens: usize,
+    /// Longest example (prompt + response tokens); longer ones are skipped and counted.
+    pub max_length: usize,
+    /// Held-out loss every this many steps (0: only at the end).
+    pub eval_steps: usize,
+    /// Positions projected to the vocabulary at once.
+    pub logits_chunk: usize,
+    /// burn's balanced gradient checkpointing (recomputes element-wise results in the backward).
+    pub gradient_checkpointing: bool,
+    /// Shuffle the data every epoch.
+    pub shuffle: bool,
+    /// AdamW and schedule.
+    pub optim: OptimConfig,
+}
+
+impl Default for SftConfig {
+    fn default() -> Self {
+        Self {
+            train_file: PathBuf::new(),
+            valid_file: None,
+            max_steps: 0,
+            num_epochs: 1.0,
+            batch_size: 8,
+            micro_batch_tokens: 16384,
+            max_length: 32768,
+            eval_steps: 0,
+            logits_chunk: 1024,
+            gradient_checkpointing: false,
+            shuffle: true,
+            optim: OptimConfig {
+                lr: 1e-5,
+                warmup_ratio: 0.03,
+                lr_scheduler: crate::train::LrSchedule::Cosine,
+                ..OptimConfig::default()
+            },
+        }
+    }
+}
+
+impl SftConfig {
+    /// Checks the settings, naming the bad field.
+    pub fn validate(&self) -> Result<()> {
+        if self.train_file.as_os_str().is_empty() {
+            return Err(Error::Invalid("sft.train_file is required".into()));
+        }
+        if self.batch_size == 0 || self.micro_batch_tokens == 0 || self.max_length == 0 {
+            return Err(Error::Invalid(
+                "sft.batch_size, sft.micro_batch_tokens and sft.max_length must be at least 1"
+                    .into(),
+            ));
+        }
+        if self.max_steps == 0 && (self.num_epochs.is_nan() || self.num_epochs <= 0.0) {
+            return Err(Error::Invalid(
+                "sft: set max_steps, or num_epochs > 0".into(),
+            ));
+        }
+        self.optim.validate("sft.optim")
+    }
+}
+
+/// The file `longrl sft --config` reads.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SftFile {
+    /// `[model]`.
+    pub model: ModelSection,
+    /// `[run]`.
+    #[serde(default)]
+    pub run: RunSection,
+    /// `[sft]`.
+    pub sft: SftConfig,
+}
+
+/// A tokenised example.
+#[derive(Debug, Clone)]
+pub struct Tokenized {
+    /// Prompt ids (chat template with the generation prompt).
+    pub prompt: Vec<u32>,
+    /// Response ids, ending with the end-of-turn token.
+    pub response: Vec<u32>,
+}
+
+/// Tokenises SFT records with the model's chat template; examples longer than `max_length` are
+/// dropped (their count is returned).
+pub fn tokenize(
+    records: &[SftRecord],
+    tokenizer: &Tokenizer,
+    end_of_turn: u32,
+    max_length: usize,
+) -> Result<(Vec<Tokenized>, usize)> {
+    let opens_think = matches!(
+        tokenizer.chat_template,
+        Some(ChatTemplate::R1Distill { .. })
+    );
+    let mut out = Vec::with_capacity(records.len());
+    let mut skipped = 0;
+    for r in records {
+        let prompt = tokenizer.encode_chat(&r.prompt, true)?;
+        // R1's generation prompt already opens `<think>\n`.
+        let text = match (opens_think, r.response.strip_prefix("<think>\n")) {
+            (true, Some(rest)) => rest,
+            _ => r.response.as_str(),
+        };
+        let mut response = tokenizer.encode(text, false)?;
+        response.push(end_of_turn);
+        if prompt.len() + response.len() > max_length {
+            skipped += 1;
+            continue;
+        }
+        out.push(Tokenized { prompt, response });
+    }
+    Ok((out, skipped))
+}
+
+/// The token that ends an assistant turn: the tokenizer's EOS, else the model's first EOS id.
+pub fn end_of_turn_id(
+    dir: &Path,
+    model: &Qwen2ForCausalLM<impl Backend>,
+    tok: &Tokenizer,
+) -> Result<u32> {
+    tok.eos_token_id
+        .or_else(|| {
+            stop_token_ids(dir, model.config(), None)
+                .ok()?
+                .first()
+                .copied()
+        })
+        .ok_or_else(|| {
+            Error::tokenizer(
+                tok.path(),
+                "no end-of-sequence token: set eos_token in tokenizer_config.json",
+            )
+        })
+}
+
+/// Sum of `-log p` over response tokens and their count, for a set of examples (no gradient).
+pub fn eval_loss<B: Backend>(
+    model: &Qwen2ForCausalLM<B>,
+    data: &[Tokenized],
+    pad: u32,
+    budget: usize,
+    chunk: usize,
+    device: &B::Device,
+) -> Result<f64> {
+    let seqs: Vec<Sequence<'_>> = data
+        .iter()
+        .map(|t| Sequence {
+            prompt: &t.prompt,
+            response: &t.response,
+        })
+        .collect();
+    let (mut sum, mut count) = (0.0, 0.0);
+    for mb in token_budget_batches(&seqs, budget) {
+        let part: Vec<Sequence<'_>> = mb.iter().map(|&i| seqs[i]).collect();
+        let packed = Packed::<B>::new(&part, pad, device);
+        let (logp, _) = packed.logprobs(model, 1.0, chunk, false)?;
+        sum -= (logp * packed.mask.clone())
+            .sum()
+            .into_data()
+            .iter::<f64>()
+            .next()
+            .unwrap_or(0.0);
+        count += packed.response_lens.iter().sum::<usize>() as f64;
+    }
+    Ok(sum / count.max(1.0))
+}
+
+/// What a checkpoint of an SFT run remembers besides the weights and the optimiser.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SftState {
+    /// Optimiser steps done.
+    pub step: usize,
+    /// Total steps of the run.
+    pub total_steps: usize,
+    /// The data sampler's position.
+    pub sampler: SamplerState,
+}
+
+/// The outcome of an SFT run.
+#[derive(Debug, Clone, Serialize)]
+pub struct SftSummary {
+    /// Steps done in total.
+    pub steps: usize,
+    /// Held-out loss before training (when a valid file is given and the run starts fresh).
+    pub initial_valid_loss: Option<f64>,
+    /// Held-out loss at the end.
+    pub final_valid_loss: Option<f64>,
+    /// Training loss of the last step.
+    pub last_train_loss: f64,
+    /// Examples skipped for exceeding `max_length`.
+    pub skipped: usize,
+    /// The final model folder.
+    pub final_dir: PathBuf,
+}
+
+/// Runs SFT on backend `B` (an autodiff backend) from the `[model]`, `[run]` and `[sft]` sections.
+///
+/// With `resume`, training continues from the run directory's latest checkpoint (a fresh start when
+/// there is none); without it, a run directory that already holds checkpoints is an error, so a
+/// finished run is never overwritten by accident.
+pub fn train<B: AutodiffBackend>(
+    model_section: &ModelSection,
+    run: &RunSection,
+    config: &SftConfig,
+    resume: bool,
+    device: B::Device,
+) -> Result<SftSummary> {
+    config.validate()?;
+    let run_dir = RunDir::open(&run.run_dir)?;
+    let resume_from = run_dir.latest()?;
+    if let (Some(c), false) = (&resume_from, resume) {
+        return Err(Error::Invalid(format!(
+            "run directory {} already has checkpoint {}: pass --resume to continue it, or choose \
+             another --run-dir",
+            run.run_dir.display(),
+            c.display()
+        )));
+    }
+    let mut tokenizer = Tokenizer::from_dir(&model_section.path)?;
+    if let Some(t) = &model_section.chat_template {
+        tokenizer.chat_template = Some(t.parse()?);
+    }
+    let (mut model, state) = match &resume_from {
+        Some(ckpt) => {
+            log::info!("resuming from {}", ckpt.display());
+            let state: SftState = RunDir::load_state(ckpt)?;
+            (load_model::<B>(ckpt, &device)?, Some(state))
+        }
+        None => (load_model::<B>(&model_section.path, &device)?, None),
+    };
+    model = stable_param_ids(model);
+    tokenizer.check_fits(model.config().vocab_size)?;
+    let eot = end_of_turn_id(&model_section.path, &model, &tokenizer)?;
+    let pad = tokenizer.pad_token_id.unwrap_or(eot);
+
+    let records = load_sft(&config.train_file)?;
+    let (train_set, skipped) = tokenize(&records, &tokenizer, eot, config.max_length)?;
+    if skipped > 0 {
+        log::warn!(
+            "{skipped} of {} training examples exceed sft.max_length = {} tokens and are skipped",
+            records.len(),
+            config.max_length
+        );
+    }
+    if train_set.is_empty() {
+        return Err(Error::input(
+            &config.train_file,
+            0,
+            format!(
+                "every example exceeds sft.max_length = {}",
+                config.max_length
+            ),
+        ));
+    }
+    let valid_set = match &config.valid_file {
+        Some(p) => Some(tokenize(&load_sft(p)?, &tokenizer, eot, config.max_length)?.0),
+        None => None,
+    };
+    let total_steps = if config.max_steps > 0 {
+        config.max_steps
+    } else {
+        ((config.num_epochs * train_set.len() as f64) / config.batch_size as f64).ceil() as usize
+    };
+    let (start, sampler_state) = match &state {
+        Some(s) => (s.step, s.sampler),
+        None => (0, SamplerState::default()),
+    };
+    let mut sampler = EpochSampler::new(train_set.len(), run.seed, config.shuffle, sampler_state);
+    let mut optim = AdamWOptimizer::<B, Qwen2ForCausalLM<B>>::new(&config.optim);
+    if let Some(ckpt) = &resume_from {
+        optim.load(&ckpt.join(crate::train::run_dir::OPTIMIZER_FILE), &device)?;
+        run_dir.truncate_metrics_after(start)?;
+    }
+    let valid = |m: &Qwen2ForCausalLM<B>| -> Result<Option<f64>> {
+        match &valid_set {
+            Some(v) if !v.is_empty() => Ok(Some(eval_loss(
+                &m.valid(),
+                v,
+                pad,
+                config.micro_batch_tokens,
+                config.logits_chunk,
+                &device,
+            )?)),
+            _ => Ok(None),
+        }
+    };
+    let initial_valid_loss = if state.is_none() {
+        valid(&model)?
+    } else {
+        None
+    };
+    if let Some(l) = initial_valid_loss {
+        run_dir.log_metrics(&json!({"step": 0, "eval/loss": l}))?;
+    }
+    let bar = crate::metrics::progress_bar(total_steps as u64, start as u64, run.progress, "sft");
+    let mut last_loss = f64::NAN;
+    for step in start..total_steps {
+        let t0 = Instant::now();
+        let idx = sampler.take(config.batch_size);
+        let seqs: Vec<Sequence<'_>> = idx
+            .iter()
+            .map(|&i| Sequence {
+                prompt: &train_set[i].prompt,
+                response: &train_set[i].response,
+            })
+            .collect();
+        let tokens: usize = seqs.iter().map(|s| s.response.len()).sum();
+        let mut acc = GradientsAccumulator::<Qwen2ForCausalLM<B>>::new();
+        let mut loss_sum = 0.0;
+        for mb in token_budget_batches(&seqs, config.micro_batch_tokens) {
+            let part: Vec<Sequence<'_>> = mb.iter().map(|&i| seqs[i]).collect();
+            let packed = Packed::<B>::new(&part, pad, &device);
+            let (logp, _) = packed.logprobs(&model, 1.0, config.logits_chunk, false)?;
+            let loss = (logp * packed.mask.clone())
+                .sum()
+                .neg()
+                .div_scalar(tokens as f64);
+            loss_sum += loss.clone().into_data().iter::<f64>().next().unwrap_or(0.0);
+            acc.accumulate(&model, GradientsParams::from_grads(loss.backward(), &model));
+        }
+        let mut grads = acc.grads();
+        let grad_norm = clip_grad_norm::<B, _>(&model, &mut grads, config.optim.max_grad_norm);
+        let lr = config.optim.lr_at(step, total_steps);
+        model = optim.step(lr, model, grads);
+        last_loss = loss_sum;
+        let done = step + 1;
+        let mut record = json!({
+            "step": done,
+            "epoch": sampler.epochs_done(),
+            "train/loss": loss_sum,
+            "train/grad_norm": grad_norm,
+            "train/lr": lr,
+            "train/tokens": tokens,
+            "timing/step_s": t0.elapsed().as_secs_f64(),
+        });
+        let last = done == total_steps;
+        if config.eval_steps > 0 && done % config.eval_steps == 0 && !last {
+            if let Some(l) = valid(&model)? {
+                record["eval/loss"] = json!(l);
+            }
+        }
+        run_dir.log_metrics(&record)?;
+        bar.set_message(format!("loss {loss_sum:.4}"));
+        bar.inc(1);
+        if (run.save_steps > 0 && done % run.save_steps == 0) || last {
+            let state = SftState {
+                step: done,
+                total_steps,
+                sampler: sampler.state(),
+            };
+            run_dir.save_checkpoint(
+                done,
+                &model,
+                &model_section.path,
+                |p| optim.save(p),
+                &state,
+                (run.save_total_limit > 0).then_some(run.save_total_limit),
+            )?;
+        }
+    }
+    bar.finish_and_clear();
+    let final_valid_loss = valid(&model)?;
+    if let Some(l) = final_valid_loss {
+        run_dir.log_metrics(&json!({"step": total_steps, "eval/loss": l, "final": true}))?;
+    }
+    let final_dir = run_dir.save_final(&model, &model_section.path, model_section.save_dtype()?)?;
+    Ok(SftSummary {
+        steps: total_steps,
+        initial_valid_loss,
+        final_valid_loss,
+        last_train_loss: last_loss,
+        skipped,
+        final_dir,
+    })
+}

@@ -1,0 +1,13 @@
+//! What SFT and RL training share: the optimiser (AdamW, schedule, clipping, resumable state),
+//! packed batches with response-only log-probs, and the run directory with atomic checkpoints.
+
+pub mod batch;
+pub mod optim;
+pub mod run_dir;
+
+pub use batch::{token_budget_batches, Packed, Sequence};
+pub use optim::{
+    clip_grad_norm, grad_norm, scale_grads, stable_param_ids, AdamWOptimizer, LrSchedule,
+    OptimConfig,
+};
+pub use run_dir::RunDir;

@@ -1,0 +1,342 @@
+//! The optimiser side shared by SFT and RL: AdamW with PyTorch's defaults, a learning-rate
+//! schedule that is a pure function of the step (so resuming needs only the step), global-norm
+//! gradient clipping with `torch.nn.utils.clip_grad_norm_` semantics, and optimiser state that
+//! survives a restart (parameters get ids derived from their names).
+
+use std::path::Path;
+
+use burn::module::{AutodiffModule, Module, ModuleMapper, ModuleVisitor, Param, ParamId};
+use burn::optim::adaptor::OptimizerAdaptor;
+use burn::optim::{AdamW, AdamWConfig, GradientsParams, Optimizer};
+use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::Tensor;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::model::checkpoint::write_atomic;
+
+/// Shape of the learning rate after warm-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LrSchedule {
+    /// Constant (QwenLong-L1's RL: 2e-6 constant).
+    #[default]
+    Constant,
+    /// Half a cosine from `lr` down to `lr * min_lr_ratio` at the last step.
+    Cosine,
+    /// Linear decay to `lr * min_lr_ratio` at the last step.
+    Linear,
+}
+
+/// AdamW and schedule settings (names as HF `TrainingArguments`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OptimConfig {
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Adam's beta1.
+    pub adam_beta1: f64,
+    /// Adam's beta2.
+    pub adam_beta2: f64,
+    /// Adam's epsilon.
+    pub adam_epsilon: f64,
+    /// Decoupled weight decay (applied to every parameter, as verl's FSDP actor does).
+    pub weight_decay: f64,
+    /// Global gradient-norm clip; 0 turns clipping off.
+    pub max_grad_norm: f64,
+    /// Linear warm-up steps (from 0).
+    pub warmup_steps: usize,
+    /// Warm-up as a fraction of the total steps (used when `warmup_steps` is 0).
+    pub warmup_ratio: f64,
+    /// Schedule after warm-up.
+    pub lr_scheduler: LrSchedule,
+    /// Final learning rate of the cosine / linear schedules, as a fraction of `lr`.
+    pub min_lr_ratio: f64,
+}
+
+impl Default for OptimConfig {
+    fn default() -> Self {
+        Self {
+            lr: 1e-5,
+            adam_beta1: 0.9,
+            adam_beta2: 0.999,
+            adam_epsilon: 1e-8,
+            weight_decay: 0.01,
+            max_grad_norm: 1.0,
+            warmup_steps: 0,
+            warmup_ratio: 0.0,
+            lr_scheduler: LrSchedule::Constant,
+            min_lr_ratio: 0.0,
+        }
+    }
+}
+
+impl OptimConfig {
+    /// Checks every option, naming the bad one (`section` prefixes the names, e.g. `optim`).
+    pub fn validate(&self, section: &str) -> Result<()> {
+        let bad = |name: &str, v: f64, want: &str| {
+            Err(Error::Invalid(format!(
+                "{section}.{name} = {v}: expected {want}"
+            )))
+        };
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            return bad("lr", self.lr, "a positive number");
+        }
+        for (name, b) in [
+            ("adam_beta1", self.adam_beta1),
+            ("adam_beta2", self.adam_beta2),
+        ] {
+            if !(0.0..1.0).contains(&b) {
+                return bad(name, b, "a number in [0, 1)");
+            }
+        }
+        if self.adam_epsilon.is_nan() || self.adam_epsilon <= 0.0 {
+            return bad("adam_epsilon", self.adam_epsilon, "a positive number");
+        }
+        if self.weight_decay.is_nan() || self.weight_decay < 0.0 {
+            return bad("weight_decay", self.weight_decay, "a number >= 0");
+        }
+        if self.max_grad_norm.is_nan() || self.max_grad_norm < 0.0 {
+            return bad(
+                "max_grad_norm",
+                self.max_grad_norm,
+                "a number >= 0 (0 is off)",
+            );
+        }
+        if !(0.0..1.0).contains(&self.warmup_ratio) {
+            return bad("warmup_ratio", self.warmup_ratio, "a number in [0, 1)");
+        }
+        if !(0.0..=1.0).contains(&self.min_lr_ratio) {
+            return bad("min_lr_ratio", self.min_lr_ratio, "a number in [0, 1]");
+        }
+        Ok(())
+    }
+
+    /// Warm-up steps for a run of `total_steps` optimiser steps.
+    pub fn warmup(&self, total_steps: usize) -> usize {
+        if self.warmup_steps > 0 {
+            self.warmup_steps
+        } else {
+            (self.warmup_ratio * total_steps as f64).ceil() as usize
+        }
+    }
+
+    /// The learning rate of optimiser step `step` (0-based) out of `total_steps`, as HF's
+    /// schedulers give it: `lr * step / warmup` during warm-up, then the schedule.
+    pub fn lr_at(&self, step: usize, total_steps: usize) -> f64 {
+        let warmup = self.warmup(total_steps);
+        if step < warmup {
+            return self.lr * step as f64 / warmup as f64;
+        }
+        let decay_steps = total_steps.saturating_sub(warmup).max(1) as f64;
+        let progress = ((step - warmup) as f64 / decay_steps).min(1.0);
+        let floor = self.min_lr_ratio;
+        let factor = match self.lr_scheduler {
+            LrSchedule::Constant => 1.0,
+            LrSchedule::Cosine => {
+                floor + (1.0 - floor) * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
+            }
+            LrSchedule::Linear => floor + (1.0 - floor) * (1.0 - progress),
+        };
+        self.lr * factor
+    }
+}
+
+/// FNV-1a: a stable 64-bit hash of a parameter's name.
+fn fnv1a64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// Gives every parameter an id derived from its module path (`model.layers.0.mlp.up_proj.weight`),
+/// so optimiser state saved by one process finds its parameters in the next.
+struct StableIds {
+    path: Vec<String>,
+}
+
+impl<B: Backend> ModuleMapper<B> for StableIds {
+    fn enter_module(&mut self, name: &str, _container: &str) {
+        self.path.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container: &str) {
+        self.path.pop();
+    }
+
+    fn map_float<const D: usize>(&mut self, mut param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        param.id = ParamId::from(fnv1a64(self.path.join(".").as_bytes()));
+        param
+    }
+}
+
+/// Re-keys a module's parameters by name (see [`StableIds`]); call it on every model that is
+/// trained, right after loading, in every process of a run.
+pub fn stable_param_ids<B: Backend, M: Module<B>>(module: M) -> M {
+    module.map(&mut StableIds { path: Vec::new() })
+}
+
+struct NormParts<'a, B: AutodiffBackend> {
+    grads: &'a GradientsParams,
+    sum_sq: Vec<Tensor<B::InnerBackend, 1>>,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for NormParts<'_, B> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        if let Some(g) = self.grads.get::<B::InnerBackend, D>(param.id) {
+            self.sum_sq.push(g.square().sum());
+        }
+    }
+}
+
+struct ScaleGrads<'a> {
+    grads: &'a mut GradientsParams,
+    factor: f64,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for ScaleGrads<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        if let Some(g) = self.grads.remove::<B::InnerBackend, D>(param.id) {
+            self.grads
+                .register::<B::InnerBackend, D>(param.id, g.mul_scalar(self.factor));
+        }
+    }
+}
+
+/// The global L2 norm of all gradients of `module`.
+pub fn grad_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
+    module: &M,
+    grads: &GradientsParams,
+) -> f64 {
+    let mut parts = NormParts::<B> {
+        grads,
+        sum_sq: Vec::new(),
+    };
+    module.visit(&mut parts);
+    if parts.sum_sq.is_empty() {
+        return 0.0;
+    }
+    let total: f64 = Tensor::cat(parts.sum_sq, 0)
+        .sum()
+        .into_data()
+        .iter::<f64>()
+        .next()
+        .unwrap_or(0.0);
+    total.sqrt()
+}
+
+/// Multiplies every gradient of `module` by `factor`.
+pub fn scale_grads<B: AutodiffBackend, M: AutodiffModule<B>>(
+    module: &M,
+    grads: &mut GradientsParams,
+    factor: f64,
+) {
+    module.visit(&mut ScaleGrads { grads, factor });
+}
+
+/// `torch.nn.utils.clip_grad_norm_`: scales all gradients by `max_norm / (norm + 1e-6)` when that
+/// is below 1; returns the norm before clipping. `max_norm = 0` only measures.
+pub fn clip_grad_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
+    module: &M,
+    grads: &mut GradientsParams,
+    max_norm: f64,
+) -> f64 {
+    let norm = grad_norm::<B, M>(module, grads);
+    if max_norm > 0.0 {
+        let factor = max_norm / (norm + 1e-6);
+        if factor < 1.0 {
+            scale_grads::<B, M>(module, grads, factor);
+        }
+    }
+    norm
+}
+
+/// AdamW over a model, with its state saved and restored exactly.
+pub struct AdamWOptimizer<B: AutodiffBackend, M: AutodiffModule<B>> {
+    inner: OptimizerAdaptor<AdamW, M, B>,
+    config: AdamWConfig,
+}
+
+type Record<B, M> = <OptimizerAdaptor<AdamW, M, B> as Optimizer<M, B>>::Record;
+
+impl<B: AutodiffBackend, M: AutodiffModule<B>> AdamWOptimizer<B, M> {
+    /// A fresh optimiser (no state) for `config`.
+    pub fn new(config: &OptimConfig) -> Self {
+        let config = AdamWConfig::new()
+            .with_beta_1(config.adam_beta1 as f32)
+            .with_beta_2(config.adam_beta2 as f32)
+            .with_epsilon(config.adam_epsilon as f32)
+            .with_weight_decay(config.weight_decay as f32);
+        Self {
+            inner: config.init::<B, M>(),
+            config,
+        }
+    }
+
+    /// One update with learning rate `lr`; returns the updated model.
+    pub fn step(&mut self, lr: f64, model: M, grads: GradientsParams) -> M {
+        self.inner.step(lr, model, grads)
+    }
+
+    /// Writes the optimiser state (moments and step counts, f32) to `path`, atomically.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let bytes = BinBytesRecorder::<FullPrecisionSettings>::default()
+            .record(self.inner.to_record(), ())
+            .map_err(|e| Error::checkpoint(path, format!("serialising optimiser state: {e}")))?;
+        write_atomic(path, &bytes)
+    }
+
+    /// Replaces the state with the one saved at `path`.
+    pub fn load(&mut self, path: &Path, device: &B::Device) -> Result<()> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let recorder = BinBytesRecorder::<FullPrecisionSettings>::default();
+        // The recorder panics on bytes it cannot decode; a damaged file must be an error instead.
+        let record = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            Recorder::<B>::load::<Record<B, M>>(&recorder, bytes, device)
+        }))
+        .map_err(|_| Error::checkpoint(path, "optimiser state is damaged (cannot be decoded)"))?
+        .map_err(|e| Error::checkpoint(path, format!("optimiser state cannot be read: {e}")))?;
+        let fresh = self.config.init::<B, M>();
+        self.inner = fresh.load_record(record);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedules_follow_hf() {
+        let c = OptimConfig {
+            lr: 1.0,
+            warmup_steps: 2,
+            lr_scheduler: LrSchedule::Cosine,
+            ..OptimConfig::default()
+        };
+        assert_eq!(c.lr_at(0, 10), 0.0);
+        assert_eq!(c.lr_at(1, 10), 0.5);
+        assert_eq!(c.lr_at(2, 10), 1.0);
+        assert!((c.lr_at(6, 10) - 0.5).abs() < 1e-12);
+        assert!(c.lr_at(10, 10).abs() < 1e-12);
+        let lin = OptimConfig {
+            lr: 2.0,
+            lr_scheduler: LrSchedule::Linear,
+            min_lr_ratio: 0.5,
+            ..OptimConfig::default()
+        };
+        assert_eq!(lin.lr_at(0, 4), 2.0);
+        assert_eq!(lin.lr_at(2, 4), 1.5);
+        let constant = OptimConfig::default();
+        assert_eq!(constant.lr_at(7, 10), 1e-5);
+        assert!(OptimConfig {
+            lr: 0.0,
+            ..OptimConfig::default()
+        }
+        .validate("optim")
+        .unwrap_err()
+        .to_string()
+        .contains("optim.lr"));
+    }
+}

@@ -1,0 +1,210 @@
+//! Warm-up SFT on the tiny model (CPU, seeded): the held-out loss goes down on a small structured
+//! task; a run stopped after a checkpoint and resumed ends with exactly the weights of an
+//! uninterrupted run; interrupted checkpoint writes are ignored; config errors name the field.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use burn::backend::{Autodiff, Flex};
+use common::model_dir;
+use longrl::config::{parse_toml, ModelSection, RunSection};
+use longrl::sft::{self, SftConfig, SftFile};
+use longrl::train::{LrSchedule, OptimConfig, RunDir};
+
+type B = Autodiff<Flex>;
+
+const WORDS: [&str; 8] = ["red", "green", "blue", "cat", "dog", "sun", "moon", "tree"];
+
+/// "Repeat twice: a b" -> "a b a b": learnable from the prompt alone.
+fn write_data(dir: &Path, name: &str, n: usize, offset: usize) -> PathBuf {
+    let mut text = String::new();
+    for i in 0..n {
+        let k = i + offset;
+        let a = WORDS[k % 8];
+        let b = WORDS[(k / 8 + 3 * k) % 8];
+        let line = serde_json::json!({
+            "prompt": format!("Repeat twice: {a} {b}"),
+            "response": format!("{a} {b} {a} {b}"),
+        });
+        text.push_str(&format!("{line}\n"));
+    }
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn config(dir: &Path, steps: usize) -> SftConfig {
+    SftConfig {
+        train_file: write_data(dir, "train.jsonl", 48, 0),
+        valid_file: Some(write_data(dir, "valid.jsonl", 8, 100)),
+        max_steps: steps,
+        batch_size: 8,
+        micro_batch_tokens: 96,
+        optim: OptimConfig {
+            lr: 3e-3,
+            warmup_steps: 2,
+            lr_scheduler: LrSchedule::Cosine,
+            ..OptimConfig::default()
+        },
+        ..SftConfig::default()
+    }
+}
+
+fn model() -> ModelSection {
+    ModelSection {
+        path: model_dir("tiny-qwen2-chatml"),
+        chat_template: None,
+        save_dtype: None,
+    }
+}
+
+fn run(dir: &Path, save_steps: usize) -> RunSection {
+    RunSection {
+        run_dir: dir.to_path_buf(),
+        seed: 3,
+        save_steps,
+        save_total_limit: 0,
+        progress: false,
+        ..RunSection::default()
+    }
+}
+
+#[test]
+fn sft_lowers_the_held_out_loss() {
+    let data = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let summary = sft::train::<B>(
+        &model(),
+        &run(out.path(), 0),
+        &config(data.path(), 30),
+        false,
+        Default::default(),
+    )
+    .unwrap();
+    let (before, after) = (
+        summary.initial_valid_loss.unwrap(),
+        summary.final_valid_loss.unwrap(),
+    );
+    assert!(after < 0.6 * before, "held-out loss {before} -> {after}");
+    // The final model is a loadable HF folder, and the metrics log has every step.
+    let reloaded = longrl::model::load_model::<Flex>(&summary.final_dir, &Default::default());
+    assert!(reloaded.is_ok());
+    assert!(summary.final_dir.join("tokenizer.json").exists());
+    let log = std::fs::read_to_string(out.path().join("metrics.jsonl")).unwrap();
+    let steps: Vec<u64> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v.get("train/loss").is_some())
+        .map(|v| v["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(steps, (1..=30).collect::<Vec<u64>>());
+}
+
+fn weights(dir: &Path) -> Vec<u8> {
+    std::fs::read(dir.join("model.safetensors")).unwrap()
+}
+
+#[test]
+fn resumed_run_ends_with_the_same_weights() {
+    let data = tempfile::tempdir().unwrap();
+    let cfg = config(data.path(), 6);
+    let straight = tempfile::tempdir().unwrap();
+    let a = sft::train::<B>(
+        &model(),
+        &run(straight.path(), 3),
+        &cfg,
+        false,
+        Default::default(),
+    )
+    .unwrap();
+
+    // The same run, "killed" after its step-3 checkpoint: everything later is removed, including
+    // a half-written step-6 checkpoint and the final model.
+    let resumed = tempfile::tempdir().unwrap();
+    sft::train::<B>(
+        &model(),
+        &run(resumed.path(), 3),
+        &cfg,
+        false,
+        Default::default(),
+    )
+    .unwrap();
+    let ckpts = resumed.path().join("checkpoints");
+    std::fs::remove_dir_all(ckpts.join("step-00000006")).unwrap();
+    std::fs::remove_dir_all(resumed.path().join("final")).unwrap();
+    std::fs::create_dir_all(ckpts.join(".tmp-step-00000006")).unwrap();
+    std::fs::write(
+        ckpts.join(".tmp-step-00000006/model.safetensors"),
+        b"partial",
+    )
+    .unwrap();
+    std::fs::write(ckpts.join("latest"), "step-00000006").unwrap();
+
+    // Without --resume the run directory is protected.
+    let e = sft::train::<B>(
+        &model(),
+        &run(resumed.path(), 3),
+        &cfg,
+        false,
+        Default::default(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("--resume"), "{e}");
+
+    let b = sft::train::<B>(
+        &model(),
+        &run(resumed.path(), 3),
+        &cfg,
+        true,
+        Default::default(),
+    )
+    .unwrap();
+    assert!(
+        !ckpts.join(".tmp-step-00000006").exists(),
+        "stale temp folder removed"
+    );
+    assert_eq!(a.final_valid_loss, b.final_valid_loss);
+    assert!(
+        weights(&a.final_dir) == weights(&b.final_dir),
+        "resumed weights differ from the uninterrupted run"
+    );
+    // The metrics log of the resumed run lists each step once.
+    let log = std::fs::read_to_string(resumed.path().join("metrics.jsonl")).unwrap();
+    let train_steps = log.lines().filter(|l| l.contains("train/loss")).count();
+    assert_eq!(train_steps, 6);
+}
+
+#[test]
+fn incomplete_checkpoints_are_never_resumed_from() {
+    let dir = tempfile::tempdir().unwrap();
+    let run_dir = RunDir::open(dir.path()).unwrap();
+    assert!(run_dir.latest().unwrap().is_none());
+    let ckpts = dir.path().join("checkpoints");
+    std::fs::create_dir_all(ckpts.join("step-00000002")).unwrap();
+    std::fs::write(ckpts.join("step-00000002/trainer_state.json"), "{}").unwrap();
+    // A newer folder without its trainer state is a write that did not finish.
+    std::fs::create_dir_all(ckpts.join("step-00000004")).unwrap();
+    assert_eq!(
+        run_dir.latest().unwrap().unwrap().file_name().unwrap(),
+        "step-00000002"
+    );
+}
+
+#[test]
+fn config_errors_name_the_line_and_field() {
+    let path = Path::new("configs/bad.toml");
+    let text = "[model]\npath = \"m\"\n\n[sft]\ntrain_file = \"t.jsonl\"\nbatch_sise = 4\n";
+    let e = parse_toml::<SftFile>(text, path).unwrap_err().to_string();
+    assert!(e.contains("bad.toml:6") && e.contains("batch_sise"), "{e}");
+    let text = "[model]\npath = \"m\"\n[sft]\ntrain_file = \"t\"\n[sft.optim]\nlr = \"high\"\n";
+    let e = parse_toml::<SftFile>(text, path).unwrap_err().to_string();
+    assert!(
+        e.contains("bad.toml:6") && e.contains("invalid type"),
+        "{e}"
+    );
+    let ok: SftFile =
+        parse_toml("[model]\npath = \"m\"\n[sft]\ntrain_file = \"t\"\n", path).unwrap();
+    assert_eq!(ok.sft.batch_size, 8);
+}
