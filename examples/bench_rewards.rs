@@ -146,6 +146,7 @@ fn main() -> anyhow::Result<()> {
             question: None,
             prompt: None,
             response_tokens: None,
+            response_ids: &[],
         })
         .collect();
     let reward = HybridReward::new(HybridConfig::default(), None);

@@ -168,6 +168,7 @@ fn item<'a>(task: TaskKind, response: &'a str, gold: &'a str) -> RewardItem<'a> 
         question: None,
         prompt: Some(PROMPT),
         response_tokens: None,
+        response_ids: &[],
     }
 }
 

@@ -51,6 +51,8 @@ pub enum Command {
     Reward(reward::RewardArgs),
     /// Supervised fine-tuning (the warm-up phase) from a TOML config.
     Sft(train::TrainArgs),
+    /// GRPO / DAPO reinforcement learning from a TOML config.
+    Rl(train::TrainArgs),
 }
 
 /// Arguments of `longrl info`.
@@ -141,6 +143,7 @@ pub fn main() -> anyhow::Result<()> {
         Command::Generate(args) => device.run(GenerateTask(args))??,
         Command::Reward(args) => reward::run(args, device)?,
         Command::Sft(args) => train::run_sft(args, cli.device)?,
+        Command::Rl(args) => train::run_rl(args, cli.device)?,
     }
     Ok(())
 }

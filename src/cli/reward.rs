@@ -221,6 +221,7 @@ fn reward_file(args: &RewardArgs, judge: Option<Arc<dyn Judge>>) -> Result<()> {
                 question: p.line.question.as_deref(),
                 prompt: p.line.prompt.as_deref(),
                 response_tokens: p.line.response_length,
+                response_ids: &[],
             })
             .collect();
         let (outputs, stats) = reward.score_batch(&items);

@@ -8,6 +8,7 @@ use clap::Args;
 use crate::config::{load_toml, resolve_path, Overrides};
 use crate::device::{AutodiffBackendFn, DeviceSpec};
 use crate::error::Result;
+use crate::rl::{self, RlFile};
 use crate::sft::{self, SftFile};
 
 /// Options shared by the training commands.
@@ -99,6 +100,57 @@ pub fn run_sft(args: TrainArgs, device: Option<DeviceSpec>) -> Result<()> {
             resume: args.resume,
         },
     )??;
+    println!("{}", serde_json::to_string(&summary).unwrap_or_default());
+    Ok(())
+}
+
+/// Reads an RL config, resolving its paths and applying the overrides.
+pub fn load_rl_file(path: &Path, overrides: &Overrides) -> Result<RlFile> {
+    let mut file: RlFile = load_toml(path)?;
+    file.model.path = resolve_path(path, &file.model.path);
+    file.rl.train_file = resolve_path(path, &file.rl.train_file);
+    file.rl.reward.judge_checkpoint = file
+        .rl
+        .reward
+        .judge_checkpoint
+        .as_ref()
+        .map(|p| resolve_path(path, p));
+    overrides.apply(&mut file.run);
+    if let Some(n) = overrides.max_steps {
+        file.rl.max_steps = n;
+    }
+    Ok(file)
+}
+
+struct RlTask {
+    file: RlFile,
+    resume: bool,
+}
+
+impl AutodiffBackendFn for RlTask {
+    type Output = Result<rl::RlSummary>;
+
+    fn call<B: AutodiffBackend>(self, device: B::Device) -> Self::Output {
+        let f = self.file;
+        rl::train::<B>(&f.model, &f.run, &f.rl, None, self.resume, device)
+    }
+}
+
+/// Runs `longrl rl`.
+pub fn run_rl(args: TrainArgs, device: Option<DeviceSpec>) -> Result<()> {
+    let mut file = load_rl_file(&args.config, &args.overrides())?;
+    if args.quiet {
+        file.run.progress = false;
+    }
+    let device = pick_device(device, file.run.device.as_deref())?;
+    std::fs::create_dir_all(&file.run.run_dir)
+        .map_err(|e| crate::error::Error::io(&file.run.run_dir, e))?;
+    let text = toml::to_string_pretty(&file).unwrap_or_default();
+    crate::train::RunDir::open(&file.run.run_dir)?.write_config(&text)?;
+    let summary = device.run_autodiff(RlTask {
+        file,
+        resume: args.resume,
+    })??;
     println!("{}", serde_json::to_string(&summary).unwrap_or_default());
     Ok(())
 }

@@ -30,6 +30,20 @@ pub struct RewardItem<'a> {
     pub prompt: Option<&'a str>,
     /// Response length in tokens, for overlong shaping.
     pub response_tokens: Option<usize>,
+    /// The response's token ids, when known (for token-level reward functions).
+    pub response_ids: &'a [u32],
+}
+
+/// Anything that rewards a batch of responses: the hybrid reward, or a researcher's own function.
+pub trait Rewarder: Send + Sync {
+    /// One output per item, in order, and the batch's counters.
+    fn reward(&self, items: &[RewardItem<'_>]) -> (Vec<RewardOutput>, RewardStats);
+}
+
+impl Rewarder for HybridReward {
+    fn reward(&self, items: &[RewardItem<'_>]) -> (Vec<RewardOutput>, RewardStats) {
+        self.score_batch(items)
+    }
 }
 
 /// The reward of one response and how it was reached.

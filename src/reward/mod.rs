@@ -6,7 +6,7 @@ pub mod judge;
 pub mod rule;
 pub mod shaping;
 
-pub use hybrid::{HybridConfig, HybridReward, RewardItem, RewardOutput, RewardStats};
+pub use hybrid::{HybridConfig, HybridReward, RewardItem, RewardOutput, RewardStats, Rewarder};
 pub use judge::{Judge, JudgeOutcome, JudgeQuery, Verdict};
 pub use rule::{RuleOptions, RuleResult, TaskKind};
 pub use shaping::OverlongConfig;

@@ -4,6 +4,7 @@
 pub mod advantage;
 pub mod dynamic;
 pub mod loss;
+pub mod trainer;
 
 pub use advantage::{group_advantages, AdvantageEstimator, ScaleRewards};
 pub use dynamic::{FilterReport, GroupFilter};
@@ -11,3 +12,4 @@ pub use loss::{
     aggregate, kl_penalty, policy_loss, AggScale, KlEstimator, LossAggMode, PolicyLossConfig,
     PolicyLossInputs, PolicyLossStats,
 };
+pub use trainer::{train, RewardSection, RlConfig, RlFile, RlState, RlSummary};

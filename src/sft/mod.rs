@@ -361,7 +361,16 @@ pub fn train<B: AutodiffBackend>(
         let mut grads = acc.grads();
         let grad_norm = clip_grad_norm::<B, _>(&model, &mut grads, config.optim.max_grad_norm);
         let lr = config.optim.lr_at(step, total_steps);
-        model = optim.step(lr, model, grads);
+        let failed = !grad_norm.is_finite() || !loss_sum.is_finite();
+        if failed {
+            // A failed update never reaches the weights (nor the optimiser state).
+            log::warn!(
+                "step {}: non-finite loss ({loss_sum}) or gradient norm ({grad_norm}): update skipped",
+                step + 1
+            );
+        } else {
+            model = optim.step(lr, model, grads);
+        }
         last_loss = loss_sum;
         let done = step + 1;
         let mut record = json!({
@@ -371,6 +380,7 @@ pub fn train<B: AutodiffBackend>(
             "train/grad_norm": grad_norm,
             "train/lr": lr,
             "train/tokens": tokens,
+            "train/skipped_update": failed,
             "timing/step_s": t0.elapsed().as_secs_f64(),
         });
         let last = done == total_steps;

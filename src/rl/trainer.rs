@@ -1,0 +1,897 @@
+//! The GRPO / DAPO trainer. One step: draw prompts, roll out G samples each on the current policy
+//! (behaviour log-probs kept), reward them, keep the groups with a learning signal (dynamic
+//! sampling, refilling with further generation batches), compute group advantages, then update the
+//! policy with the clipped surrogate over `ppo_epochs` passes of mini-batches (one optimiser step
+//! each), every mini-batch split into micro-batches by a token budget.
+//!
+//! Randomness is keyed by (seed, step, prompt position, sample), never by batch layout or device,
+//! so a run resumes exactly and data parallelism can split the batch by prompts without changing
+//! the rollouts.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use burn::module::AutodiffModule;
+use burn::optim::{GradientsAccumulator, GradientsParams};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::Tensor;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::advantage::{group_advantages, AdvantageEstimator, ScaleRewards};
+use super::dynamic::{FilterReport, GroupFilter};
+use super::loss::{policy_loss, AggScale, PolicyLossConfig, PolicyLossInputs, PolicyLossStats};
+use crate::config::{ModelSection, RunSection};
+use crate::data::{load_rl, EpochSampler, RlSample, SamplerState};
+use crate::error::{Error, Result};
+use crate::generate::{
+    sample_seed, stop_token_ids, Engine, EngineOptions, FinishReason, GenerateRequest,
+    SamplingParams,
+};
+use crate::model::{load_model, Qwen2ForCausalLM};
+use crate::reward::judge::{HttpJudge, HttpJudgeConfig, LocalJudge, LocalJudgeConfig};
+use crate::reward::{
+    HybridConfig, HybridReward, Judge, OverlongConfig, RewardItem, RewardStats, Rewarder,
+    RuleOptions, TaskKind,
+};
+use crate::tokenizer::{Message, Tokenizer};
+use crate::train::run_dir::OPTIMIZER_FILE;
+use crate::train::{
+    clip_grad_norm, stable_param_ids, token_budget_batches, AdamWOptimizer, OptimConfig, Packed,
+    RunDir, Sequence,
+};
+
+/// `[rl.reward]`: the hybrid reward's settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RewardSection {
+    /// Rule verifier options (`require_think`, `case_insensitive`, `eos_suffixes`).
+    pub rule: RuleOptions,
+    /// OpenAI-compatible judge server (e.g. `http://127.0.0.1:8000/v1`); none: rules only.
+    pub judge_url: Option<String>,
+    /// The served judge model's name.
+    pub judge_model: Option<String>,
+    /// Environment variable holding the judge server's API key.
+    pub judge_api_key_env: Option<String>,
+    /// Judge requests in flight at once.
+    pub judge_concurrency: usize,
+    /// Seconds before a judge request is abandoned (then retried).
+    pub judge_timeout_s: f64,
+    /// Retries of a judge request after 429, 5xx or a transport error.
+    pub judge_retries: u32,
+    /// A local judge: HuggingFace model folder run on the training device.
+    pub judge_checkpoint: Option<PathBuf>,
+    /// Overlong shaping buffer L_cache in tokens (0: off); L_max is `max_response_length`.
+    pub overlong_buffer_len: usize,
+    /// Overlong penalty at the limit.
+    pub overlong_penalty_factor: f64,
+}
+
+impl Default for RewardSection {
+    fn default() -> Self {
+        Self {
+            rule: RuleOptions::default(),
+            judge_url: None,
+            judge_model: None,
+            judge_api_key_env: None,
+            judge_concurrency: 32,
+            judge_timeout_s: 120.0,
+            judge_retries: 5,
+            judge_checkpoint: None,
+            overlong_buffer_len: 0,
+            overlong_penalty_factor: 1.0,
+        }
+    }
+}
+
+/// `[rl]`: the GRPO / DAPO settings. Defaults are QwenLong-L1's public script.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RlConfig {
+    /// Training prompts (longrl JSONL).
+    pub train_file: PathBuf,
+    /// Training steps (rollout batches); 0 derives them from `num_epochs`.
+    pub max_steps: usize,
+    /// Passes over the prompts when `max_steps` is 0.
+    pub num_epochs: f64,
+    /// Prompts per training step (after dynamic sampling).
+    pub train_batch_size: usize,
+    /// Prompts per generation batch; 0: 3 x `train_batch_size` with dynamic sampling, else
+    /// `train_batch_size`.
+    pub gen_batch_size: usize,
+    /// Rollouts per prompt (G).
+    pub num_generations: usize,
+    /// Sampling temperature of rollouts (log-probs use the same temperature).
+    pub temperature: f32,
+    /// Nucleus sampling mass.
+    pub top_p: f32,
+    /// Top-k (0: off).
+    pub top_k: usize,
+    /// Longest prompt in tokens; longer prompts are skipped and counted.
+    pub max_prompt_length: usize,
+    /// Most response tokens (L_max).
+    pub max_response_length: usize,
+    /// Advantage estimator.
+    pub advantage: AdvantageEstimator,
+    /// Reward scaling of `grpo` (TRL's `scale_rewards`).
+    pub scale_rewards: ScaleRewards,
+    /// DAPO dynamic sampling: drop groups whose accuracy is all 0 or all 1 and refill.
+    pub dynamic_sampling: bool,
+    /// Most generation batches per step under dynamic sampling.
+    pub max_num_gen_batches: usize,
+    /// Prompts per optimiser step (their G rollouts each).
+    pub ppo_mini_batch_size: usize,
+    /// Passes over the rollout batch.
+    pub ppo_epochs: usize,
+    /// Padded tokens per micro-batch (verl's `ppo_max_token_len_per_gpu`).
+    pub micro_batch_tokens: usize,
+    /// Zero the loss of rollouts cut at `max_response_length` (TRL's `mask_truncated_completions`).
+    pub mask_truncated_completions: bool,
+    /// Prompts decoded together in one engine call (bounds the KV cache).
+    pub rollout_batch_size: usize,
+    /// Prompt columns prefilled per forward pass.
+    pub prefill_chunk: usize,
+    /// Positions projected to the vocabulary at once in the loss.
+    pub logits_chunk: usize,
+    /// Shuffle the prompts every epoch.
+    pub shuffle: bool,
+    /// The policy loss.
+    pub loss: PolicyLossConfig,
+    /// AdamW and schedule.
+    pub optim: OptimConfig,
+    /// The reward.
+    pub reward: RewardSection,
+}
+
+impl Default for RlConfig {
+    fn default() -> Self {
+        Self {
+            train_file: PathBuf::new(),
+            max_steps: 0,
+            num_epochs: 1.0,
+            train_batch_size: 128,
+            gen_batch_size: 0,
+            num_generations: 8,
+            temperature: 0.7,
+            top_p: 0.95,
+            top_k: 0,
+            max_prompt_length: 60000,
+            max_response_length: 10000,
+            advantage: AdvantageEstimator::Grpo,
+            scale_rewards: ScaleRewards::Group,
+            dynamic_sampling: true,
+            max_num_gen_batches: 10,
+            ppo_mini_batch_size: 32,
+            ppo_epochs: 1,
+            micro_batch_tokens: 10000,
+            mask_truncated_completions: false,
+            rollout_batch_size: 16,
+            prefill_chunk: 2048,
+            logits_chunk: 1024,
+            shuffle: true,
+            loss: PolicyLossConfig::default(),
+            optim: OptimConfig {
+                lr: 2e-6,
+                weight_decay: 0.01,
+                max_grad_norm: 1.0,
+                ..OptimConfig::default()
+            },
+            reward: RewardSection::default(),
+        }
+    }
+}
+
+impl RlConfig {
+    /// Checks the settings, naming the bad field.
+    pub fn validate(&self) -> Result<()> {
+        let positive = [
+            ("train_batch_size", self.train_batch_size),
+            ("num_generations", self.num_generations),
+            ("max_response_length", self.max_response_length),
+            ("max_prompt_length", self.max_prompt_length),
+            ("ppo_mini_batch_size", self.ppo_mini_batch_size),
+            ("ppo_epochs", self.ppo_epochs),
+            ("micro_batch_tokens", self.micro_batch_tokens),
+            ("rollout_batch_size", self.rollout_batch_size),
+            ("max_num_gen_batches", self.max_num_gen_batches),
+        ];
+        for (name, v) in positive {
+            if v == 0 {
+                return Err(Error::Invalid(format!("rl.{name} must be at least 1")));
+            }
+        }
+        if self.max_steps == 0 && (self.num_epochs.is_nan() || self.num_epochs <= 0.0) {
+            return Err(Error::Invalid(
+                "rl: set max_steps, or num_epochs > 0".into(),
+            ));
+        }
+        if self.dynamic_sampling && self.num_generations < 2 {
+            return Err(Error::Invalid(
+                "rl.dynamic_sampling needs num_generations >= 2 (a group of one has no spread)"
+                    .into(),
+            ));
+        }
+        if self.reward.judge_url.is_some() != self.reward.judge_model.is_some() {
+            return Err(Error::Invalid(
+                "rl.reward: judge_url and judge_model go together".into(),
+            ));
+        }
+        self.loss
+            .validate()
+            .map_err(|e| Error::Invalid(format!("rl.loss.{e}")))?;
+        self.optim.validate("rl.optim")
+    }
+
+    /// Prompts per generation batch.
+    pub fn gen_batch(&self) -> usize {
+        match (self.gen_batch_size, self.dynamic_sampling) {
+            (0, true) => 3 * self.train_batch_size,
+            (0, false) => self.train_batch_size,
+            (n, _) => n,
+        }
+    }
+}
+
+/// The file `longrl rl --config` reads.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RlFile {
+    /// `[model]`.
+    pub model: ModelSection,
+    /// `[run]`.
+    #[serde(default)]
+    pub run: RunSection,
+    /// `[rl]`.
+    pub rl: RlConfig,
+}
+
+/// What an RL checkpoint remembers besides the weights and the optimiser.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RlState {
+    /// Training steps done.
+    pub step: usize,
+    /// Total steps of the run.
+    pub total_steps: usize,
+    /// The prompt sampler's position.
+    pub sampler: SamplerState,
+}
+
+/// A prompt ready for rollouts.
+#[derive(Debug, Clone)]
+pub struct PreparedPrompt {
+    /// Index in the dataset.
+    pub index: usize,
+    /// The templated user message (what the judge's question is cut from).
+    pub text: String,
+    /// Prompt ids (chat template with generation prompt).
+    pub ids: Vec<u32>,
+    /// Verifier.
+    pub task: TaskKind,
+    /// Gold answer.
+    pub answer: String,
+}
+
+/// Tokenises RL samples; prompts over `max_prompt_length` tokens are dropped (count returned).
+pub fn prepare_prompts(
+    samples: &[RlSample],
+    tokenizer: &Tokenizer,
+    max_prompt_length: usize,
+) -> Result<(Vec<PreparedPrompt>, usize)> {
+    let mut out = Vec::new();
+    let mut skipped = 0;
+    for (index, s) in samples.iter().enumerate() {
+        let text = s.user_prompt()?;
+        let ids = tokenizer.encode_chat(&[Message::new("user", text.clone())], true)?;
+        if ids.len() > max_prompt_length {
+            skipped += 1;
+            continue;
+        }
+        out.push(PreparedPrompt {
+            index,
+            text,
+            ids,
+            task: s.task_kind()?,
+            answer: s.answer.clone(),
+        });
+    }
+    Ok((out, skipped))
+}
+
+/// One rollout with everything the update needs.
+#[derive(Debug, Clone)]
+struct Rollout {
+    response: Vec<u32>,
+    old_logp: Vec<f32>,
+    reward: f64,
+    score: f64,
+    acc: bool,
+    truncated: bool,
+    advantage: f64,
+}
+
+/// A prompt's group of rollouts.
+#[derive(Debug, Clone)]
+struct Group {
+    prompt: usize,
+    rollouts: Vec<Rollout>,
+}
+
+/// The outcome of an RL run.
+#[derive(Debug, Clone, Serialize)]
+pub struct RlSummary {
+    /// Steps done in total.
+    pub steps: usize,
+    /// Mean correctness score of the rollouts at the first step of this process.
+    pub first_score_mean: f64,
+    /// Mean correctness score of the rollouts at the last step.
+    pub last_score_mean: f64,
+    /// Prompts skipped for exceeding `max_prompt_length`.
+    pub skipped_prompts: usize,
+    /// The final model folder.
+    pub final_dir: PathBuf,
+}
+
+/// Builds the hybrid reward of `[rl.reward]` (the local judge runs on backend `B`).
+pub fn build_rewarder<B: Backend>(
+    config: &RlConfig,
+    device: &B::Device,
+) -> Result<Arc<dyn Rewarder>> {
+    let r = &config.reward;
+    let judge: Option<Arc<dyn Judge>> = match (&r.judge_url, &r.judge_model, &r.judge_checkpoint) {
+        (Some(url), Some(model), _) => {
+            let api_key = match &r.judge_api_key_env {
+                Some(var) => Some(std::env::var(var).map_err(|_| {
+                    Error::Invalid(format!(
+                        "rl.reward.judge_api_key_env: environment variable {var} is not set"
+                    ))
+                })?),
+                None => None,
+            };
+            Some(Arc::new(HttpJudge::new(HttpJudgeConfig {
+                api_key,
+                concurrency: r.judge_concurrency,
+                timeout: Duration::from_secs_f64(r.judge_timeout_s.max(0.001)),
+                max_retries: r.judge_retries,
+                ..HttpJudgeConfig::new(url.clone(), model.clone())
+            })?))
+        }
+        (_, _, Some(dir)) => Some(Arc::new(LocalJudge::<B>::load(
+            dir,
+            device.clone(),
+            LocalJudgeConfig::default(),
+        )?)),
+        _ => None,
+    };
+    let overlong = (r.overlong_buffer_len > 0).then_some(OverlongConfig {
+        max_response_length: config.max_response_length,
+        buffer_length: r.overlong_buffer_len,
+        penalty_factor: r.overlong_penalty_factor,
+    });
+    if let Some(o) = &overlong {
+        o.validate()?;
+    }
+    Ok(Arc::new(HybridReward::new(
+        HybridConfig {
+            rule: r.rule.clone(),
+            overlong,
+        },
+        judge,
+    )))
+}
+
+/// The per-step seed: the same for every device and batch layout.
+fn step_seed(seed: u64, step: usize) -> u64 {
+    sample_seed(seed, step as u64, u64::MAX)
+}
+
+fn mean(x: impl Iterator<Item = f64>) -> f64 {
+    let (s, n) = x.fold((0.0, 0usize), |(s, n), v| (s + v, n + 1));
+    if n == 0 {
+        0.0
+    } else {
+        s / n as f64
+    }
+}
+
+fn std(x: &[f64]) -> f64 {
+    if x.len() < 2 {
+        return 0.0;
+    }
+    let m = mean(x.iter().copied());
+    (x.iter().map(|v| (v - m) * (v - m)).sum::<f64>() / (x.len() - 1) as f64).sqrt()
+}
+
+/// Runs RL on autodiff backend `B`. `rewarder: None` builds the hybrid reward of `[rl.reward]`.
+///
+/// With `resume`, training continues from the run directory's latest checkpoint; without it, a run
+/// directory that already holds checkpoints is an error.
+pub fn train<B: AutodiffBackend>(
+    model_section: &ModelSection,
+    run: &RunSection,
+    config: &RlConfig,
+    rewarder: Option<Arc<dyn Rewarder>>,
+    resume: bool,
+    device: B::Device,
+) -> Result<RlSummary> {
+    config.validate()?;
+    let run_dir = RunDir::open(&run.run_dir)?;
+    let resume_from = run_dir.latest()?;
+    if let (Some(c), false) = (&resume_from, resume) {
+        return Err(Error::Invalid(format!(
+            "run directory {} already has checkpoint {}: pass --resume to continue it, or choose \
+             another --run-dir",
+            run.run_dir.display(),
+            c.display()
+        )));
+    }
+    let mut tokenizer = Tokenizer::from_dir(&model_section.path)?;
+    if let Some(t) = &model_section.chat_template {
+        tokenizer.chat_template = Some(t.parse()?);
+    }
+    let (policy, state) = match &resume_from {
+        Some(ckpt) => {
+            log::info!("resuming from {}", ckpt.display());
+            let state: RlState = RunDir::load_state(ckpt)?;
+            (load_model::<B>(ckpt, &device)?, Some(state))
+        }
+        None => (load_model::<B>(&model_section.path, &device)?, None),
+    };
+    let mut policy = stable_param_ids(policy);
+    tokenizer.check_fits(policy.config().vocab_size)?;
+    // The frozen reference is the policy at the start of RL (loaded again when resuming).
+    let reference = if config.loss.beta > 0.0 {
+        Some(load_model::<B::InnerBackend>(&model_section.path, &device)?)
+    } else {
+        None
+    };
+    let stop = stop_token_ids(&model_section.path, policy.config(), Some(&tokenizer))?;
+    let pad = tokenizer
+        .pad_token_id
+        .or(stop.first().copied())
+        .unwrap_or(0);
+    let rewarder = match rewarder {
+        Some(r) => r,
+        None => build_rewarder::<B::InnerBackend>(config, &device)?,
+    };
+
+    let samples = load_rl(&config.train_file)?;
+    let (prompts, skipped_prompts) =
+        prepare_prompts(&samples, &tokenizer, config.max_prompt_length)?;
+    if skipped_prompts > 0 {
+        log::warn!(
+            "{skipped_prompts} of {} prompts exceed rl.max_prompt_length = {} tokens and are skipped",
+            samples.len(),
+            config.max_prompt_length
+        );
+    }
+    if prompts.is_empty() {
+        return Err(Error::input(
+            &config.train_file,
+            0,
+            format!(
+                "every prompt exceeds rl.max_prompt_length = {}",
+                config.max_prompt_length
+            ),
+        ));
+    }
+    let total_steps = if config.max_steps > 0 {
+        config.max_steps
+    } else {
+        ((config.num_epochs * prompts.len() as f64) / config.train_batch_size as f64).ceil()
+            as usize
+    };
+    let (start, sampler_state) = match &state {
+        Some(s) => (s.step, s.sampler),
+        None => (0, SamplerState::default()),
+    };
+    let mut sampler = EpochSampler::new(prompts.len(), run.seed, config.shuffle, sampler_state);
+    let mut optim = AdamWOptimizer::<B, Qwen2ForCausalLM<B>>::new(&config.optim);
+    if let Some(ckpt) = &resume_from {
+        optim.load(&ckpt.join(OPTIMIZER_FILE), &device)?;
+        run_dir.truncate_metrics_after(start)?;
+    }
+    let params = SamplingParams {
+        temperature: config.temperature,
+        top_p: config.top_p,
+        top_k: config.top_k,
+        max_new_tokens: config.max_response_length,
+        stop_token_ids: stop.clone(),
+        stop_strings: Vec::new(),
+    };
+    params.validate()?;
+    let bar = crate::metrics::progress_bar(total_steps as u64, start as u64, run.progress, "rl");
+    let (mut first_score, mut last_score) = (None, 0.0);
+
+    for step in start..total_steps {
+        let t_step = Instant::now();
+        let seed = step_seed(run.seed, step);
+        let mut filter = GroupFilter::<Group>::new(
+            config.dynamic_sampling,
+            config.train_batch_size,
+            config.max_num_gen_batches,
+        );
+        let (mut t_gen, mut t_reward) = (Duration::ZERO, Duration::ZERO);
+        let mut reward_stats = RewardStats::default();
+        let mut all_scores = Vec::new();
+        let mut all_rewards = Vec::new();
+        let mut position = 0u64;
+        let mut prompt_lens = Vec::new();
+        loop {
+            filter.start_batch();
+            let batch: Vec<usize> = sampler.take(config.gen_batch());
+            // Rollouts, in chunks of prompts that bound the KV cache.
+            let t0 = Instant::now();
+            let inner = policy.valid();
+            let engine = Engine::new(
+                &inner,
+                device.clone(),
+                EngineOptions {
+                    pad_token_id: pad,
+                    prefill_chunk: config.prefill_chunk,
+                    max_cache_bytes: None,
+                },
+            )
+            .with_detokenizer(Box::new(|ids: &[u32]| tokenizer.decode(ids, true)));
+            let mut results = Vec::with_capacity(batch.len());
+            for chunk in batch.chunks(config.rollout_batch_size) {
+                let requests: Vec<GenerateRequest> = chunk
+                    .iter()
+                    .map(|&p| {
+                        let pos = position;
+                        position += 1;
+                        GenerateRequest {
+                            prompt: prompts[p].ids.clone(),
+                            seeds: (0..config.num_generations as u64)
+                                .map(|j| sample_seed(seed, pos, j))
+                                .collect(),
+                        }
+                    })
+                    .collect();
+                results.extend(engine.generate(&requests, &params)?);
+            }
+            drop(engine);
+            drop(inner);
+            t_gen += t0.elapsed();
+
+            let t1 = Instant::now();
+            let mut items = Vec::new();
+            for (&p, samples) in batch.iter().zip(&results) {
+                prompt_lens.push(prompts[p].ids.len() as f64);
+                for s in samples {
+                    items.push(RewardItem {
+                        task: prompts[p].task,
+                        response: s.text.as_deref().unwrap_or(""),
+                        ground_truth: &prompts[p].answer,
+                        question: None,
+                        prompt: Some(&prompts[p].text),
+                        response_tokens: Some(s.output_ids.len()),
+                        response_ids: &s.output_ids,
+                    });
+                }
+            }
+            let (outputs, stats) = rewarder.reward(&items);
+            reward_stats.add(&stats);
+            t_reward += t1.elapsed();
+
+            let mut k = 0;
+            for (&p, samples) in batch.iter().zip(results) {
+                let mut rollouts = Vec::with_capacity(samples.len());
+                for s in samples {
+                    let o = &outputs[k];
+                    k += 1;
+                    all_scores.push(o.score);
+                    all_rewards.push(o.reward);
+                    rollouts.push(Rollout {
+                        truncated: s.finish_reason == FinishReason::Length,
+                        response: s.output_ids,
+                        old_logp: s.logprobs,
+                        reward: o.reward,
+                        score: o.score,
+                        acc: o.acc,
+                        advantage: 0.0,
+                    });
+                }
+                let accs: Vec<bool> = rollouts.iter().map(|r| r.acc).collect();
+                filter.offer(
+                    Group {
+                        prompt: p,
+                        rollouts,
+                    },
+                    &accs,
+                );
+            }
+            if !filter.wants_more() {
+                break;
+            }
+        }
+        let (mut groups, report) = filter.finish();
+        if filter_short(&report, groups.len(), config) {
+            log::warn!(
+                "step {}: dynamic sampling kept {} of {} groups after {} generation batches (rl.max_num_gen_batches)",
+                step + 1,
+                groups.len(),
+                config.train_batch_size,
+                report.gen_batches
+            );
+        }
+        let rewards: Vec<Vec<f64>> = groups
+            .iter()
+            .map(|g| g.rollouts.iter().map(|r| r.reward).collect())
+            .collect();
+        let advantages = group_advantages(&rewards, config.advantage, config.scale_rewards);
+        for (g, adv) in groups.iter_mut().zip(advantages) {
+            for (r, a) in g.rollouts.iter_mut().zip(adv) {
+                r.advantage = a;
+            }
+        }
+
+        // Policy update.
+        let t2 = Instant::now();
+        let mut loss_stats = PolicyLossStats::default();
+        let mut grad_norms = Vec::new();
+        let mut lr = 0.0;
+        let mut skipped_updates = 0usize;
+        let ref_logps = match &reference {
+            Some(r) => Some(reference_logprobs(
+                r, &groups, &prompts, pad, config, &device,
+            )?),
+            None => None,
+        };
+        for _epoch in 0..config.ppo_epochs {
+            for (mb_index, mini) in groups.chunks(config.ppo_mini_batch_size).enumerate() {
+                let first_group = mb_index * config.ppo_mini_batch_size;
+                let (grads, stats) = mini_batch_grads(
+                    &policy,
+                    mini,
+                    ref_logps
+                        .as_ref()
+                        .map(|r| &r[first_group..first_group + mini.len()]),
+                    &prompts,
+                    pad,
+                    config,
+                    &device,
+                )?;
+                let Some(mut grads) = grads else { continue };
+                let norm = clip_grad_norm::<B, _>(&policy, &mut grads, config.optim.max_grad_norm);
+                if !norm.is_finite() || !stats.pg_loss.is_finite() {
+                    // A failed update never reaches the weights (nor the optimiser state).
+                    skipped_updates += 1;
+                    log::warn!(
+                        "step {}: non-finite loss ({}) or gradient norm ({norm}): update skipped",
+                        step + 1,
+                        stats.pg_loss
+                    );
+                    continue;
+                }
+                loss_stats.add(&stats);
+                grad_norms.push(norm);
+                lr = config.optim.lr_at(step, total_steps);
+                policy = optim.step(lr, policy, grads);
+            }
+        }
+        let t_train = t2.elapsed();
+
+        // Metrics.
+        let kept: Vec<&Rollout> = groups.iter().flat_map(|g| &g.rollouts).collect();
+        let lens: Vec<f64> = kept.iter().map(|r| r.response.len() as f64).collect();
+        let score_mean = mean(all_scores.iter().copied());
+        first_score.get_or_insert(score_mean);
+        last_score = score_mean;
+        let tok = loss_stats.tokens.max(1.0);
+        let done = step + 1;
+        let kept_scores: Vec<f64> = kept.iter().map(|r| r.score).collect();
+        let kept_rewards: Vec<f64> = kept.iter().map(|r| r.reward).collect();
+        let record = json!({
+            "step": done,
+            "epoch": sampler.epochs_done(),
+            "critic/score/mean": mean(kept_scores.iter().copied()),
+            "critic/score/std": std(&kept_scores),
+            "critic/rewards/mean": mean(kept_rewards.iter().copied()),
+            "critic/rewards/std": std(&kept_rewards),
+            "critic/acc/mean": mean(kept.iter().map(|r| r.acc as u8 as f64)),
+            "rollout/score/mean": score_mean,
+            "rollout/score/std": std(&all_scores),
+            "rollout/rewards/mean": mean(all_rewards.iter().copied()),
+            "rollout/acc/mean": mean(all_scores.iter().map(|&s| (s == 1.0) as u8 as f64)),
+            "critic/advantages/mean": mean(kept.iter().map(|r| r.advantage)),
+            "critic/advantages/max": kept.iter().map(|r| r.advantage).fold(f64::NAN, f64::max),
+            "critic/advantages/min": kept.iter().map(|r| r.advantage).fold(f64::NAN, f64::min),
+            "train/num_gen_batches": report.gen_batches,
+            "train/filtered_groups_frac": report.filtered_fraction(),
+            "train/groups_kept": groups.len(),
+        });
+        let actor = json!({
+            "actor/pg_loss": loss_stats.pg_loss,
+            "actor/pg_clipfrac": loss_stats.clipped / tok,
+            "actor/pg_clipfrac_low": loss_stats.clipped_low / tok,
+            "actor/pg_clipfrac_high": loss_stats.clipped_high / tok,
+            "actor/ppo_kl": loss_stats.ppo_kl / tok,
+            "actor/kl_loss": loss_stats.kl_loss,
+            "actor/kl": loss_stats.kl / tok,
+            "actor/entropy": loss_stats.entropy / tok,
+            "actor/grad_norm": mean(grad_norms.iter().copied()),
+            "actor/lr": lr,
+            "actor/updates": grad_norms.len(),
+            "actor/skipped_updates": skipped_updates,
+        });
+        let lengths = json!({
+            "response_length/mean": mean(lens.iter().copied()),
+            "response_length/max": lens.iter().copied().fold(0.0, f64::max),
+            "response_length/min": lens.iter().copied().fold(f64::INFINITY, f64::min).min(f64::MAX),
+            "response_length/clip_ratio": mean(kept.iter().map(|r| r.truncated as u8 as f64)),
+            "prompt_length/mean": mean(prompt_lens.iter().copied()),
+            "prompt_length/max": prompt_lens.iter().copied().fold(0.0, f64::max),
+        });
+        let other = json!({
+            "reward/judge_calls": reward_stats.judge_calls,
+            "reward/judge_flips": reward_stats.judge_flips,
+            "reward/judge_failures": reward_stats.judge_failures,
+            "reward/judge_unparsed": reward_stats.judge_unparsed,
+            "reward/judge_cache_hits": reward_stats.judge_cache_hits,
+            "reward/overlong_penalised": reward_stats.overlong_penalised,
+            "timing_s/gen": t_gen.as_secs_f64(),
+            "timing_s/reward": t_reward.as_secs_f64(),
+            "timing_s/update_actor": t_train.as_secs_f64(),
+            "timing_s/step": t_step.elapsed().as_secs_f64(),
+        });
+        let mut record = record;
+        for part in [actor, lengths, other] {
+            if let (Some(map), serde_json::Value::Object(more)) = (record.as_object_mut(), part) {
+                map.extend(more);
+            }
+        }
+        run_dir.log_metrics(&record)?;
+        bar.set_message(format!(
+            "score {score_mean:.3} entropy {:.3}",
+            loss_stats.entropy / tok
+        ));
+        bar.inc(1);
+        if (run.save_steps > 0 && done % run.save_steps == 0) || done == total_steps {
+            let state = RlState {
+                step: done,
+                total_steps,
+                sampler: sampler.state(),
+            };
+            run_dir.save_checkpoint(
+                done,
+                &policy,
+                &model_section.path,
+                |p| optim.save(p),
+                &state,
+                (run.save_total_limit > 0).then_some(run.save_total_limit),
+            )?;
+        }
+    }
+    bar.finish_and_clear();
+    let final_dir =
+        run_dir.save_final(&policy, &model_section.path, model_section.save_dtype()?)?;
+    Ok(RlSummary {
+        steps: total_steps,
+        first_score_mean: first_score.unwrap_or(last_score),
+        last_score_mean: last_score,
+        skipped_prompts,
+        final_dir,
+    })
+}
+
+fn filter_short(report: &FilterReport, kept: usize, config: &RlConfig) -> bool {
+    config.dynamic_sampling && kept < config.train_batch_size && report.gen_batches > 0
+}
+
+/// The sequences of a set of groups, flattened in order.
+fn sequences<'a>(
+    groups: &'a [Group],
+    prompts: &'a [PreparedPrompt],
+) -> Vec<(Sequence<'a>, &'a Rollout)> {
+    groups
+        .iter()
+        .flat_map(|g| {
+            g.rollouts.iter().map(move |r| {
+                (
+                    Sequence {
+                        prompt: &prompts[g.prompt].ids,
+                        response: &r.response,
+                    },
+                    r,
+                )
+            })
+        })
+        .collect()
+}
+
+/// Reference log-probs of every rollout, per group then rollout.
+fn reference_logprobs<B: Backend>(
+    reference: &Qwen2ForCausalLM<B>,
+    groups: &[Group],
+    prompts: &[PreparedPrompt],
+    pad: u32,
+    config: &RlConfig,
+    device: &B::Device,
+) -> Result<Vec<Vec<Vec<f32>>>> {
+    let mut out = Vec::with_capacity(groups.len());
+    for g in groups {
+        let seqs = sequences(std::slice::from_ref(g), prompts);
+        let plain: Vec<Sequence<'_>> = seqs.iter().map(|(s, _)| *s).collect();
+        let mut per_rollout = vec![Vec::new(); plain.len()];
+        for mb in token_budget_batches(&plain, config.micro_batch_tokens) {
+            let part: Vec<Sequence<'_>> = mb.iter().map(|&i| plain[i]).collect();
+            let packed = Packed::<B>::new(&part, pad, device);
+            let (logp, _) =
+                packed.logprobs(reference, config.temperature, config.logits_chunk, false)?;
+            let r = packed.response_cols;
+            let values: Vec<f32> = logp.into_data().to_vec().unwrap_or_default();
+            for (row, &i) in mb.iter().enumerate() {
+                per_rollout[i] = values[row * r..row * r + plain[i].response.len()].to_vec();
+            }
+        }
+        out.push(per_rollout);
+    }
+    Ok(out)
+}
+
+/// Accumulated gradients of one mini-batch (none when it has no loss tokens) and its statistics.
+#[allow(clippy::type_complexity)]
+fn mini_batch_grads<B: AutodiffBackend>(
+    policy: &Qwen2ForCausalLM<B>,
+    groups: &[Group],
+    ref_logps: Option<&[Vec<Vec<f32>>]>,
+    prompts: &[PreparedPrompt],
+    pad: u32,
+    config: &RlConfig,
+    device: &B::Device,
+) -> Result<(Option<GradientsParams>, PolicyLossStats)> {
+    let seqs = sequences(groups, prompts);
+    let refs: Option<Vec<&Vec<f32>>> = ref_logps.map(|r| r.iter().flatten().collect());
+    let counts = |r: &Rollout| !(config.mask_truncated_completions && r.truncated);
+    let tokens: usize = seqs
+        .iter()
+        .filter(|(_, r)| counts(r))
+        .map(|(s, _)| s.response.len())
+        .sum();
+    let sequences_counted = seqs.iter().filter(|(_, r)| counts(r)).count();
+    let mut stats = PolicyLossStats::default();
+    if tokens == 0 {
+        return Ok((None, stats));
+    }
+    let scale = AggScale {
+        tokens: tokens as f64,
+        sequences: sequences_counted as f64,
+        norm_constant: config.max_response_length as f64,
+    };
+    let plain: Vec<Sequence<'_>> = seqs.iter().map(|(s, _)| *s).collect();
+    let mut acc = GradientsAccumulator::<Qwen2ForCausalLM<B>>::new();
+    for mb in token_budget_batches(&plain, config.micro_batch_tokens) {
+        let part: Vec<Sequence<'_>> = mb.iter().map(|&i| plain[i]).collect();
+        let packed = Packed::<B>::new(&part, pad, device);
+        let (logp, entropy) =
+            packed.logprobs(policy, config.temperature, config.logits_chunk, true)?;
+        let rollouts: Vec<&Rollout> = mb.iter().map(|&i| seqs[i].1).collect();
+        let old: Vec<Vec<f32>> = rollouts.iter().map(|r| r.old_logp.clone()).collect();
+        let adv: Vec<Vec<f32>> = rollouts
+            .iter()
+            .map(|r| vec![r.advantage as f32; r.response.len()])
+            .collect();
+        let keep: Vec<Vec<f32>> = rollouts
+            .iter()
+            .map(|r| vec![if counts(r) { 1.0 } else { 0.0 }; r.response.len()])
+            .collect();
+        let mask: Tensor<B, 2> = packed.response_grid(&keep, device);
+        let ref_logp = refs.as_ref().map(|refs| {
+            let rows: Vec<Vec<f32>> = mb.iter().map(|&i| refs[i].clone()).collect();
+            packed.response_grid(&rows, device)
+        });
+        let inputs = PolicyLossInputs {
+            logp,
+            old_logp: packed.response_grid(&old, device),
+            advantages: packed.response_grid(&adv, device),
+            mask,
+            ref_logp,
+            entropy,
+        };
+        let (loss, s) = policy_loss(inputs, &config.loss, &scale);
+        stats.add(&s);
+        acc.accumulate(policy, GradientsParams::from_grads(loss.backward(), policy));
+    }
+    Ok((Some(acc.grads()), stats))
+}

@@ -1,0 +1,399 @@
+//! The GRPO/DAPO trainer on the tiny model (CPU, seeded): RL raises the mean reward of a simple
+//! verifiable task, dynamic sampling refills the batch with informative groups, a resumed run ends
+//! with the weights of an uninterrupted one, and `longrl rl` runs end to end from a TOML config
+//! with the hybrid reward.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+use burn::backend::{Autodiff, Flex};
+use common::model_dir;
+use longrl::config::{ModelSection, RunSection};
+use longrl::reward::{RewardItem, RewardOutput, RewardStats, Rewarder};
+use longrl::rl::{self, RlConfig};
+use longrl::train::OptimConfig;
+use serde_json::Value;
+
+type B = Autodiff<Flex>;
+
+/// Reward: the fraction of response tokens with an id below 128 (about 1/8 for a random model);
+/// accurate when at least half are.
+struct LowIds;
+
+impl Rewarder for LowIds {
+    fn reward(&self, items: &[RewardItem<'_>]) -> (Vec<RewardOutput>, RewardStats) {
+        let out = items
+            .iter()
+            .map(|it| {
+                let n = it.response_ids.len().max(1) as f64;
+                let score = it.response_ids.iter().filter(|&&t| t < 128).count() as f64 / n;
+                RewardOutput {
+                    score,
+                    acc: score >= 0.5,
+                    pred: None,
+                    rule: score,
+                    judge: None,
+                    verdict: None,
+                    overlong: 0.0,
+                    reward: score,
+                }
+            })
+            .collect();
+        (out, RewardStats::default())
+    }
+}
+
+/// Accuracy set by the gold answer: "right" (all), "wrong" (none), "mixed" (every other rollout).
+struct ByAnswer;
+
+impl Rewarder for ByAnswer {
+    fn reward(&self, items: &[RewardItem<'_>]) -> (Vec<RewardOutput>, RewardStats) {
+        let out = items
+            .iter()
+            .enumerate()
+            .map(|(k, it)| {
+                let acc = match it.ground_truth {
+                    "right" => true,
+                    "wrong" => false,
+                    _ => k % 2 == 0,
+                };
+                let score = acc as u8 as f64;
+                RewardOutput {
+                    score,
+                    acc,
+                    pred: None,
+                    rule: score,
+                    judge: None,
+                    verdict: None,
+                    overlong: 0.0,
+                    reward: score,
+                }
+            })
+            .collect();
+        (out, RewardStats::default())
+    }
+}
+
+fn write_prompts(dir: &Path, answers: &[&str]) -> PathBuf {
+    let mut text = String::new();
+    for (i, a) in answers.iter().enumerate() {
+        let line = serde_json::json!({"id": format!("p{i}"), "task": "qa", "prompt": format!("Question {i}: say something."), "answer": a});
+        text.push_str(&format!("{line}\n"));
+    }
+    let p = dir.join("prompts.jsonl");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn model() -> ModelSection {
+    ModelSection {
+        path: model_dir("tiny-qwen2-chatml"),
+        chat_template: None,
+        save_dtype: None,
+    }
+}
+
+fn run(dir: &Path, save_steps: usize) -> RunSection {
+    RunSection {
+        run_dir: dir.to_path_buf(),
+        seed: 11,
+        save_steps,
+        save_total_limit: 0,
+        progress: false,
+        ..RunSection::default()
+    }
+}
+
+fn config(train_file: PathBuf, steps: usize) -> RlConfig {
+    let mut c = RlConfig {
+        train_file,
+        max_steps: steps,
+        train_batch_size: 4,
+        num_generations: 8,
+        temperature: 1.0,
+        top_p: 1.0,
+        max_response_length: 8,
+        dynamic_sampling: false,
+        ppo_mini_batch_size: 4,
+        micro_batch_tokens: 256,
+        optim: OptimConfig {
+            lr: 1e-2,
+            ..OptimConfig::default()
+        },
+        ..RlConfig::default()
+    };
+    c.loss.entropy_coeff = 0.0;
+    c
+}
+
+fn metrics(dir: &Path) -> Vec<Value> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn rl_raises_the_mean_reward() {
+    let data = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let cfg = config(write_prompts(data.path(), &["x"; 8]), 25);
+    let summary = rl::train::<B>(
+        &model(),
+        &run(out.path(), 0),
+        &cfg,
+        Some(Arc::new(LowIds)),
+        false,
+        Default::default(),
+    )
+    .unwrap();
+    let m = metrics(out.path());
+    assert_eq!(m.len(), 25);
+    let first: f64 = m[..3]
+        .iter()
+        .map(|r| r["rollout/score/mean"].as_f64().unwrap())
+        .sum::<f64>()
+        / 3.0;
+    let last: f64 = m[22..]
+        .iter()
+        .map(|r| r["rollout/score/mean"].as_f64().unwrap())
+        .sum::<f64>()
+        / 3.0;
+    assert!(first < 0.3, "a random policy starts low: {first}");
+    assert!(last > first + 0.3, "mean reward {first} -> {last}");
+    for key in [
+        "actor/entropy",
+        "actor/pg_clipfrac",
+        "actor/ppo_kl",
+        "actor/grad_norm",
+        "response_length/mean",
+        "timing_s/gen",
+    ] {
+        assert!(m[0][key].is_number(), "{key} missing: {}", m[0]);
+    }
+    assert!(summary.final_dir.join("model.safetensors").exists());
+}
+
+#[test]
+fn dynamic_sampling_refills_the_batch_with_informative_groups() {
+    let data = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let mut cfg = config(
+        write_prompts(
+            data.path(),
+            &["right", "wrong", "mixed", "right", "wrong", "mixed"],
+        ),
+        2,
+    );
+    cfg.dynamic_sampling = true;
+    cfg.train_batch_size = 2;
+    cfg.gen_batch_size = 2;
+    cfg.ppo_mini_batch_size = 1;
+    cfg.num_generations = 4;
+    cfg.max_num_gen_batches = 10;
+    rl::train::<B>(
+        &model(),
+        &run(out.path(), 0),
+        &cfg,
+        Some(Arc::new(ByAnswer)),
+        false,
+        Default::default(),
+    )
+    .unwrap();
+    for r in metrics(out.path()) {
+        assert_eq!(r["train/groups_kept"], 2, "{r}");
+        assert_eq!(
+            r["critic/acc/mean"], 0.5,
+            "only mixed groups are trained on: {r}"
+        );
+        assert!(r["train/num_gen_batches"].as_u64().unwrap() >= 2, "{r}");
+        assert!(r["train/filtered_groups_frac"].as_f64().unwrap() > 0.0);
+        assert_eq!(r["actor/updates"], 2, "two mini-batches of one group");
+    }
+
+    // A cap too small to fill the batch trains on what it has.
+    let out2 = tempfile::tempdir().unwrap();
+    cfg.max_num_gen_batches = 1;
+    cfg.train_batch_size = 4;
+    cfg.gen_batch_size = 3;
+    rl::train::<B>(
+        &model(),
+        &run(out2.path(), 0),
+        &cfg,
+        Some(Arc::new(ByAnswer)),
+        false,
+        Default::default(),
+    )
+    .unwrap();
+    for r in metrics(out2.path()) {
+        assert_eq!(r["train/num_gen_batches"], 1);
+        assert!(r["train/groups_kept"].as_u64().unwrap() < 4);
+    }
+}
+
+#[test]
+fn resumed_rl_run_ends_with_the_same_weights() {
+    let data = tempfile::tempdir().unwrap();
+    let cfg = config(write_prompts(data.path(), &["x"; 6]), 4);
+    let a_dir = tempfile::tempdir().unwrap();
+    let a = rl::train::<B>(
+        &model(),
+        &run(a_dir.path(), 2),
+        &cfg,
+        Some(Arc::new(LowIds)),
+        false,
+        Default::default(),
+    )
+    .unwrap();
+    let b_dir = tempfile::tempdir().unwrap();
+    rl::train::<B>(
+        &model(),
+        &run(b_dir.path(), 2),
+        &cfg,
+        Some(Arc::new(LowIds)),
+        false,
+        Default::default(),
+    )
+    .unwrap();
+    let ckpts = b_dir.path().join("checkpoints");
+    std::fs::remove_dir_all(ckpts.join("step-00000004")).unwrap();
+    std::fs::remove_dir_all(b_dir.path().join("final")).unwrap();
+    std::fs::write(ckpts.join("latest"), "step-00000002").unwrap();
+    let b = rl::train::<B>(
+        &model(),
+        &run(b_dir.path(), 2),
+        &cfg,
+        Some(Arc::new(LowIds)),
+        true,
+        Default::default(),
+    )
+    .unwrap();
+    let w = |d: &Path| std::fs::read(d.join("model.safetensors")).unwrap();
+    assert!(
+        w(&a.final_dir) == w(&b.final_dir),
+        "resumed RL weights differ"
+    );
+    let ma = metrics(a_dir.path());
+    let mb = metrics(b_dir.path());
+    assert_eq!(mb.len(), 4);
+    assert_eq!(ma[3]["rollout/score/mean"], mb[3]["rollout/score/mean"]);
+}
+
+#[test]
+fn rl_cli_runs_from_a_toml_config_with_the_hybrid_reward() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("docs.jsonl");
+    std::fs::write(
+        &data,
+        "{\"id\": \"a\", \"data_source\": \"docmath_v1\", \"document\": \"Revenue was 12 million.\", \"question\": \"What was revenue?\", \"answer\": \"12\"}\n\
+         {\"id\": \"b\", \"data_source\": \"long_toc_choices_0_20000\", \"document\": \"Tom is taller than Ann.\", \"question\": \"Who is taller?\", \"choices\": [\"Tom\", \"Ann\"], \"answer\": \"A\"}\n",
+    )
+    .unwrap();
+    let config = dir.path().join("rl.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[model]\npath = {:?}\n\n[run]\nrun_dir = {:?}\nprogress = false\n\n[rl]\ntrain_file = \"docs.jsonl\"\nmax_steps = 2\ntrain_batch_size = 2\nnum_generations = 2\nmax_response_length = 6\nppo_mini_batch_size = 1\ndynamic_sampling = false\n\n[rl.loss]\nepsilon_high = 0.28\nbeta = 0.01\n\n[rl.reward]\noverlong_buffer_len = 2\n\n[rl.reward.rule]\nrequire_think = false\n",
+            model_dir("tiny-qwen2-chatml"),
+            dir.path().join("run"),
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_longrl"))
+        .args([
+            "--device",
+            "flex",
+            "rl",
+            "--config",
+            config.to_str().unwrap(),
+            "--quiet",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["steps"], 2);
+    let m = metrics(&dir.path().join("run"));
+    assert_eq!(m.len(), 2);
+    assert!(m[0]["actor/kl"].is_number());
+    assert!(dir.path().join("run/final/config.json").exists());
+    assert!(dir.path().join("run/config.toml").exists());
+
+    // Running again without --resume is refused; a typo in the config names the field.
+    let again = Command::new(env!("CARGO_BIN_EXE_longrl"))
+        .args([
+            "--device",
+            "flex",
+            "rl",
+            "--config",
+            config.to_str().unwrap(),
+            "--quiet",
+        ])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&again.stderr).contains("--resume"));
+    std::fs::write(
+        &config,
+        "[model]\npath = \"m\"\n[rl]\ntrain_file = \"x\"\nnum_generation = 8\n",
+    )
+    .unwrap();
+    let bad = Command::new(env!("CARGO_BIN_EXE_longrl"))
+        .args(["rl", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        e.contains("rl.toml:5") && e.contains("num_generation"),
+        "{e}"
+    );
+}
+
+/// Rewards that are not numbers: every update fails.
+struct Broken;
+
+impl Rewarder for Broken {
+    fn reward(&self, items: &[RewardItem<'_>]) -> (Vec<RewardOutput>, RewardStats) {
+        let (mut out, stats) = LowIds.reward(items);
+        for o in &mut out {
+            o.reward = f64::NAN;
+        }
+        (out, stats)
+    }
+}
+
+#[test]
+fn a_failed_update_is_skipped_and_reported_not_written() {
+    let data = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let cfg = config(write_prompts(data.path(), &["x"; 4]), 2);
+    let summary = rl::train::<B>(
+        &model(),
+        &run(out.path(), 0),
+        &cfg,
+        Some(Arc::new(Broken)),
+        false,
+        Default::default(),
+    )
+    .unwrap();
+    for r in metrics(out.path()) {
+        assert_eq!(r["actor/skipped_updates"], 1, "{r}");
+        assert_eq!(r["actor/updates"], 0);
+    }
+    let logits = |dir: &Path| {
+        let m = longrl::model::load_model::<Flex>(dir, &Default::default()).unwrap();
+        m.sequence_logprobs(&[1, 2, 3, 4, 5], 64, &Default::default())
+            .unwrap()
+    };
+    assert_eq!(
+        logits(&summary.final_dir),
+        logits(&model_dir("tiny-qwen2-chatml"))
+    );
+}
