@@ -7,6 +7,7 @@ pub mod config;
 pub mod data;
 pub mod device;
 pub mod error;
+pub mod eval;
 pub mod generate;
 pub mod metrics;
 pub mod model;

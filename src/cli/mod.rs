@@ -1,4 +1,4 @@
-//! The `longrl` command line: `info`, `score`, `generate`, `reward`, `sft`, `rl`.
+//! The `longrl` command line: `info`, `score`, `generate`, `reward`, `sft`, `rl`, `pipeline`.
 
 mod reward;
 mod train;

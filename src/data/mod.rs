@@ -2,6 +2,7 @@
 //! format (`id`, `data_source`, `task`, `document`, `question`, `answer`, `choices`, or a ready
 //! `prompt`), the QwenLong-L1 prompt template, and a deterministic, resumable sampler.
 
+pub mod curriculum;
 pub mod sampler;
 pub mod template;
 

@@ -12,4 +12,7 @@ pub use loss::{
     aggregate, kl_penalty, policy_loss, AggScale, KlEstimator, LossAggMode, PolicyLossConfig,
     PolicyLossInputs, PolicyLossStats,
 };
-pub use trainer::{train, RewardSection, RlConfig, RlFile, RlState, RlSummary};
+pub use trainer::{
+    load_tokenizer, prepare_prompts, train, train_prompts, NoObserver, PreparedPrompt,
+    RewardSection, RlConfig, RlFile, RlObserver, RlState, RlSummary,
+};

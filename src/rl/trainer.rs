@@ -255,13 +255,38 @@ pub struct RlState {
     pub total_steps: usize,
     /// The prompt sampler's position.
     pub sampler: SamplerState,
+    /// The observer's state (e.g. the pipeline's difficulty store).
+    #[serde(default)]
+    pub observer: serde_json::Value,
 }
+
+/// Watches an RL run: sees every rollout group's correctness scores and keeps state that is saved
+/// in the run's checkpoints (the pipeline's difficulty store is one).
+pub trait RlObserver {
+    /// Called for every group generated (kept or filtered), with its rollouts' correctness scores.
+    fn on_group(&mut self, _prompt: &PreparedPrompt, _scores: &[f64]) {}
+    /// State to save with a checkpoint.
+    fn state(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
+    /// Restores the state saved with the checkpoint a run resumes from.
+    fn restore(&mut self, _state: serde_json::Value) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// An observer that does nothing.
+pub struct NoObserver;
+
+impl RlObserver for NoObserver {}
 
 /// A prompt ready for rollouts.
 #[derive(Debug, Clone)]
 pub struct PreparedPrompt {
     /// Index in the dataset.
     pub index: usize,
+    /// The sample's id.
+    pub id: String,
     /// The templated user message (what the judge's question is cut from).
     pub text: String,
     /// Prompt ids (chat template with generation prompt).
@@ -289,6 +314,7 @@ pub fn prepare_prompts(
         }
         out.push(PreparedPrompt {
             index,
+            id: s.id.clone(),
             text,
             ids,
             task: s.task_kind()?,
@@ -415,6 +441,66 @@ pub fn train<B: AutodiffBackend>(
     device: B::Device,
 ) -> Result<RlSummary> {
     config.validate()?;
+    let tokenizer = load_tokenizer(model_section)?;
+    let samples = load_rl(&config.train_file)?;
+    let (prompts, skipped) = prepare_prompts(&samples, &tokenizer, config.max_prompt_length)?;
+    if skipped > 0 {
+        log::warn!(
+            "{skipped} of {} prompts exceed rl.max_prompt_length = {} tokens and are skipped",
+            samples.len(),
+            config.max_prompt_length
+        );
+    }
+    if prompts.is_empty() {
+        return Err(Error::input(
+            &config.train_file,
+            0,
+            format!(
+                "every prompt exceeds rl.max_prompt_length = {}",
+                config.max_prompt_length
+            ),
+        ));
+    }
+    let mut summary = train_prompts::<B>(
+        model_section,
+        run,
+        config,
+        &prompts,
+        rewarder,
+        &mut NoObserver,
+        resume,
+        device,
+    )?;
+    summary.skipped_prompts = skipped;
+    Ok(summary)
+}
+
+/// The model folder's tokenizer, with the `[model] chat_template` override.
+pub fn load_tokenizer(model_section: &ModelSection) -> Result<Tokenizer> {
+    let mut tokenizer = Tokenizer::from_dir(&model_section.path)?;
+    if let Some(t) = &model_section.chat_template {
+        tokenizer.chat_template = Some(t.parse()?);
+    }
+    Ok(tokenizer)
+}
+
+/// Runs RL over prepared prompts (a prompt listed twice is drawn twice as often), reporting every
+/// rollout group to `observer`; see [`train`] for `resume`.
+#[allow(clippy::too_many_arguments)]
+pub fn train_prompts<B: AutodiffBackend>(
+    model_section: &ModelSection,
+    run: &RunSection,
+    config: &RlConfig,
+    prompts: &[PreparedPrompt],
+    rewarder: Option<Arc<dyn Rewarder>>,
+    observer: &mut dyn RlObserver,
+    resume: bool,
+    device: B::Device,
+) -> Result<RlSummary> {
+    config.validate()?;
+    if prompts.is_empty() {
+        return Err(Error::Invalid("RL needs at least one prompt".into()));
+    }
     let run_dir = RunDir::open(&run.run_dir)?;
     let resume_from = run_dir.latest()?;
     if let (Some(c), false) = (&resume_from, resume) {
@@ -425,10 +511,7 @@ pub fn train<B: AutodiffBackend>(
             c.display()
         )));
     }
-    let mut tokenizer = Tokenizer::from_dir(&model_section.path)?;
-    if let Some(t) = &model_section.chat_template {
-        tokenizer.chat_template = Some(t.parse()?);
-    }
+    let tokenizer = load_tokenizer(model_section)?;
     let (policy, state) = match &resume_from {
         Some(ckpt) => {
             log::info!("resuming from {}", ckpt.display());
@@ -455,26 +538,6 @@ pub fn train<B: AutodiffBackend>(
         None => build_rewarder::<B::InnerBackend>(config, &device)?,
     };
 
-    let samples = load_rl(&config.train_file)?;
-    let (prompts, skipped_prompts) =
-        prepare_prompts(&samples, &tokenizer, config.max_prompt_length)?;
-    if skipped_prompts > 0 {
-        log::warn!(
-            "{skipped_prompts} of {} prompts exceed rl.max_prompt_length = {} tokens and are skipped",
-            samples.len(),
-            config.max_prompt_length
-        );
-    }
-    if prompts.is_empty() {
-        return Err(Error::input(
-            &config.train_file,
-            0,
-            format!(
-                "every prompt exceeds rl.max_prompt_length = {}",
-                config.max_prompt_length
-            ),
-        ));
-    }
     let total_steps = if config.max_steps > 0 {
         config.max_steps
     } else {
@@ -485,6 +548,9 @@ pub fn train<B: AutodiffBackend>(
         Some(s) => (s.step, s.sampler),
         None => (0, SamplerState::default()),
     };
+    if let Some(s) = &state {
+        observer.restore(s.observer.clone())?;
+    }
     let mut sampler = EpochSampler::new(prompts.len(), run.seed, config.shuffle, sampler_state);
     let mut optim = AdamWOptimizer::<B, Qwen2ForCausalLM<B>>::new(&config.optim);
     if let Some(ckpt) = &resume_from {
@@ -592,6 +658,8 @@ pub fn train<B: AutodiffBackend>(
                         advantage: 0.0,
                     });
                 }
+                let scores: Vec<f64> = rollouts.iter().map(|r| r.score).collect();
+                observer.on_group(&prompts[p], &scores);
                 let accs: Vec<bool> = rollouts.iter().map(|r| r.acc).collect();
                 filter.offer(
                     Group {
@@ -634,7 +702,7 @@ pub fn train<B: AutodiffBackend>(
         let mut skipped_updates = 0usize;
         let ref_logps = match &reference {
             Some(r) => Some(reference_logprobs(
-                r, &groups, &prompts, pad, config, &device,
+                r, &groups, prompts, pad, config, &device,
             )?),
             None => None,
         };
@@ -647,7 +715,7 @@ pub fn train<B: AutodiffBackend>(
                     ref_logps
                         .as_ref()
                         .map(|r| &r[first_group..first_group + mini.len()]),
-                    &prompts,
+                    prompts,
                     pad,
                     config,
                     &device,
@@ -752,6 +820,7 @@ pub fn train<B: AutodiffBackend>(
                 step: done,
                 total_steps,
                 sampler: sampler.state(),
+                observer: observer.state(),
             };
             run_dir.save_checkpoint(
                 done,
@@ -770,7 +839,7 @@ pub fn train<B: AutodiffBackend>(
         steps: total_steps,
         first_score_mean: first_score.unwrap_or(last_score),
         last_score_mean: last_score,
-        skipped_prompts,
+        skipped_prompts: 0,
         final_dir,
     })
 }
