@@ -3,6 +3,7 @@
 //! `prompt`), the QwenLong-L1 prompt template, and a deterministic, resumable sampler.
 
 pub mod sampler;
+pub mod synthetic;
 pub mod template;
 
 use std::io::BufRead;
