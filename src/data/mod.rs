@@ -4,6 +4,7 @@
 
 pub mod curriculum;
 pub mod sampler;
+pub mod synthetic;
 pub mod template;
 
 use std::io::BufRead;
