@@ -1,8 +1,10 @@
 //! Datasets: SFT records (`{"prompt", "response"}` or `{"messages"}`), RL samples in longrl's JSONL
 //! format (`id`, `data_source`, `task`, `document`, `question`, `answer`, `choices`, or a ready
-//! `prompt`), the QwenLong-L1 prompt template, and a deterministic, resumable sampler.
+//! `prompt`) or verl's parquet format (DocQA-RL-1.6K), the QwenLong-L1 prompt template, and a
+//! deterministic, resumable sampler.
 
 pub mod curriculum;
+pub mod parquet;
 pub mod sampler;
 pub mod synthetic;
 pub mod template;
@@ -17,6 +19,7 @@ use crate::error::{Error, Result};
 use crate::reward::TaskKind;
 use crate::tokenizer::Message;
 
+pub use self::parquet::{load_verl_parquet, load_verl_parquet_with};
 pub use sampler::{EpochSampler, SamplerState};
 pub use template::{render_prompt, PROMPT_TEMPLATE};
 
@@ -173,4 +176,27 @@ pub fn load_rl(path: &Path) -> Result<Vec<RlSample>> {
         return Err(Error::input(path, 0, "no samples in the file"));
     }
     Ok(out)
+}
+
+/// Reads RL samples in either format: verl parquet ([`load_verl_parquet`]) for a `.parquet` file
+/// or a file that starts with parquet's `PAR1` magic, longrl JSONL ([`load_rl`]) otherwise.
+pub fn load_rl_any(path: &Path) -> Result<Vec<RlSample>> {
+    let parquet_extension = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("parquet"));
+    if parquet_extension || starts_with_parquet_magic(path)? {
+        load_verl_parquet(path)
+    } else {
+        load_rl(path)
+    }
+}
+
+/// Whether the file's first bytes are parquet's magic number.
+fn starts_with_parquet_magic(path: &Path) -> Result<bool> {
+    use std::io::Read;
+    let mut head = Vec::with_capacity(4);
+    std::fs::File::open(path)
+        .and_then(|f| f.take(4).read_to_end(&mut head))
+        .map_err(|e| Error::io(path, e))?;
+    Ok(head == b"PAR1")
 }
