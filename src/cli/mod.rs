@@ -53,6 +53,8 @@ pub enum Command {
     Sft(train::TrainArgs),
     /// GRPO / DAPO reinforcement learning from a TOML config.
     Rl(train::TrainArgs),
+    /// The QwenLong-L1 pipeline: SFT, curriculum RL stages, retrospective sampling, evaluation.
+    Pipeline(train::TrainArgs),
 }
 
 /// Arguments of `longrl info`.
@@ -144,6 +146,7 @@ pub fn main() -> anyhow::Result<()> {
         Command::Reward(args) => reward::run(args, device)?,
         Command::Sft(args) => train::run_sft(args, cli.device)?,
         Command::Rl(args) => train::run_rl(args, cli.device)?,
+        Command::Pipeline(args) => train::run_pipeline(args, cli.device)?,
     }
     Ok(())
 }

@@ -154,3 +154,61 @@ pub fn run_rl(args: TrainArgs, device: Option<DeviceSpec>) -> Result<()> {
     println!("{}", serde_json::to_string(&summary).unwrap_or_default());
     Ok(())
 }
+
+/// Reads a pipeline config, resolving its paths and applying the overrides.
+pub fn load_pipeline_file(path: &Path, overrides: &Overrides) -> Result<crate::pipeline::PipelineFile> {
+    let mut file: crate::pipeline::PipelineFile = load_toml(path)?;
+    file.model.path = resolve_path(path, &file.model.path);
+    for p in [
+        &mut file.data.train_file,
+        &mut file.data.eval_file,
+        &mut file.data.sft_file,
+        &mut file.rl.reward.judge_checkpoint,
+    ] {
+        *p = p.as_ref().map(|x| resolve_path(path, x));
+    }
+    overrides.apply(&mut file.run);
+    if let Some(n) = overrides.max_steps {
+        for s in &mut file.stages {
+            s.max_steps = n;
+        }
+        if let Some(sft) = &mut file.sft {
+            sft.max_steps = n;
+        }
+    }
+    Ok(file)
+}
+
+struct PipelineTask {
+    file: crate::pipeline::PipelineFile,
+    resume: bool,
+}
+
+impl AutodiffBackendFn for PipelineTask {
+    type Output = Result<crate::pipeline::PipelineSummary>;
+
+    fn call<B: AutodiffBackend>(self, device: B::Device) -> Self::Output {
+        crate::pipeline::run::<B>(&self.file, None, self.resume, device)
+    }
+}
+
+/// Runs `longrl pipeline`: prints the phase table and writes `RUN_DIR/summary.json`.
+pub fn run_pipeline(args: TrainArgs, device: Option<DeviceSpec>) -> Result<()> {
+    let mut file = load_pipeline_file(&args.config, &args.overrides())?;
+    if args.quiet {
+        file.run.progress = false;
+    }
+    let device = pick_device(device, file.run.device.as_deref())?;
+    std::fs::create_dir_all(&file.run.run_dir)
+        .map_err(|e| crate::error::Error::io(&file.run.run_dir, e))?;
+    let text = toml::to_string_pretty(&file).unwrap_or_default();
+    crate::model::checkpoint::write_atomic(&file.run.run_dir.join("config.toml"), text.as_bytes())?;
+    let run_dir = file.run.run_dir.clone();
+    let summary = device.run_autodiff(PipelineTask {
+        file,
+        resume: args.resume,
+    })??;
+    print!("{}", crate::pipeline::summary_table(&summary.phases));
+    println!("summary: {}", run_dir.join("summary.json").display());
+    Ok(())
+}

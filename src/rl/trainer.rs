@@ -23,7 +23,7 @@ use super::advantage::{group_advantages, AdvantageEstimator, ScaleRewards};
 use super::dynamic::{FilterReport, GroupFilter};
 use super::loss::{policy_loss, AggScale, PolicyLossConfig, PolicyLossInputs, PolicyLossStats};
 use crate::config::{ModelSection, RunSection};
-use crate::data::{load_rl, EpochSampler, RlSample, SamplerState};
+use crate::data::{load_rl_any, EpochSampler, RlSample, SamplerState};
 use crate::error::{Error, Result};
 use crate::generate::{
     sample_seed, stop_token_ids, Engine, EngineOptions, FinishReason, GenerateRequest,
@@ -442,7 +442,7 @@ pub fn train<B: AutodiffBackend>(
 ) -> Result<RlSummary> {
     config.validate()?;
     let tokenizer = load_tokenizer(model_section)?;
-    let samples = load_rl(&config.train_file)?;
+    let samples = load_rl_any(&config.train_file)?;
     let (prompts, skipped) = prepare_prompts(&samples, &tokenizer, config.max_prompt_length)?;
     if skipped > 0 {
         log::warn!(

@@ -26,6 +26,7 @@ pub enum TaskKind {
     /// Free-form QA (MultiHopRAG, MuSiQue, ...): sub-EM after SQuAD normalisation.
     Qa,
     /// Numeric reasoning (DocMath): number match with scale and tolerance rules.
+    #[serde(rename = "docmath", alias = "doc_math", alias = "doc-math")]
     DocMath,
     /// Multiple choice A-D; never sent to the judge.
     MultipleChoice,

@@ -1,0 +1,565 @@
+//! The QwenLong-L1 pipeline as one staged run: held-out evaluation of the base model, warm-up SFT,
+//! then RL stage by stage with the input length raised (each stage drawing only its length band),
+//! difficulty-aware retrospective sampling at every stage transition, and an evaluation after every
+//! phase. Every phase writes its own run directory under `RUN_DIR`; the pipeline's state (phases
+//! done, their results, the difficulty store, the samples carried) is saved after each phase, and
+//! each phase checkpoints on its own, so `--resume` continues mid-stage or across a stage boundary.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use serde::{Deserialize, Serialize};
+
+use crate::config::{ModelSection, RunSection};
+use crate::data::curriculum::{
+    carry_over, stage_of, stage_pool, validate_stages, DifficultyStore, RetrospectiveConfig,
+    StageConfig,
+};
+use crate::data::synthetic::{self, SyntheticConfig};
+use crate::data::{load_rl_any, load_sft, RlSample, SftRecord};
+use crate::error::{Error, Result};
+use crate::eval::{evaluate, EvalItem, EvalOptions, EvalReport};
+use crate::generate::stop_token_ids;
+use crate::model::checkpoint::write_atomic;
+use crate::model::load_model;
+use crate::reward::{Rewarder, TaskKind};
+use crate::rl::{self, load_tokenizer, PreparedPrompt, RlConfig, RlObserver};
+use crate::sft::{self, SftConfig};
+use crate::tokenizer::{Message, Tokenizer};
+
+/// `[data]`: where samples come from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DataSection {
+    /// Built-in synthetic long-document QA (`true`) or the files below.
+    pub synthetic: bool,
+    /// Synthetic: training samples (spread over every stage's length band).
+    pub train_count: usize,
+    /// Synthetic: held-out samples.
+    pub eval_count: usize,
+    /// Synthetic: SFT samples (within the first stage's band, with reasoning and answer).
+    pub sft_count: usize,
+    /// Synthetic: shortest prompt in tokens.
+    pub min_tokens: usize,
+    /// Synthetic: task families mixed in turn (qa, docmath, multiple_choice).
+    pub tasks: Vec<TaskKind>,
+    /// Synthetic: SFT responses open with a `<think>` block (for models with thinking tags).
+    pub think: bool,
+    /// Files: RL training samples (longrl JSONL).
+    pub train_file: Option<PathBuf>,
+    /// Files: held-out samples (longrl JSONL).
+    pub eval_file: Option<PathBuf>,
+    /// Files: SFT data (`{"prompt", "response"}` / `{"messages"}` JSONL).
+    pub sft_file: Option<PathBuf>,
+}
+
+impl Default for DataSection {
+    fn default() -> Self {
+        Self {
+            synthetic: true,
+            train_count: 600,
+            eval_count: 60,
+            sft_count: 300,
+            min_tokens: 120,
+            tasks: vec![TaskKind::DocMath, TaskKind::MultipleChoice, TaskKind::Qa],
+            think: false,
+            train_file: None,
+            eval_file: None,
+            sft_file: None,
+        }
+    }
+}
+
+/// The file `longrl pipeline --config` reads.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineFile {
+    /// `[model]`.
+    pub model: ModelSection,
+    /// `[run]`.
+    #[serde(default)]
+    pub run: RunSection,
+    /// `[data]`.
+    #[serde(default)]
+    pub data: DataSection,
+    /// `[sft]`: the warm-up (its `train_file` is filled by the pipeline); absent: no warm-up.
+    #[serde(default)]
+    pub sft: Option<SftConfig>,
+    /// `[rl]`: settings shared by every stage (`max_prompt_length`, `max_response_length` and the
+    /// step count come from the stage).
+    #[serde(default)]
+    pub rl: RlConfig,
+    /// `[[stages]]`: the curriculum.
+    pub stages: Vec<StageConfig>,
+    /// `[retrospective]`.
+    #[serde(default)]
+    pub retrospective: RetrospectiveConfig,
+    /// `[eval]`: the held-out evaluation after each phase.
+    #[serde(default)]
+    pub eval: EvalOptions,
+}
+
+/// One finished phase.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PhaseResult {
+    /// `base`, `sft`, `stage1`, ...
+    pub name: String,
+    /// The model the phase ended with.
+    pub model_dir: PathBuf,
+    /// Held-out accuracy.
+    pub accuracy: f64,
+    /// Accuracy per task family.
+    pub by_task: BTreeMap<String, f64>,
+    /// Accuracy per length bucket.
+    pub by_bucket: BTreeMap<String, f64>,
+    /// Held-out samples scored.
+    pub n: usize,
+}
+
+/// What the pipeline has done so far (`RUN_DIR/pipeline_state.json`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PipelineState {
+    /// Finished phases, in order.
+    pub phases: Vec<PhaseResult>,
+    /// Mean reward of every sample rolled out so far.
+    pub difficulty: DifficultyStore,
+    /// Ids carried into each stage (index 0: stage 1, always empty).
+    pub carried: Vec<Vec<String>>,
+    /// Training samples longer than every stage (counted, never trained on).
+    pub too_long: usize,
+}
+
+/// The summary written to `RUN_DIR/summary.json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct PipelineSummary {
+    /// Every phase's evaluation.
+    pub phases: Vec<PhaseResult>,
+    /// Training samples longer than every stage.
+    pub too_long: usize,
+}
+
+const STATE_FILE: &str = "pipeline_state.json";
+
+fn stage_name(stages: &[StageConfig], k: usize) -> String {
+    stages[k]
+        .name
+        .clone()
+        .unwrap_or_else(|| format!("stage{}", k + 1))
+}
+
+/// The data of a run: training samples with their prompt lengths, held-out items, SFT records.
+struct Data {
+    train: Vec<RlSample>,
+    train_ids: Vec<Vec<u32>>,
+    train_texts: Vec<String>,
+    eval: Vec<EvalItem>,
+    sft: Vec<SftRecord>,
+}
+
+fn chat_ids(tokenizer: &Tokenizer, text: &str) -> Result<Vec<u32>> {
+    tokenizer.encode_chat(&[Message::new("user", text)], true)
+}
+
+fn prepare_data(file: &PipelineFile, tokenizer: &Tokenizer, data_dir: &Path) -> Result<Data> {
+    let d = &file.data;
+    let stages = &file.stages;
+    let max_tokens = stages.last().map_or(1024, |s| s.max_input_tokens);
+    let (train, eval, sft) = if d.synthetic {
+        let make = |seed: u64, count: usize, max: usize| -> Result<Vec<synthetic::SyntheticSample>> {
+            synthetic::generate(
+                &SyntheticConfig {
+                    seed,
+                    count,
+                    min_tokens: d.min_tokens,
+                    max_tokens: max,
+                    tasks: d.tasks.clone(),
+                },
+                tokenizer,
+            )
+        };
+        let seed = file.run.seed;
+        let train = make(seed.wrapping_mul(3).wrapping_add(1), d.train_count, max_tokens)?;
+        let eval = make(seed.wrapping_mul(3).wrapping_add(2), d.eval_count, max_tokens)?;
+        let sft_max = stages[0].max_input_tokens;
+        let sft = make(seed.wrapping_mul(3).wrapping_add(3), d.sft_count, sft_max)?;
+        synthetic::write_jsonl(&train, &data_dir.join("train.jsonl"))?;
+        synthetic::write_jsonl(&eval, &data_dir.join("eval.jsonl"))?;
+        let sft: Vec<SftRecord> = sft.iter().map(|s| s.sft_record(d.think)).collect();
+        (
+            train.into_iter().map(|s| s.sample).collect::<Vec<_>>(),
+            eval.into_iter().map(|s| s.sample).collect::<Vec<_>>(),
+            sft,
+        )
+    } else {
+        let need = |p: &Option<PathBuf>, name: &str| {
+            p.clone().ok_or_else(|| {
+                Error::Invalid(format!("data.{name} is required when data.synthetic = false"))
+            })
+        };
+        let train = load_rl_any(&need(&d.train_file, "train_file")?)?;
+        let eval = load_rl_any(&need(&d.eval_file, "eval_file")?)?;
+        let sft = match &d.sft_file {
+            Some(p) => load_sft(p)?,
+            None => Vec::new(),
+        };
+        (train, eval, sft)
+    };
+    let mut train_ids = Vec::with_capacity(train.len());
+    let mut train_texts = Vec::with_capacity(train.len());
+    for s in &train {
+        let text = s.user_prompt()?;
+        train_ids.push(chat_ids(tokenizer, &text)?);
+        train_texts.push(text);
+    }
+    let mut items = Vec::with_capacity(eval.len());
+    for s in &eval {
+        let text = s.user_prompt()?;
+        let ids = chat_ids(tokenizer, &text)?;
+        let bucket = match stage_of(ids.len(), stages) {
+            Some(k) => format!("<={}", stages[k].max_input_tokens),
+            None => format!(">{max_tokens}"),
+        };
+        items.push(EvalItem {
+            prompt_ids: ids,
+            prompt_text: text,
+            task: s.task_kind()?,
+            answer: s.answer.clone(),
+            bucket,
+        });
+    }
+    Ok(Data {
+        train,
+        train_ids,
+        train_texts,
+        eval: items,
+        sft,
+    })
+}
+
+/// The difficulty store as an RL observer: every group's mean score updates its sample.
+struct DifficultyObserver<'a> {
+    store: &'a mut DifficultyStore,
+}
+
+impl RlObserver for DifficultyObserver<'_> {
+    fn on_group(&mut self, prompt: &PreparedPrompt, scores: &[f64]) {
+        self.store.update(&prompt.id, scores);
+    }
+
+    fn state(&self) -> serde_json::Value {
+        serde_json::to_value(&*self.store).unwrap_or_default()
+    }
+
+    fn restore(&mut self, state: serde_json::Value) -> Result<()> {
+        if !state.is_null() {
+            *self.store = serde_json::from_value(state).map_err(|e| {
+                Error::Invalid(format!("difficulty store in the checkpoint is unreadable: {e}"))
+            })?;
+        }
+        Ok(())
+    }
+}
+
+fn save_state(root: &Path, state: &PipelineState) -> Result<()> {
+    let json = serde_json::to_vec_pretty(state)
+        .map_err(|e| Error::Invalid(format!("pipeline state cannot be serialised: {e}")))?;
+    write_atomic(&root.join(STATE_FILE), &json)
+}
+
+fn phase_result(name: &str, model_dir: &Path, report: EvalReport) -> PhaseResult {
+    PhaseResult {
+        name: name.to_string(),
+        model_dir: model_dir.to_path_buf(),
+        accuracy: report.accuracy,
+        by_task: report.by_task.iter().map(|(k, t)| (k.clone(), t.accuracy)).collect(),
+        by_bucket: report
+            .by_bucket
+            .iter()
+            .map(|(k, t)| (k.clone(), t.accuracy))
+            .collect(),
+        n: report.n,
+    }
+}
+
+/// Evaluates the model in `dir` on the held-out items.
+fn eval_dir<B: Backend>(
+    dir: &Path,
+    tokenizer: &Tokenizer,
+    data: &Data,
+    rewarder: &dyn Rewarder,
+    options: &EvalOptions,
+    device: &B::Device,
+) -> Result<EvalReport> {
+    let model = load_model::<B>(dir, device)?;
+    let stop = stop_token_ids(dir, model.config(), Some(tokenizer))?;
+    let pad = tokenizer.pad_token_id.or(stop.first().copied()).unwrap_or(0);
+    evaluate(&model, tokenizer, &data.eval, rewarder, options, &stop, pad, device)
+}
+
+/// Renders the phases as a markdown table (accuracy overall, per task, per length bucket).
+pub fn summary_table(phases: &[PhaseResult]) -> String {
+    let tasks: Vec<String> = phases
+        .iter()
+        .flat_map(|p| p.by_task.keys().cloned())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let buckets: Vec<String> = phases
+        .iter()
+        .flat_map(|p| p.by_bucket.keys().cloned())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let mut out = String::from("| phase | accuracy |");
+    for t in tasks.iter().chain(&buckets) {
+        out.push_str(&format!(" {t} |"));
+    }
+    out.push_str("\n|---|---|");
+    for _ in tasks.iter().chain(&buckets) {
+        out.push_str("---|");
+    }
+    for p in phases {
+        out.push_str(&format!("\n| {} | {:.1}% |", p.name, 100.0 * p.accuracy));
+        for t in &tasks {
+            out.push_str(&format!(" {:.1}% |", 100.0 * p.by_task.get(t).copied().unwrap_or(0.0)));
+        }
+        for b in &buckets {
+            out.push_str(&format!(" {:.1}% |", 100.0 * p.by_bucket.get(b).copied().unwrap_or(0.0)));
+        }
+    }
+    out.push('\n');
+    out
+}
+
+/// Runs the pipeline on autodiff backend `B`. `rewarder: None` builds the hybrid reward of
+/// `[rl.reward]` (used for training and for every evaluation).
+pub fn run<B: AutodiffBackend>(
+    file: &PipelineFile,
+    rewarder: Option<Arc<dyn Rewarder>>,
+    resume: bool,
+    device: B::Device,
+) -> Result<PipelineSummary> {
+    validate_stages(&file.stages)?;
+    let root = file.run.run_dir.clone();
+    std::fs::create_dir_all(&root).map_err(|e| Error::io(&root, e))?;
+    let state_path = root.join(STATE_FILE);
+    let mut state: PipelineState = if state_path.exists() {
+        if !resume {
+            return Err(Error::Invalid(format!(
+                "run directory {} already holds a pipeline ({}): pass --resume to continue it, or \
+                 choose another --run-dir",
+                root.display(),
+                state_path.display()
+            )));
+        }
+        let text = std::fs::read_to_string(&state_path).map_err(|e| Error::io(&state_path, e))?;
+        serde_json::from_str(&text)
+            .map_err(|e| Error::checkpoint(&state_path, format!("unreadable: {e}")))?
+    } else {
+        PipelineState::default()
+    };
+    let tokenizer = load_tokenizer(&file.model)?;
+    let data_dir = root.join("data");
+    std::fs::create_dir_all(&data_dir).map_err(|e| Error::io(&data_dir, e))?;
+    let data = prepare_data(file, &tokenizer, &data_dir)?;
+    let lengths: Vec<usize> = data.train_ids.iter().map(Vec::len).collect();
+    state.too_long = lengths
+        .iter()
+        .filter(|&&l| stage_of(l, &file.stages).is_none())
+        .count();
+    if state.too_long > 0 {
+        log::warn!(
+            "{} training samples are longer than every stage ({} tokens) and are not trained on",
+            state.too_long,
+            file.stages.last().map_or(0, |s| s.max_input_tokens)
+        );
+    }
+    let rewarder = match rewarder {
+        Some(r) => r,
+        None => rl::trainer::build_rewarder::<B::InnerBackend>(&file.rl, &device)?,
+    };
+    let done = |state: &PipelineState, name: &str| state.phases.iter().any(|p| p.name == name);
+    let report_phase = |state: &mut PipelineState, name: &str, dir: &Path| -> Result<()> {
+        let report = eval_dir::<B::InnerBackend>(dir, &tokenizer, &data, rewarder.as_ref(), &file.eval, &device)?;
+        log::info!("{name}: held-out accuracy {:.3} over {}", report.accuracy, report.n);
+        state.phases.push(phase_result(name, dir, report));
+        save_state(&root, state)
+    };
+
+    // Base.
+    if !done(&state, "base") {
+        report_phase(&mut state, "base", &file.model.path)?;
+    }
+    let mut current = state.phases.last().map(|p| p.model_dir.clone()).unwrap_or_else(|| file.model.path.clone());
+
+    // Warm-up SFT.
+    if let Some(sft_cfg) = &file.sft {
+        if !done(&state, "sft") {
+            if data.sft.is_empty() {
+                return Err(Error::Invalid(
+                    "[sft] is configured but there is no SFT data (data.sft_count or data.sft_file)".into(),
+                ));
+            }
+            let sft_file = data_dir.join("sft.jsonl");
+            write_sft(&data.sft, &sft_file)?;
+            let mut cfg = sft_cfg.clone();
+            cfg.train_file = sft_file;
+            let run = phase_run(&file.run, &root, "sft");
+            let model = ModelSection {
+                path: current.clone(),
+                ..file.model.clone()
+            };
+            let summary = sft::train::<B>(&model, &run, &cfg, true, device.clone())?;
+            report_phase(&mut state, "sft", &summary.final_dir)?;
+        }
+        current = state.phases.last().map(|p| p.model_dir.clone()).unwrap_or(current);
+    }
+
+    // RL stages.
+    for k in 0..file.stages.len() {
+        let name = stage_name(&file.stages, k);
+        if done(&state, &name) {
+            current = state
+                .phases
+                .iter()
+                .find(|p| p.name == name)
+                .map(|p| p.model_dir.clone())
+                .unwrap_or(current);
+            continue;
+        }
+        let band = stage_pool(&lengths, &file.stages, k);
+        let ids: Vec<String> = data.train.iter().map(|s| s.id.clone()).collect();
+        let carried = carry_over(&state.difficulty, &ids, &lengths, &file.stages, k, &file.retrospective);
+        while state.carried.len() <= k {
+            state.carried.push(Vec::new());
+        }
+        state.carried[k] = carried.iter().map(|&i| ids[i].clone()).collect();
+        if !carried.is_empty() {
+            log::info!("{name}: {} hard samples carried from earlier stages: {:?}", carried.len(), state.carried[k]);
+        }
+        let mut pool: Vec<usize> = band.clone();
+        for &i in &carried {
+            pool.extend(std::iter::repeat_n(i, file.retrospective.copies()));
+        }
+        if pool.is_empty() {
+            return Err(Error::Invalid(format!(
+                "{name}: no training sample has a prompt length in ({}, {}] tokens",
+                if k == 0 { 0 } else { file.stages[k - 1].max_input_tokens },
+                file.stages[k].max_input_tokens
+            )));
+        }
+        let prompts: Vec<PreparedPrompt> = pool
+            .iter()
+            .map(|&i| {
+                Ok(PreparedPrompt {
+                    index: i,
+                    id: data.train[i].id.clone(),
+                    text: data.train_texts[i].clone(),
+                    ids: data.train_ids[i].clone(),
+                    task: data.train[i].task_kind()?,
+                    answer: data.train[i].answer.clone(),
+                })
+            })
+            .collect::<Result<_>>()?;
+        let stage = &file.stages[k];
+        let mut cfg = file.rl.clone();
+        cfg.max_prompt_length = stage.max_input_tokens;
+        cfg.max_response_length = stage.max_output_tokens;
+        cfg.max_steps = stage.max_steps;
+        if let Some(e) = stage.num_epochs {
+            cfg.num_epochs = e;
+        }
+        let run = phase_run(&file.run, &root, &name);
+        let carried_path = run.run_dir.join("carried.json");
+        std::fs::create_dir_all(&run.run_dir).map_err(|e| Error::io(&run.run_dir, e))?;
+        write_atomic(
+            &carried_path,
+            serde_json::to_string_pretty(&state.carried[k]).unwrap_or_default().as_bytes(),
+        )?;
+        let model = ModelSection {
+            path: current.clone(),
+            ..file.model.clone()
+        };
+        let summary = rl::train_prompts::<B>(
+            &model,
+            &run,
+            &cfg,
+            &prompts,
+            Some(rewarder.clone()),
+            &mut DifficultyObserver {
+                store: &mut state.difficulty,
+            },
+            true,
+            device.clone(),
+        )?;
+        report_phase(&mut state, &name, &summary.final_dir)?;
+        current = summary.final_dir;
+    }
+
+    let summary = PipelineSummary {
+        phases: state.phases.clone(),
+        too_long: state.too_long,
+    };
+    let json = serde_json::to_vec_pretty(&summary)
+        .map_err(|e| Error::Invalid(format!("summary cannot be serialised: {e}")))?;
+    write_atomic(&root.join("summary.json"), &json)?;
+    let table = summary_table(&summary.phases);
+    write_atomic(&root.join("summary.md"), table.as_bytes())?;
+    merge_metrics(&root, &file.stages, file.sft.is_some())?;
+    Ok(summary)
+}
+
+/// A phase's `[run]`: its own folder under the pipeline's run directory.
+fn phase_run(run: &RunSection, root: &Path, name: &str) -> RunSection {
+    RunSection {
+        run_dir: root.join(name),
+        ..run.clone()
+    }
+}
+
+fn write_sft(records: &[SftRecord], path: &Path) -> Result<()> {
+    let mut text = String::new();
+    for r in records {
+        let mut messages: Vec<serde_json::Value> = r
+            .prompt
+            .iter()
+            .map(|m| serde_json::json!({"role": m.role, "content": m.content}))
+            .collect();
+        messages.push(serde_json::json!({"role": "assistant", "content": r.response}));
+        text.push_str(&serde_json::json!({ "messages": messages }).to_string());
+        text.push('\n');
+    }
+    write_atomic(path, text.as_bytes())
+}
+
+/// Concatenates the phases' metrics into `RUN_DIR/metrics.jsonl`, each line tagged with its
+/// `"phase"` (and `"stage"` for RL stages), for plotting the whole run.
+fn merge_metrics(root: &Path, stages: &[StageConfig], with_sft: bool) -> Result<()> {
+    let mut names: Vec<(String, Option<usize>)> = Vec::new();
+    if with_sft {
+        names.push(("sft".into(), None));
+    }
+    for k in 0..stages.len() {
+        names.push((stage_name(stages, k), Some(k + 1)));
+    }
+    let mut out = String::new();
+    for (name, stage) in names {
+        let path = root.join(&name).join("metrics.jsonl");
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        for line in text.lines() {
+            if let Ok(serde_json::Value::Object(mut m)) = serde_json::from_str(line) {
+                m.insert("phase".into(), serde_json::json!(name));
+                if let Some(s) = stage {
+                    m.insert("stage".into(), serde_json::json!(s));
+                }
+                out.push_str(&serde_json::Value::Object(m).to_string());
+                out.push('\n');
+            }
+        }
+    }
+    write_atomic(&root.join("metrics.jsonl"), out.as_bytes())
+}
