@@ -1,5 +1,6 @@
 //! The `longrl` command line: `info`, `score`, `generate`, `reward`, `sft`, `rl`.
 
+mod plot;
 mod reward;
 mod train;
 
@@ -53,6 +54,8 @@ pub enum Command {
     Sft(train::TrainArgs),
     /// GRPO / DAPO reinforcement learning from a TOML config.
     Rl(train::TrainArgs),
+    /// PNG charts of a run (reward, entropy, KL, response length, clip fraction, SFT loss).
+    Plot(plot::PlotArgs),
 }
 
 /// Arguments of `longrl info`.
@@ -144,6 +147,7 @@ pub fn main() -> anyhow::Result<()> {
         Command::Reward(args) => reward::run(args, device)?,
         Command::Sft(args) => train::run_sft(args, cli.device)?,
         Command::Rl(args) => train::run_rl(args, cli.device)?,
+        Command::Plot(args) => plot::run(&args)?,
     }
     Ok(())
 }
