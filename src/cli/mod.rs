@@ -1,5 +1,6 @@
 //! The `longrl` command line: `info`, `score`, `generate`, `reward`, `sft`, `rl`, `pipeline`.
 
+mod plot;
 mod reward;
 mod train;
 
@@ -55,6 +56,8 @@ pub enum Command {
     Rl(train::TrainArgs),
     /// The QwenLong-L1 pipeline: SFT, curriculum RL stages, retrospective sampling, evaluation.
     Pipeline(train::TrainArgs),
+    /// PNG charts of a run (reward, entropy, KL, response length, clip fraction, SFT loss).
+    Plot(plot::PlotArgs),
 }
 
 /// Arguments of `longrl info`.
@@ -147,6 +150,7 @@ pub fn main() -> anyhow::Result<()> {
         Command::Sft(args) => train::run_sft(args, cli.device)?,
         Command::Rl(args) => train::run_rl(args, cli.device)?,
         Command::Pipeline(args) => train::run_pipeline(args, cli.device)?,
+        Command::Plot(args) => plot::run(&args)?,
     }
     Ok(())
 }

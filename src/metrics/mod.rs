@@ -1,5 +1,10 @@
 //! Run metrics: the console progress bar shared by the trainers (metrics themselves are written as
-//! JSONL by [`crate::train::RunDir::log_metrics`], with verl's names where they exist).
+//! JSONL by [`crate::train::RunDir::log_metrics`], with verl's names where they exist) and PNG
+//! charts of a run's metrics log ([`plot`]).
+
+pub mod plot;
+
+pub use plot::{plot_metrics, plot_run};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
