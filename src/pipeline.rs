@@ -167,21 +167,30 @@ fn prepare_data(file: &PipelineFile, tokenizer: &Tokenizer, data_dir: &Path) -> 
     let stages = &file.stages;
     let max_tokens = stages.last().map_or(1024, |s| s.max_input_tokens);
     let (train, eval, sft) = if d.synthetic {
-        let make = |seed: u64, count: usize, max: usize| -> Result<Vec<synthetic::SyntheticSample>> {
-            synthetic::generate(
-                &SyntheticConfig {
-                    seed,
-                    count,
-                    min_tokens: d.min_tokens,
-                    max_tokens: max,
-                    tasks: d.tasks.clone(),
-                },
-                tokenizer,
-            )
-        };
+        let make =
+            |seed: u64, count: usize, max: usize| -> Result<Vec<synthetic::SyntheticSample>> {
+                synthetic::generate(
+                    &SyntheticConfig {
+                        seed,
+                        count,
+                        min_tokens: d.min_tokens,
+                        max_tokens: max,
+                        tasks: d.tasks.clone(),
+                    },
+                    tokenizer,
+                )
+            };
         let seed = file.run.seed;
-        let train = make(seed.wrapping_mul(3).wrapping_add(1), d.train_count, max_tokens)?;
-        let eval = make(seed.wrapping_mul(3).wrapping_add(2), d.eval_count, max_tokens)?;
+        let train = make(
+            seed.wrapping_mul(3).wrapping_add(1),
+            d.train_count,
+            max_tokens,
+        )?;
+        let eval = make(
+            seed.wrapping_mul(3).wrapping_add(2),
+            d.eval_count,
+            max_tokens,
+        )?;
         let sft_max = stages[0].max_input_tokens;
         let sft = make(seed.wrapping_mul(3).wrapping_add(3), d.sft_count, sft_max)?;
         synthetic::write_jsonl(&train, &data_dir.join("train.jsonl"))?;
@@ -195,7 +204,9 @@ fn prepare_data(file: &PipelineFile, tokenizer: &Tokenizer, data_dir: &Path) -> 
     } else {
         let need = |p: &Option<PathBuf>, name: &str| {
             p.clone().ok_or_else(|| {
-                Error::Invalid(format!("data.{name} is required when data.synthetic = false"))
+                Error::Invalid(format!(
+                    "data.{name} is required when data.synthetic = false"
+                ))
             })
         };
         let train = load_rl_any(&need(&d.train_file, "train_file")?)?;
@@ -255,7 +266,9 @@ impl RlObserver for DifficultyObserver<'_> {
     fn restore(&mut self, state: serde_json::Value) -> Result<()> {
         if !state.is_null() {
             *self.store = serde_json::from_value(state).map_err(|e| {
-                Error::Invalid(format!("difficulty store in the checkpoint is unreadable: {e}"))
+                Error::Invalid(format!(
+                    "difficulty store in the checkpoint is unreadable: {e}"
+                ))
             })?;
         }
         Ok(())
@@ -273,7 +286,11 @@ fn phase_result(name: &str, model_dir: &Path, report: EvalReport) -> PhaseResult
         name: name.to_string(),
         model_dir: model_dir.to_path_buf(),
         accuracy: report.accuracy,
-        by_task: report.by_task.iter().map(|(k, t)| (k.clone(), t.accuracy)).collect(),
+        by_task: report
+            .by_task
+            .iter()
+            .map(|(k, t)| (k.clone(), t.accuracy))
+            .collect(),
         by_bucket: report
             .by_bucket
             .iter()
@@ -294,8 +311,13 @@ fn eval_dir<B: Backend>(
 ) -> Result<EvalReport> {
     let model = load_model::<B>(dir, device)?;
     let stop = stop_token_ids(dir, model.config(), Some(tokenizer))?;
-    let pad = tokenizer.pad_token_id.or(stop.first().copied()).unwrap_or(0);
-    evaluate(&model, tokenizer, &data.eval, rewarder, options, &stop, pad, device)
+    let pad = tokenizer
+        .pad_token_id
+        .or(stop.first().copied())
+        .unwrap_or(0);
+    evaluate(
+        &model, tokenizer, &data.eval, rewarder, options, &stop, pad, device,
+    )
 }
 
 /// Renders the phases as a markdown table (accuracy overall, per task, per length bucket).
@@ -323,10 +345,16 @@ pub fn summary_table(phases: &[PhaseResult]) -> String {
     for p in phases {
         out.push_str(&format!("\n| {} | {:.1}% |", p.name, 100.0 * p.accuracy));
         for t in &tasks {
-            out.push_str(&format!(" {:.1}% |", 100.0 * p.by_task.get(t).copied().unwrap_or(0.0)));
+            out.push_str(&format!(
+                " {:.1}% |",
+                100.0 * p.by_task.get(t).copied().unwrap_or(0.0)
+            ));
         }
         for b in &buckets {
-            out.push_str(&format!(" {:.1}% |", 100.0 * p.by_bucket.get(b).copied().unwrap_or(0.0)));
+            out.push_str(&format!(
+                " {:.1}% |",
+                100.0 * p.by_bucket.get(b).copied().unwrap_or(0.0)
+            ));
         }
     }
     out.push('\n');
@@ -382,8 +410,19 @@ pub fn run<B: AutodiffBackend>(
     };
     let done = |state: &PipelineState, name: &str| state.phases.iter().any(|p| p.name == name);
     let report_phase = |state: &mut PipelineState, name: &str, dir: &Path| -> Result<()> {
-        let report = eval_dir::<B::InnerBackend>(dir, &tokenizer, &data, rewarder.as_ref(), &file.eval, &device)?;
-        log::info!("{name}: held-out accuracy {:.3} over {}", report.accuracy, report.n);
+        let report = eval_dir::<B::InnerBackend>(
+            dir,
+            &tokenizer,
+            &data,
+            rewarder.as_ref(),
+            &file.eval,
+            &device,
+        )?;
+        log::info!(
+            "{name}: held-out accuracy {:.3} over {}",
+            report.accuracy,
+            report.n
+        );
         state.phases.push(phase_result(name, dir, report));
         save_state(&root, state)
     };
@@ -392,7 +431,11 @@ pub fn run<B: AutodiffBackend>(
     if !done(&state, "base") {
         report_phase(&mut state, "base", &file.model.path)?;
     }
-    let mut current = state.phases.last().map(|p| p.model_dir.clone()).unwrap_or_else(|| file.model.path.clone());
+    let mut current = state
+        .phases
+        .last()
+        .map(|p| p.model_dir.clone())
+        .unwrap_or_else(|| file.model.path.clone());
 
     // Warm-up SFT.
     if let Some(sft_cfg) = &file.sft {
@@ -414,7 +457,11 @@ pub fn run<B: AutodiffBackend>(
             let summary = sft::train::<B>(&model, &run, &cfg, true, device.clone())?;
             report_phase(&mut state, "sft", &summary.final_dir)?;
         }
-        current = state.phases.last().map(|p| p.model_dir.clone()).unwrap_or(current);
+        current = state
+            .phases
+            .last()
+            .map(|p| p.model_dir.clone())
+            .unwrap_or(current);
     }
 
     // RL stages.
@@ -431,13 +478,24 @@ pub fn run<B: AutodiffBackend>(
         }
         let band = stage_pool(&lengths, &file.stages, k);
         let ids: Vec<String> = data.train.iter().map(|s| s.id.clone()).collect();
-        let carried = carry_over(&state.difficulty, &ids, &lengths, &file.stages, k, &file.retrospective);
+        let carried = carry_over(
+            &state.difficulty,
+            &ids,
+            &lengths,
+            &file.stages,
+            k,
+            &file.retrospective,
+        );
         while state.carried.len() <= k {
             state.carried.push(Vec::new());
         }
         state.carried[k] = carried.iter().map(|&i| ids[i].clone()).collect();
         if !carried.is_empty() {
-            log::info!("{name}: {} hard samples carried from earlier stages: {:?}", carried.len(), state.carried[k]);
+            log::info!(
+                "{name}: {} hard samples carried from earlier stages: {:?}",
+                carried.len(),
+                state.carried[k]
+            );
         }
         let mut pool: Vec<usize> = band.clone();
         for &i in &carried {
@@ -446,7 +504,11 @@ pub fn run<B: AutodiffBackend>(
         if pool.is_empty() {
             return Err(Error::Invalid(format!(
                 "{name}: no training sample has a prompt length in ({}, {}] tokens",
-                if k == 0 { 0 } else { file.stages[k - 1].max_input_tokens },
+                if k == 0 {
+                    0
+                } else {
+                    file.stages[k - 1].max_input_tokens
+                },
                 file.stages[k].max_input_tokens
             )));
         }
@@ -476,7 +538,9 @@ pub fn run<B: AutodiffBackend>(
         std::fs::create_dir_all(&run.run_dir).map_err(|e| Error::io(&run.run_dir, e))?;
         write_atomic(
             &carried_path,
-            serde_json::to_string_pretty(&state.carried[k]).unwrap_or_default().as_bytes(),
+            serde_json::to_string_pretty(&state.carried[k])
+                .unwrap_or_default()
+                .as_bytes(),
         )?;
         let model = ModelSection {
             path: current.clone(),
@@ -508,6 +572,14 @@ pub fn run<B: AutodiffBackend>(
     let table = summary_table(&summary.phases);
     write_atomic(&root.join("summary.md"), table.as_bytes())?;
     merge_metrics(&root, &file.stages, file.sft.is_some())?;
+    match crate::metrics::plot_run(&root) {
+        Ok(paths) => log::info!(
+            "wrote {} plots under {}",
+            paths.len(),
+            root.join("plots").display()
+        ),
+        Err(e) => log::warn!("plots were not written: {e}"),
+    }
     Ok(summary)
 }
 

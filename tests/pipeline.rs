@@ -118,11 +118,17 @@ fn shortened_pipeline_runs_end_to_end_and_resumes_across_a_stage() {
     .unwrap();
     assert_eq!(carried, state.carried[1]);
     for id in &carried {
-        assert!(state.difficulty.get(id).is_some(), "carried {id} was rolled out in stage 1");
+        assert!(
+            state.difficulty.get(id).is_some(),
+            "carried {id} was rolled out in stage 1"
+        );
     }
     // The merged metrics carry their phase.
     let merged = std::fs::read_to_string(out.path().join("metrics.jsonl")).unwrap();
     assert!(merged.contains("\"phase\":\"stage2\"") && merged.contains("\"phase\":\"sft\""));
+    for plot in ["reward.png", "entropy.png", "sft_loss.png"] {
+        assert!(out.path().join("plots").join(plot).exists(), "{plot}");
+    }
 
     // Interrupt after stage 1: stage 2's work is lost, the state says stage 1 is done.
     let stage2_final = weights(&out.path().join("stage2/final"));

@@ -156,7 +156,10 @@ pub fn run_rl(args: TrainArgs, device: Option<DeviceSpec>) -> Result<()> {
 }
 
 /// Reads a pipeline config, resolving its paths and applying the overrides.
-pub fn load_pipeline_file(path: &Path, overrides: &Overrides) -> Result<crate::pipeline::PipelineFile> {
+pub fn load_pipeline_file(
+    path: &Path,
+    overrides: &Overrides,
+) -> Result<crate::pipeline::PipelineFile> {
     let mut file: crate::pipeline::PipelineFile = load_toml(path)?;
     file.model.path = resolve_path(path, &file.model.path);
     for p in [

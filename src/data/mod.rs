@@ -200,3 +200,60 @@ fn starts_with_parquet_magic(path: &Path) -> Result<bool> {
         .map_err(|e| Error::io(path, e))?;
     Ok(head == b"PAR1")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_jsonl_lines_name_the_file_line_and_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("rl.jsonl");
+        let cases = [
+            (
+                "{\"task\": \"qa\", \"prompt\": \"q\"}\n",
+                ":1:",
+                "missing field `answer`",
+            ),
+            (
+                "\n{\"task\": \"qa\", \"answer\": \"a\"}\n",
+                ":2:",
+                "\"prompt\", or \"document\" and \"question\"",
+            ),
+            (
+                "{\"data_source\": \"trivia\", \"prompt\": \"q\", \"answer\": \"a\"}\n",
+                ":1:",
+                "unknown data_source",
+            ),
+            (
+                "{\"task\": \"qa\", \"prompt\": \"q\", \"answer\": \"a\", \"extra\": 1}\n",
+                ":1:",
+                "unknown field `extra`",
+            ),
+            ("not json\n", ":1:", "not valid JSON"),
+        ];
+        for (text, line, msg) in cases {
+            std::fs::write(&p, text).unwrap();
+            let e = load_rl(&p).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("rl.jsonl{line}")) && e.contains(msg),
+                "{e}"
+            );
+        }
+        std::fs::write(&p, "{\"task\": \"qa\", \"document\": \"d\", \"question\": \"q\", \"choices\": [\"x\", \"y\"], \"answer\": \"a\"}\n").unwrap();
+        let s = load_rl(&p).unwrap();
+        assert_eq!(s[0].id, "line-1");
+        assert!(s[0].user_prompt().unwrap().contains("q\n(A) x\n(B) y"));
+        let sft = dir.path().join("sft.jsonl");
+        std::fs::write(
+            &sft,
+            "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}]}\n",
+        )
+        .unwrap();
+        let e = load_sft(&sft).unwrap_err().to_string();
+        assert!(
+            e.contains("sft.jsonl:1:") && e.contains("final \"assistant\" message"),
+            "{e}"
+        );
+    }
+}
