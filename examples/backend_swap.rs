@@ -29,16 +29,7 @@ impl Rewarder for EvenIds {
             .map(|it| {
                 let n = it.response_ids.len().max(1) as f64;
                 let score = it.response_ids.iter().filter(|&&t| t % 2 == 0).count() as f64 / n;
-                RewardOutput {
-                    score,
-                    acc: score >= 0.5,
-                    pred: None,
-                    rule: score,
-                    judge: None,
-                    verdict: None,
-                    overlong: 0.0,
-                    reward: score,
-                }
+                RewardOutput::from_score(score, score >= 0.5)
             })
             .collect();
         (out, RewardStats::default())

@@ -31,16 +31,7 @@ impl Rewarder for Digits {
                     .max(1);
                 let digits = it.response.chars().filter(|c| c.is_ascii_digit()).count();
                 let score = digits as f64 / chars as f64;
-                RewardOutput {
-                    score,
-                    acc: score >= 0.5,
-                    pred: None,
-                    rule: score,
-                    judge: None,
-                    verdict: None,
-                    overlong: 0.0,
-                    reward: score,
-                }
+                RewardOutput::from_score(score, score >= 0.5)
             })
             .collect();
         (out, RewardStats::default())

@@ -25,6 +25,15 @@ pub struct ModelSection {
 }
 
 impl ModelSection {
+    /// The model folder's tokenizer, with the `chat_template` override applied.
+    pub fn load_tokenizer(&self) -> Result<crate::tokenizer::Tokenizer> {
+        let mut tokenizer = crate::tokenizer::Tokenizer::from_dir(&self.path)?;
+        if let Some(t) = &self.chat_template {
+            tokenizer.chat_template = Some(t.parse()?);
+        }
+        Ok(tokenizer)
+    }
+
     /// The dtype the final model is written in.
     pub fn save_dtype(&self) -> Result<SaveDtype> {
         match &self.save_dtype {

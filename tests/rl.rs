@@ -30,16 +30,7 @@ impl Rewarder for LowIds {
             .map(|it| {
                 let n = it.response_ids.len().max(1) as f64;
                 let score = it.response_ids.iter().filter(|&&t| t < 128).count() as f64 / n;
-                RewardOutput {
-                    score,
-                    acc: score >= 0.5,
-                    pred: None,
-                    rule: score,
-                    judge: None,
-                    verdict: None,
-                    overlong: 0.0,
-                    reward: score,
-                }
+                RewardOutput::from_score(score, score >= 0.5)
             })
             .collect();
         (out, RewardStats::default())
@@ -61,16 +52,7 @@ impl Rewarder for ByAnswer {
                     _ => k % 2 == 0,
                 };
                 let score = acc as u8 as f64;
-                RewardOutput {
-                    score,
-                    acc,
-                    pred: None,
-                    rule: score,
-                    judge: None,
-                    verdict: None,
-                    overlong: 0.0,
-                    reward: score,
-                }
+                RewardOutput::from_score(score, acc)
             })
             .collect();
         (out, RewardStats::default())

@@ -54,6 +54,19 @@ fn pick_device(cli: Option<DeviceSpec>, config: Option<&str>) -> Result<DeviceSp
     }
 }
 
+/// Picks the device and records the resolved configuration as `RUN_DIR/config.toml`.
+fn start_run<T: serde::Serialize>(
+    file: &T,
+    run: &crate::config::RunSection,
+    device: Option<DeviceSpec>,
+) -> Result<DeviceSpec> {
+    let device = pick_device(device, run.device.as_deref())?;
+    std::fs::create_dir_all(&run.run_dir).map_err(|e| crate::error::Error::io(&run.run_dir, e))?;
+    let text = toml::to_string_pretty(file).unwrap_or_default();
+    crate::model::checkpoint::write_atomic(&run.run_dir.join("config.toml"), text.as_bytes())?;
+    Ok(device)
+}
+
 /// Reads an SFT config, resolving its paths and applying the overrides.
 pub fn load_sft_file(path: &Path, overrides: &Overrides) -> Result<SftFile> {
     let mut file: SftFile = load_toml(path)?;
@@ -87,11 +100,7 @@ pub fn run_sft(args: TrainArgs, device: Option<DeviceSpec>) -> Result<()> {
     if args.quiet {
         file.run.progress = false;
     }
-    let device = pick_device(device, file.run.device.as_deref())?;
-    std::fs::create_dir_all(&file.run.run_dir)
-        .map_err(|e| crate::error::Error::io(&file.run.run_dir, e))?;
-    let text = toml::to_string_pretty(&file).unwrap_or_default();
-    crate::train::RunDir::open(&file.run.run_dir)?.write_config(&text)?;
+    let device = start_run(&file, &file.run, device)?;
     let checkpointing = file.sft.gradient_checkpointing;
     let summary = device.run_training(
         checkpointing,
@@ -142,11 +151,7 @@ pub fn run_rl(args: TrainArgs, device: Option<DeviceSpec>) -> Result<()> {
     if args.quiet {
         file.run.progress = false;
     }
-    let device = pick_device(device, file.run.device.as_deref())?;
-    std::fs::create_dir_all(&file.run.run_dir)
-        .map_err(|e| crate::error::Error::io(&file.run.run_dir, e))?;
-    let text = toml::to_string_pretty(&file).unwrap_or_default();
-    crate::train::RunDir::open(&file.run.run_dir)?.write_config(&text)?;
+    let device = start_run(&file, &file.run, device)?;
     let summary = device.run_autodiff(RlTask {
         file,
         resume: args.resume,
@@ -201,11 +206,7 @@ pub fn run_pipeline(args: TrainArgs, device: Option<DeviceSpec>) -> Result<()> {
     if args.quiet {
         file.run.progress = false;
     }
-    let device = pick_device(device, file.run.device.as_deref())?;
-    std::fs::create_dir_all(&file.run.run_dir)
-        .map_err(|e| crate::error::Error::io(&file.run.run_dir, e))?;
-    let text = toml::to_string_pretty(&file).unwrap_or_default();
-    crate::model::checkpoint::write_atomic(&file.run.run_dir.join("config.toml"), text.as_bytes())?;
+    let device = start_run(&file, &file.run, device)?;
     let run_dir = file.run.run_dir.clone();
     let summary = device.run_autodiff(PipelineTask {
         file,

@@ -68,6 +68,23 @@ pub struct RewardOutput {
     pub reward: f64,
 }
 
+impl RewardOutput {
+    /// The output of a reward function that gives one score (no judge, no shaping): `reward =
+    /// rule = score`, with the accuracy the caller decides.
+    pub fn from_score(score: f64, acc: bool) -> Self {
+        Self {
+            score,
+            acc,
+            pred: None,
+            rule: score,
+            judge: None,
+            verdict: None,
+            overlong: 0.0,
+            reward: score,
+        }
+    }
+}
+
 /// Counters of one batch (or, summed with [`RewardStats::add`], of a run).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct RewardStats {

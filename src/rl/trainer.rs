@@ -477,11 +477,7 @@ pub fn train<B: AutodiffBackend>(
 
 /// The model folder's tokenizer, with the `[model] chat_template` override.
 pub fn load_tokenizer(model_section: &ModelSection) -> Result<Tokenizer> {
-    let mut tokenizer = Tokenizer::from_dir(&model_section.path)?;
-    if let Some(t) = &model_section.chat_template {
-        tokenizer.chat_template = Some(t.parse()?);
-    }
-    Ok(tokenizer)
+    model_section.load_tokenizer()
 }
 
 /// Runs RL over prepared prompts (a prompt listed twice is drawn twice as often), reporting every
@@ -502,15 +498,7 @@ pub fn train_prompts<B: AutodiffBackend>(
         return Err(Error::Invalid("RL needs at least one prompt".into()));
     }
     let run_dir = RunDir::open(&run.run_dir)?;
-    let resume_from = run_dir.latest()?;
-    if let (Some(c), false) = (&resume_from, resume) {
-        return Err(Error::Invalid(format!(
-            "run directory {} already has checkpoint {}: pass --resume to continue it, or choose \
-             another --run-dir",
-            run.run_dir.display(),
-            c.display()
-        )));
-    }
+    let resume_from = run_dir.resume_point(resume)?;
     let tokenizer = load_tokenizer(model_section)?;
     let (policy, state) = match &resume_from {
         Some(ckpt) => {

@@ -247,19 +247,8 @@ pub fn train<B: AutodiffBackend>(
 ) -> Result<SftSummary> {
     config.validate()?;
     let run_dir = RunDir::open(&run.run_dir)?;
-    let resume_from = run_dir.latest()?;
-    if let (Some(c), false) = (&resume_from, resume) {
-        return Err(Error::Invalid(format!(
-            "run directory {} already has checkpoint {}: pass --resume to continue it, or choose \
-             another --run-dir",
-            run.run_dir.display(),
-            c.display()
-        )));
-    }
-    let mut tokenizer = Tokenizer::from_dir(&model_section.path)?;
-    if let Some(t) = &model_section.chat_template {
-        tokenizer.chat_template = Some(t.parse()?);
-    }
+    let resume_from = run_dir.resume_point(resume)?;
+    let tokenizer = model_section.load_tokenizer()?;
     let (mut model, state) = match &resume_from {
         Some(ckpt) => {
             log::info!("resuming from {}", ckpt.display());

@@ -91,6 +91,21 @@ impl RunDir {
         Ok(self.complete_checkpoints()?.pop())
     }
 
+    /// The checkpoint a run continues from: the latest one with `resume`; with `resume` off, an
+    /// existing checkpoint is an error (a finished run is never overwritten by accident).
+    pub fn resume_point(&self, resume: bool) -> Result<Option<PathBuf>> {
+        let latest = self.latest()?;
+        if let (Some(c), false) = (&latest, resume) {
+            return Err(Error::Invalid(format!(
+                "run directory {} already has checkpoint {}: pass --resume to continue it, or \
+                 choose another --run-dir",
+                self.root.display(),
+                c.display()
+            )));
+        }
+        Ok(latest)
+    }
+
     fn complete_checkpoints(&self) -> Result<Vec<PathBuf>> {
         let dir = self.checkpoints();
         let mut found: Vec<PathBuf> = std::fs::read_dir(&dir)
@@ -199,10 +214,5 @@ impl RunDir {
         let dir = self.final_dir();
         save_model(model, &dir, dtype, Some(source_dir), SHARD_BYTES)?;
         Ok(dir)
-    }
-
-    /// Writes the resolved configuration of the run.
-    pub fn write_config(&self, text: &str) -> Result<()> {
-        write_atomic(&self.root.join("config.toml"), text.as_bytes())
     }
 }
