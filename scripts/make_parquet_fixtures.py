@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Write the verl-format parquet fixtures under tests/fixtures/data/ (read by tests/parquet_data.rs).
+"""Write the verl-format parquet fixtures under tests/fixtures/data/ (read by tests/integration/parquet_data.rs).
 
 DocQA-RL-1.6K ships as a verl parquet file with these columns:
 

@@ -3,7 +3,7 @@
 //! with the weights of an uninterrupted one, and `longrl rl` runs end to end from a TOML config
 //! with the hybrid reward.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -3,7 +3,7 @@
 //! with positive and negative advantages, and the gradient with respect to the policy log-probs
 //! (zero through clipped tokens).
 
-mod common;
+use crate::common;
 
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::{Tensor, TensorData};

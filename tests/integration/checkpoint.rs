@@ -1,7 +1,7 @@
 //! Checkpoint I/O: loading the shipped models, clear errors for every kind of bad checkpoint, and
 //! saving back in the HF layout (single file and sharded, f32 and bf16) with a lossless round trip.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

@@ -2,7 +2,7 @@
 //! SFT, two curriculum stages with retrospective sampling, a summary; then a resume across the
 //! stage boundary that reproduces the uninterrupted run.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

@@ -2,7 +2,7 @@
 //! independent runs, behaviour log-probs versus the trainer-side forward, stop tokens and strings,
 //! compaction, determinism and the cache limit.
 
-mod common;
+use crate::common;
 
 use burn::backend::Flex;
 use burn::tensor::{Bool, Int, Tensor, TensorData};

@@ -2,7 +2,7 @@
 //! task; a run stopped after a checkpoint and resumed ends with exactly the weights of an
 //! uninterrupted run; interrupted checkpoint writes are ignored; config errors name the field.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 

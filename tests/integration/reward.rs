@@ -3,7 +3,7 @@
 //! the hybrid's judge policy, cache and counters with a scripted judge, and the local judge end to
 //! end on the tiny model.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};

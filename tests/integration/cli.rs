@@ -1,6 +1,6 @@
 //! The `longrl` binary end to end: `info`, `score`, `generate`, `reward`, and their error messages.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::{Command, Output};

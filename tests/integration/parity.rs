@@ -3,7 +3,7 @@
 //! gradient norms of a cross-entropy loss, for GQA, MHA, tied/untied embeddings and rope scaling.
 //! The same suite runs on every compiled-in backend.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 

@@ -1,7 +1,7 @@
 //! Tokenizer and chat-template parity with transformers (`tests/fixtures/tokenizer/cases.json`,
 //! written by `scripts/make_parity_fixtures.py`) for both shipped tiny models.
 
-mod common;
+use crate::common;
 
 use common::{fixture, root};
 use longrl::tokenizer::{Message, Tokenizer};

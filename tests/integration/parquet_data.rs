@@ -2,7 +2,7 @@
 //! and without skipping, file-level errors, and the JSONL / parquet dispatcher. The fixtures are
 //! written by scripts/make_parquet_fixtures.py.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};

@@ -1,0 +1,19 @@
+//! All integration tests in one binary: one link of the library (with every backend compiled in)
+//! instead of one per file, which keeps CI builds fast and the target folder small.
+
+mod common;
+
+mod checkpoint;
+mod cli;
+mod generate;
+mod judge_http;
+mod parity;
+mod parquet_data;
+mod pipeline;
+mod plot;
+mod reward;
+mod rl;
+mod rl_loss;
+mod sft;
+mod synthetic;
+mod tokenizer;
