@@ -11,6 +11,7 @@ pub mod eval;
 pub mod generate;
 pub mod metrics;
 pub mod model;
+pub mod openai;
 pub mod pipeline;
 pub mod reward;
 pub mod rl;

@@ -1,5 +1,8 @@
-//! The `longrl` command line: `info`, `score`, `generate`, `reward`, `sft`, `rl`, `pipeline`.
+//! The `longrl` command line: `info`, `score`, `generate`, `reward`, `sft`, `rl`, `pipeline`,
+//! `eval`, `plot`.
 
+mod eval;
+mod judge;
 mod plot;
 mod reward;
 mod train;
@@ -56,6 +59,9 @@ pub enum Command {
     Rl(train::TrainArgs),
     /// The QwenLong-L1 pipeline: SFT, curriculum RL stages, retrospective sampling, evaluation.
     Pipeline(train::TrainArgs),
+    /// The seven long-document QA benchmarks of QwenLong-L1's Table 4, for a longrl model or a
+    /// served one (`--endpoint`).
+    Eval(eval::EvalArgs),
     /// PNG charts of a run (reward, entropy, KL, response length, clip fraction, SFT loss).
     Plot(plot::PlotArgs),
 }
@@ -150,6 +156,7 @@ pub fn main() -> anyhow::Result<()> {
         Command::Sft(args) => train::run_sft(args, cli.device)?,
         Command::Rl(args) => train::run_rl(args, cli.device)?,
         Command::Pipeline(args) => train::run_pipeline(args, cli.device)?,
+        Command::Eval(args) => eval::run(args, device)?,
         Command::Plot(args) => plot::run(&args)?,
     }
     Ok(())

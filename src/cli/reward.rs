@@ -3,16 +3,15 @@
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use burn::tensor::backend::Backend;
 use clap::Args;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::judge::JudgeArgs;
 use crate::device::{BackendFn, DeviceSpec};
 use crate::error::{Error, Result};
-use crate::reward::judge::{HttpJudge, HttpJudgeConfig, LocalJudge, LocalJudgeConfig};
 use crate::reward::{
     HybridConfig, HybridReward, Judge, OverlongConfig, RewardItem, RewardStats, RuleOptions,
     TaskKind,
@@ -25,30 +24,9 @@ pub struct RewardArgs {
     /// "question"?, "response_length"?}`.
     #[arg(long)]
     pub input: PathBuf,
-    /// OpenAI-compatible judge server, e.g. `http://127.0.0.1:8000/v1` (vLLM, SGLang, llama.cpp).
-    #[arg(long, requires = "judge_model", conflicts_with = "judge_checkpoint")]
-    pub judge_url: Option<String>,
-    /// Model name the judge server serves (e.g. `Qwen/Qwen2.5-1.5B-Instruct`).
-    #[arg(long, requires = "judge_url")]
-    pub judge_model: Option<String>,
-    /// Bearer token for the judge server.
-    #[arg(long, env = "LONGRL_JUDGE_API_KEY", hide_env_values = true)]
-    pub judge_api_key: Option<String>,
-    /// Judge requests in flight at once.
-    #[arg(long, default_value_t = 32)]
-    pub judge_concurrency: usize,
-    /// Seconds before a judge request is abandoned (then retried).
-    #[arg(long, default_value_t = 120.0)]
-    pub judge_timeout: f64,
-    /// Retries of a judge request after 429, 5xx or a transport error.
-    #[arg(long, default_value_t = 5)]
-    pub judge_retries: u32,
-    /// A local judge: HuggingFace model folder run on `--device` (e.g. Qwen2.5-1.5B-Instruct).
-    #[arg(long)]
-    pub judge_checkpoint: Option<PathBuf>,
-    /// Most tokens of a local judge's reply.
-    #[arg(long, default_value_t = 512)]
-    pub judge_max_new_tokens: usize,
+    /// The LLM judge.
+    #[command(flatten)]
+    pub judge: JudgeArgs,
     /// Score a response without `</think>` on its whole text (models without thinking tags).
     #[arg(long)]
     pub no_think: bool,
@@ -143,19 +121,10 @@ fn read_lines(path: &Path, needs_length: bool) -> Result<Vec<Parsed>> {
 
 /// Runs `longrl reward` on `device` (used only by a local judge).
 pub fn run(args: RewardArgs, device: DeviceSpec) -> Result<()> {
-    match &args.judge_checkpoint {
+    match &args.judge.judge_checkpoint {
         Some(_) => device.run(LocalJudgeTask(args))?,
         None => {
-            let judge = match (&args.judge_url, &args.judge_model) {
-                (Some(url), Some(model)) => Some(Arc::new(HttpJudge::new(HttpJudgeConfig {
-                    api_key: args.judge_api_key.clone(),
-                    concurrency: args.judge_concurrency,
-                    timeout: Duration::from_secs_f64(args.judge_timeout.max(0.001)),
-                    max_retries: args.judge_retries,
-                    ..HttpJudgeConfig::new(url.clone(), model.clone())
-                })?) as Arc<dyn Judge>),
-                _ => None,
-            };
+            let judge = args.judge.http()?;
             reward_file(&args, judge)
         }
     }
@@ -167,16 +136,8 @@ impl BackendFn for LocalJudgeTask {
     type Output = Result<()>;
 
     fn call<B: Backend>(self, device: B::Device) -> Result<()> {
-        let dir = self.0.judge_checkpoint.clone().expect("checked by run");
-        let judge = LocalJudge::<B>::load(
-            &dir,
-            device,
-            LocalJudgeConfig {
-                max_new_tokens: self.0.judge_max_new_tokens,
-                ..LocalJudgeConfig::default()
-            },
-        )?;
-        reward_file(&self.0, Some(Arc::new(judge)))
+        let judge = self.0.judge.build::<B>(&device)?;
+        reward_file(&self.0, judge)
     }
 }
 

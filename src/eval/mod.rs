@@ -1,5 +1,13 @@
-//! Held-out evaluation: generate for every item with the rollout engine, reward with the same
-//! verifiers as training, and report accuracy overall, per task family and per length bucket.
+//! Evaluation. [`evaluate`] is the pipeline's held-out check: generate for every item with the
+//! rollout engine, reward with the same verifiers as training, and report accuracy overall, per
+//! task family and per length bucket. [`harness`] is `longrl eval`, the seven long-document QA
+//! benchmarks of QwenLong-L1's Table 4 ([`benchmarks`], [`protocol`]) for a longrl model or a
+//! served one ([`responder`]).
+
+pub mod benchmarks;
+pub mod harness;
+pub mod protocol;
+pub mod responder;
 
 use std::collections::BTreeMap;
 

@@ -5,6 +5,7 @@ mod common;
 
 mod checkpoint;
 mod cli;
+mod eval;
 mod generate;
 mod judge_http;
 mod parity;

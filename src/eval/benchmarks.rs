@@ -1,0 +1,455 @@
+//! The seven long-document QA benchmarks of QwenLong-L1's Table 4 and loaders for their public
+//! file formats: DocMath (`question`, `paragraphs`, `ground_truth`), Frames (`Prompt`, `Answer`,
+//! `wiki_items`) and LongBench v1 (`input`, `context`, `answers`) for 2WikiMultihopQA, HotpotQA,
+//! MuSiQue, NarrativeQA and Qasper. The document of each item is assembled as the reference
+//! evaluation scripts do.
+
+use std::collections::HashMap;
+use std::io::BufRead;
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+
+/// One of the Table 4 benchmarks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Benchmark {
+    /// DocMath-Eval (numeric reasoning over financial reports; 200 test items).
+    DocMath,
+    /// Frames (multi-hop questions over Wikipedia articles).
+    Frames,
+    /// LongBench v1 2WikiMultihopQA.
+    TwoWikiMqa,
+    /// LongBench v1 HotpotQA.
+    HotpotQa,
+    /// LongBench v1 MuSiQue.
+    Musique,
+    /// LongBench v1 NarrativeQA.
+    NarrativeQa,
+    /// LongBench v1 Qasper.
+    Qasper,
+}
+
+/// How a benchmark's answers are verified by rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AnswerKind {
+    /// The first number after "the answer is", compared with DocMath's numeric rules.
+    Numeric,
+    /// The text after the last "the answer is", sub-exact-match against the gold.
+    Text,
+}
+
+/// The public file format a benchmark is read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// DocMath-Eval jsonl: `question`, `paragraphs` (strings), `ground_truth`.
+    DocMath,
+    /// Frames `test.jsonl`: `Prompt`, `Answer`, `wiki_items` (`title`, `text`).
+    Frames,
+    /// LongBench v1 jsonl: `input`, `context`, `answers` (strings), `_id`.
+    LongBench,
+}
+
+impl Benchmark {
+    /// All seven, in Table 4's column order.
+    pub const ALL: [Benchmark; 7] = [
+        Benchmark::DocMath,
+        Benchmark::Frames,
+        Benchmark::TwoWikiMqa,
+        Benchmark::HotpotQa,
+        Benchmark::Musique,
+        Benchmark::NarrativeQa,
+        Benchmark::Qasper,
+    ];
+
+    /// The name used on the command line and as the data file stem (`<name>.jsonl`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Benchmark::DocMath => "docmath",
+            Benchmark::Frames => "frames",
+            Benchmark::TwoWikiMqa => "2wikimqa",
+            Benchmark::HotpotQa => "hotpotqa",
+            Benchmark::Musique => "musique",
+            Benchmark::NarrativeQa => "narrativeqa",
+            Benchmark::Qasper => "qasper",
+        }
+    }
+
+    /// The column title in Table 4.
+    pub fn title(self) -> &'static str {
+        match self {
+            Benchmark::DocMath => "DocMath",
+            Benchmark::Frames => "Frames",
+            Benchmark::TwoWikiMqa => "2WikiMQA",
+            Benchmark::HotpotQa => "HotpotQA",
+            Benchmark::Musique => "MuSiQue",
+            Benchmark::NarrativeQa => "NarrativeQA",
+            Benchmark::Qasper => "Qasper",
+        }
+    }
+
+    /// The file format of the benchmark's public release.
+    pub fn format(self) -> Format {
+        match self {
+            Benchmark::DocMath => Format::DocMath,
+            Benchmark::Frames => Format::Frames,
+            _ => Format::LongBench,
+        }
+    }
+
+    /// How answers are verified by rule.
+    pub fn answer_kind(self) -> AnswerKind {
+        match self {
+            Benchmark::DocMath => AnswerKind::Numeric,
+            _ => AnswerKind::Text,
+        }
+    }
+
+    /// QwenLong-L1-32B (DAPO)'s accuracy in Table 4 of the paper, in percent.
+    pub fn paper_qwenlong_l1_32b(self) -> f64 {
+        match self {
+            Benchmark::DocMath => 67.5,
+            Benchmark::Frames => 70.1,
+            Benchmark::TwoWikiMqa => 90.5,
+            Benchmark::HotpotQa => 83.0,
+            Benchmark::Musique => 69.0,
+            Benchmark::NarrativeQa => 56.0,
+            Benchmark::Qasper => 58.5,
+        }
+    }
+
+    /// Parses a comma-separated list of names (`all` for the seven); duplicates are dropped.
+    pub fn parse_list(list: &str) -> Result<Vec<Benchmark>> {
+        let mut out = Vec::new();
+        for name in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let found: Vec<Benchmark> = if name == "all" {
+                Benchmark::ALL.to_vec()
+            } else {
+                vec![name.parse()?]
+            };
+            for b in found {
+                if !out.contains(&b) {
+                    out.push(b);
+                }
+            }
+        }
+        if out.is_empty() {
+            return Err(Error::Invalid(
+                "--benchmarks: name at least one benchmark".into(),
+            ));
+        }
+        Ok(out)
+    }
+}
+
+impl std::str::FromStr for Benchmark {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        Benchmark::ALL
+            .into_iter()
+            .find(|b| b.name().eq_ignore_ascii_case(s))
+            .ok_or_else(|| {
+                let names: Vec<&str> = Benchmark::ALL.iter().map(|b| b.name()).collect();
+                Error::Invalid(format!(
+                    "--benchmarks: unknown benchmark `{s}`; expected one of {} or all",
+                    names.join(", ")
+                ))
+            })
+    }
+}
+
+impl std::fmt::Display for Benchmark {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One benchmark question with its document.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BenchItem {
+    /// The item's id in its file (`_id`, `question_id`, `id`), or its line number.
+    pub id: String,
+    /// The document the question is about, assembled as the reference scripts do.
+    pub document: String,
+    /// The question.
+    pub question: String,
+    /// The gold answer scored against (LongBench: the first of `answers`, as the reference).
+    pub gold: String,
+    /// 1-based line of the item in its file.
+    pub line: usize,
+}
+
+impl Format {
+    /// The fields a line of this format needs, for error messages.
+    fn expected(self) -> &'static str {
+        match self {
+            Format::DocMath => {
+                "a DocMath line has \"question\" (string), \"paragraphs\" (strings) and \"ground_truth\""
+            }
+            Format::Frames => {
+                "a Frames line has \"Prompt\" (string), \"Answer\" and \"wiki_items\" ({\"title\", \"text\"} objects)"
+            }
+            Format::LongBench => {
+                "a LongBench line has \"input\" (string), \"context\" (string) and \"answers\" (strings)"
+            }
+        }
+    }
+
+    /// The format a field name belongs to.
+    fn of_field(name: &str) -> Format {
+        match name {
+            "question" | "paragraphs" | "ground_truth" => Format::DocMath,
+            "Prompt" | "Answer" | "wiki_items" => Format::Frames,
+            _ => Format::LongBench,
+        }
+    }
+}
+
+fn field<'a>(obj: &'a Value, name: &str, path: &Path, line: usize) -> Result<&'a Value> {
+    obj.get(name).ok_or_else(|| {
+        Error::input(
+            path,
+            line,
+            format!(
+                "missing field \"{name}\"; {}",
+                Format::of_field(name).expected()
+            ),
+        )
+    })
+}
+
+fn string(obj: &Value, name: &str, path: &Path, line: usize) -> Result<String> {
+    match field(obj, name, path, line)? {
+        Value::String(s) => Ok(s.clone()),
+        other => Err(Error::input(
+            path,
+            line,
+            format!("field \"{name}\": expected a string, got {}", kind(other)),
+        )),
+    }
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// A gold answer as the reference prints it with `str()`: strings as they are, numbers as JSON
+/// writes them, booleans as `True` / `False`.
+fn gold_text(v: &Value, name: &str, path: &Path, line: usize) -> Result<String> {
+    match v {
+        Value::String(s) => Ok(s.clone()),
+        Value::Number(n) => Ok(n.to_string()),
+        Value::Bool(b) => Ok(if *b { "True" } else { "False" }.into()),
+        other => Err(Error::input(
+            path,
+            line,
+            format!(
+                "field \"{name}\": expected a string, number or boolean, got {}",
+                kind(other)
+            ),
+        )),
+    }
+}
+
+fn item_id(obj: &Value, keys: &[&str], line: usize) -> String {
+    keys.iter()
+        .find_map(|k| match obj.get(*k) {
+            Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+            Some(Value::Number(n)) => Some(n.to_string()),
+            _ => None,
+        })
+        .unwrap_or_else(|| format!("line-{line}"))
+}
+
+fn parse_docmath(obj: &Value, path: &Path, line: usize) -> Result<BenchItem> {
+    let question = string(obj, "question", path, line)?;
+    let paragraphs = match field(obj, "paragraphs", path, line)? {
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .map(|(i, p)| match p {
+                Value::String(s) => Ok(s.as_str()),
+                other => Err(Error::input(
+                    path,
+                    line,
+                    format!(
+                        "field \"paragraphs\"[{i}]: expected a string, got {}",
+                        kind(other)
+                    ),
+                )),
+            })
+            .collect::<Result<Vec<_>>>()?,
+        other => {
+            return Err(Error::input(
+                path,
+                line,
+                format!(
+                    "field \"paragraphs\": expected an array of strings, got {}",
+                    kind(other)
+                ),
+            ))
+        }
+    };
+    let gold = gold_text(
+        field(obj, "ground_truth", path, line)?,
+        "ground_truth",
+        path,
+        line,
+    )?;
+    Ok(BenchItem {
+        id: item_id(obj, &["question_id", "id", "_id"], line),
+        document: paragraphs.join("\n"),
+        question,
+        gold,
+        line,
+    })
+}
+
+fn parse_frames(obj: &Value, path: &Path, line: usize) -> Result<BenchItem> {
+    let question = string(obj, "Prompt", path, line)?;
+    let gold = gold_text(field(obj, "Answer", path, line)?, "Answer", path, line)?;
+    let docs = match field(obj, "wiki_items", path, line)? {
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .map(|(i, w)| {
+                let get = |k: &str| match w.get(k) {
+                    Some(Value::String(s)) => Ok(s.as_str()),
+                    _ => Err(Error::input(
+                        path,
+                        line,
+                        format!("field \"wiki_items\"[{i}]: expected an object with string \"title\" and \"text\""),
+                    )),
+                };
+                Ok(format!("{}\n{}", get("title")?, get("text")?))
+            })
+            .collect::<Result<Vec<_>>>()?,
+        other => {
+            return Err(Error::input(
+                path,
+                line,
+                format!(
+                    "field \"wiki_items\": expected an array of {{\"title\", \"text\"}} objects, got {}",
+                    kind(other)
+                ),
+            ))
+        }
+    };
+    Ok(BenchItem {
+        id: item_id(obj, &["id", "_id", "Unnamed: 0"], line),
+        document: docs.join("\n"),
+        question,
+        gold,
+        line,
+    })
+}
+
+fn parse_longbench(obj: &Value, path: &Path, line: usize) -> Result<BenchItem> {
+    let question = string(obj, "input", path, line)?;
+    let document = string(obj, "context", path, line)?;
+    let gold = match field(obj, "answers", path, line)? {
+        Value::Array(answers) if !answers.is_empty() => {
+            gold_text(&answers[0], "answers[0]", path, line)?
+        }
+        Value::Array(_) => {
+            return Err(Error::input(
+                path,
+                line,
+                "field \"answers\": empty; at least one gold answer is needed",
+            ))
+        }
+        other => {
+            return Err(Error::input(
+                path,
+                line,
+                format!(
+                    "field \"answers\": expected an array of strings, got {}",
+                    kind(other)
+                ),
+            ))
+        }
+    };
+    Ok(BenchItem {
+        id: item_id(obj, &["_id", "id"], line),
+        document,
+        question,
+        gold,
+        line,
+    })
+}
+
+/// Reads a benchmark file in its public format. Blank lines are skipped; a bad line is an error
+/// naming the file, the line and the field; ids must be unique in the file.
+pub fn load_benchmark(benchmark: Benchmark, path: &Path) -> Result<Vec<BenchItem>> {
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let parse = match benchmark.format() {
+        Format::DocMath => parse_docmath,
+        Format::Frames => parse_frames,
+        Format::LongBench => parse_longbench,
+    };
+    let mut items = Vec::new();
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
+        let n = i + 1;
+        let line = line.map_err(|e| Error::io(path, e))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let value: Value = serde_json::from_str(&line)
+            .map_err(|e| Error::input(path, n, format!("not a JSON object: {e}")))?;
+        if !value.is_object() {
+            return Err(Error::input(
+                path,
+                n,
+                format!("expected a JSON object, got {}", kind(&value)),
+            ));
+        }
+        let item = parse(&value, path, n)?;
+        if let Some(first) = seen.insert(item.id.clone(), n) {
+            return Err(Error::input(
+                path,
+                n,
+                format!("duplicate id \"{}\" (first on line {first})", item.id),
+            ));
+        }
+        items.push(item);
+    }
+    Ok(items)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_lists_parse() {
+        for b in Benchmark::ALL {
+            assert_eq!(b.name().parse::<Benchmark>().unwrap(), b);
+        }
+        assert_eq!(
+            Benchmark::parse_list("frames, docmath,frames").unwrap(),
+            vec![Benchmark::Frames, Benchmark::DocMath]
+        );
+        assert_eq!(Benchmark::parse_list("all").unwrap().len(), 7);
+        let e = Benchmark::parse_list("docmath,hotpot")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown benchmark `hotpot`"), "{e}");
+        assert!(Benchmark::parse_list(" , ").is_err());
+        let avg: f64 = Benchmark::ALL
+            .iter()
+            .map(|b| b.paper_qwenlong_l1_32b())
+            .sum::<f64>()
+            / 7.0;
+        assert!((avg - 70.7).abs() < 0.05, "{avg}");
+    }
+}
