@@ -1,6 +1,11 @@
 //! The Table 4 protocol of QwenLong-L1's evaluation scripts: the prompt, middle truncation of long
 //! inputs, answer extraction and the rule score of each benchmark, and what the judge is shown.
 //! The item's score is `max(rule, judge)`.
+//!
+//! Two deliberate differences from the reference scripts: the judge's verdict is read strictly
+//! (`[[YES]]` / `[[NO]]`, see [`crate::reward::judge::parse_verdict`]; the scripts count any "YES"
+//! in the reply), and a QA answer without "the answer is" is not sent to the judge (the scripts
+//! send the string "None", which a judge rejects).
 
 use crate::data::render_prompt;
 use crate::error::Result;
