@@ -61,7 +61,7 @@ pub enum Command {
     Pipeline(train::TrainArgs),
     /// The seven long-document QA benchmarks of QwenLong-L1's Table 4, for a longrl model or a
     /// served one (`--endpoint`).
-    Eval(eval::EvalArgs),
+    Eval(Box<eval::EvalArgs>),
     /// PNG charts of a run (reward, entropy, KL, response length, clip fraction, SFT loss).
     Plot(plot::PlotArgs),
 }
@@ -156,7 +156,7 @@ pub fn main() -> anyhow::Result<()> {
         Command::Sft(args) => train::run_sft(args, cli.device)?,
         Command::Rl(args) => train::run_rl(args, cli.device)?,
         Command::Pipeline(args) => train::run_pipeline(args, cli.device)?,
-        Command::Eval(args) => eval::run(args, device)?,
+        Command::Eval(args) => eval::run(*args, device)?,
         Command::Plot(args) => plot::run(&args)?,
     }
     Ok(())
