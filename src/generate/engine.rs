@@ -12,7 +12,9 @@ use std::collections::HashSet;
 
 use burn::tensor::{backend::Backend, Bool, Int, Tensor, TensorData};
 
-use super::sampling::{sample_row, seq_rng, SamplingParams, SeqRng};
+use rayon::prelude::*;
+
+use super::sampling::{sample_row, seq_rng, SampleScratch, SamplingParams, SeqRng};
 use super::{prefill, FinishReason, PaddedBatch};
 use crate::error::{Error, Result};
 use crate::model::{KvCache, Qwen2ForCausalLM};
@@ -178,14 +180,44 @@ impl<'a, B: Backend> Engine<'a, B> {
         // `active[r]` is the sequence in cache row r.
         let mut active: Vec<usize> = (0..seqs.len()).collect();
         let vocab = self.model.config().vocab_size;
-        let mut scratch = Vec::new();
+        let mut scratch = SampleScratch::default();
+        let mut row_of: Vec<Option<usize>> = vec![None; seqs.len()];
         loop {
-            let host: Vec<f32> = logits.into_data().iter::<f32>().collect();
+            let data = logits.into_data();
+            let host: Vec<f32> = match data.as_slice::<f32>() {
+                Ok(values) => values.to_vec(),
+                Err(_) => data.iter::<f32>().collect(),
+            };
             debug_assert_eq!(host.len(), active.len() * vocab);
-            for (r, &s) in active.iter().enumerate() {
+            // Sample every row (in parallel when there are several: the device is idle meanwhile),
+            // each from its own sequence's random stream.
+            let picks: Vec<(u32, f32)> = if active.len() > 1 {
+                row_of.fill(None);
+                for (r, &s) in active.iter().enumerate() {
+                    row_of[s] = Some(r);
+                }
+                let mut picked: Vec<(usize, (u32, f32))> = seqs
+                    .par_iter_mut()
+                    .enumerate()
+                    .filter_map(|(s, seq)| row_of[s].map(|r| (r, seq)))
+                    .map_init(SampleScratch::default, |scratch, (r, seq)| {
+                        let row = &host[r * vocab..(r + 1) * vocab];
+                        (r, sample_row(row, params, &mut seq.rng, scratch))
+                    })
+                    .collect();
+                picked.sort_unstable_by_key(|(r, _)| *r);
+                picked.into_iter().map(|(_, p)| p).collect()
+            } else {
+                let seq = &mut seqs[active[0]];
+                vec![sample_row(
+                    &host[..vocab],
+                    params,
+                    &mut seq.rng,
+                    &mut scratch,
+                )]
+            };
+            for (&s, (tok, lp)) in active.iter().zip(picks) {
                 let seq = &mut seqs[s];
-                let row = &host[r * vocab..(r + 1) * vocab];
-                let (tok, lp) = sample_row(row, params, &mut seq.rng, &mut scratch);
                 seq.ids.push(tok);
                 seq.logprobs.push(lp);
                 if stop_ids.contains(&tok) {

@@ -5,7 +5,7 @@ mod engine;
 mod sampling;
 
 pub use engine::{Detokenizer, Engine, EngineOptions, GenerateRequest, Sample};
-pub use sampling::{sample_row, sample_seed, seq_rng, SamplingParams, SeqRng};
+pub use sampling::{sample_row, sample_seed, seq_rng, SampleScratch, SamplingParams, SeqRng};
 
 use burn::tensor::{backend::Backend, Bool, Int, Tensor, TensorData};
 use serde::Serialize;

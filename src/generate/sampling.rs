@@ -132,21 +132,59 @@ fn argmax(row: &[f32]) -> usize {
     best
 }
 
-/// `log(sum(exp(z)))` of `row / temperature`, computed stably in f64.
-fn log_sum_exp(row: &[f32], inv_t: f64, max: f64) -> f64 {
-    let s: f64 = row.iter().map(|&x| (x as f64 * inv_t - max).exp()).sum();
-    max + s.ln()
+/// Reusable buffers of [`sample_row`], so that no vocabulary-sized buffer is allocated per token.
+#[derive(Debug, Clone, Default)]
+pub struct SampleScratch {
+    /// Sort keys of the candidate tokens ([`desc_key`]).
+    keys: Vec<u64>,
+    /// `exp(logit / temperature - max)` of every token.
+    weights: Vec<f64>,
+}
+
+/// Partially orders `keys` (ascending, i.e. most probable first) so that its first `m` entries are
+/// the `m` smallest keys, where `m` is the smallest count whose weight sum reaches `target`
+/// (`> target` when `strict`, else `>= target`); returns `m` and that sum, or `keys.len()` and the
+/// total when no prefix reaches it. Expected linear time: a quickselect that keeps the weight of
+/// the part it has passed, instead of a sort of the whole vocabulary (the nucleus of a flat
+/// distribution is most of it).
+fn prefix_reaching(keys: &mut [u64], weights: &[f64], target: f64, strict: bool) -> (usize, f64) {
+    let reached = |m: f64| if strict { m > target } else { m >= target };
+    let weight = |k: &u64| weights[key_index(*k) as usize];
+    let (mut lo, mut hi) = (0, keys.len());
+    let mut before = 0.0;
+    while hi - lo > 64 {
+        let mid = lo + (hi - lo) / 2;
+        keys[lo..hi].select_nth_unstable(mid - lo);
+        let left: f64 = keys[lo..mid].iter().map(weight).sum();
+        if reached(before + left) {
+            hi = mid;
+        } else {
+            before += left;
+            lo = mid;
+        }
+    }
+    keys[lo..hi].sort_unstable();
+    for (i, k) in keys.iter().enumerate().take(hi).skip(lo) {
+        before += weight(k);
+        if reached(before) {
+            return (i + 1, before);
+        }
+    }
+    let rest: f64 = keys[hi..].iter().map(weight).sum();
+    (keys.len(), before + rest)
 }
 
 /// Picks the next token from `row` (the logits over the vocabulary) and returns it with its
 /// log-prob under `log_softmax(row / temperature)` (temperature 1 when greedy).
 ///
-/// `scratch` is reused between calls to avoid allocating a vocabulary-sized buffer per token.
+/// Top-k keeps the `top_k` most probable tokens (ties: lower index first); top-p then keeps the
+/// shortest most-probable prefix of them whose mass reaches `top_p` of theirs; the token is drawn
+/// from what is kept in proportion to its probability.
 pub fn sample_row(
     row: &[f32],
     p: &SamplingParams,
     rng: &mut SeqRng,
-    scratch: &mut Vec<u64>,
+    scratch: &mut SampleScratch,
 ) -> (u32, f32) {
     let n = row.len();
     let inv_t = if p.temperature > 0.0 {
@@ -156,78 +194,64 @@ pub fn sample_row(
     };
     let best = argmax(row);
     let max = row[best] as f64 * inv_t;
-    let lse = log_sum_exp(row, inv_t, max);
+    let weights = &mut scratch.weights;
+    weights.clear();
+    weights.extend(row.iter().map(|&x| (x as f64 * inv_t - max).exp()));
+    let total: f64 = weights.iter().sum();
+    let lse = max + total.ln();
     let logprob = |i: usize| (row[i] as f64 * inv_t - lse) as f32;
     if p.is_greedy() {
         return (best as u32, logprob(best));
     }
-    let weight = |i: u32| (row[i as usize] as f64 * inv_t - max).exp();
     let k = if p.top_k == 0 { n } else { p.top_k.min(n) };
     if k == n && p.top_p >= 1.0 {
         // Plain sampling: one pass over the vocabulary.
-        let total = (lse - max).exp();
         let u = rng.random::<f64>() * total;
         let mut acc = 0.0;
-        for i in 0..n {
-            acc += weight(i as u32);
+        for (i, w) in weights.iter().enumerate() {
+            acc += w;
             if acc > u {
                 return (i as u32, logprob(i));
             }
         }
         return (best as u32, logprob(best));
     }
-    scratch.clear();
-    scratch.extend(row.iter().enumerate().map(|(i, &v)| desc_key(v, i as u32)));
-    // The top-k candidates (unordered), then their mass.
+    let keys = &mut scratch.keys;
+    keys.clear();
+    keys.extend(row.iter().enumerate().map(|(i, &v)| desc_key(v, i as u32)));
+    // The top-k candidates (unordered).
     if k < n {
-        scratch.select_nth_unstable(k - 1);
-        scratch.truncate(k);
+        keys.select_nth_unstable(k - 1);
+        keys.truncate(k);
     }
-    let cand_mass: f64 = if k < n {
-        scratch.iter().map(|&key| weight(key_index(key))).sum()
+    // The nucleus: the shortest most-probable prefix whose mass reaches top_p of the candidates'.
+    let (keep, mass) = if p.top_p < 1.0 {
+        let cand_mass: f64 = if k < n {
+            keys.iter()
+                .map(|&key| weights[key_index(key) as usize])
+                .sum()
+        } else {
+            total
+        };
+        prefix_reaching(keys, weights, p.top_p as f64 * cand_mass, false)
     } else {
-        (lse - max).exp()
+        let mass = keys
+            .iter()
+            .map(|&key| weights[key_index(key) as usize])
+            .sum();
+        (keys.len(), mass)
     };
-    // Nucleus: order the candidates lazily, a growing prefix at a time, until the kept mass reaches
-    // top_p of the candidates' mass (a token is kept if the mass before it is below top_p).
-    let target = p.top_p as f64 * cand_mass;
-    let mut sorted = 0;
-    let mut mass = 0.0;
-    let mut keep = 0;
-    let mut want = 64usize;
-    'grow: loop {
-        let upto = want.min(scratch.len());
-        if upto > sorted {
-            let tail = &mut scratch[sorted..];
-            if upto - sorted < tail.len() {
-                tail.select_nth_unstable(upto - sorted - 1);
-            }
-            scratch[sorted..upto].sort_unstable();
-            sorted = upto;
-        }
-        while keep < sorted {
-            if p.top_p < 1.0 && mass >= target {
-                break 'grow;
-            }
-            mass += weight(key_index(scratch[keep]));
-            keep += 1;
-        }
-        if sorted == scratch.len() {
-            break;
-        }
-        want *= 4;
-    }
+    // The draw: the first token, in probability order, at which the running mass passes u.
     let u = rng.random::<f64>() * mass;
-    let mut acc = 0.0;
-    for &key in &scratch[..keep] {
-        let i = key_index(key);
-        acc += weight(i);
-        if acc > u {
-            return (i, logprob(i as usize));
-        }
-    }
-    let last = key_index(scratch[keep - 1]);
-    (last, logprob(last as usize))
+    let nucleus = &mut keys[..keep];
+    let (m, _) = prefix_reaching(nucleus, weights, u, true);
+    let key = if m > 0 && m <= keep {
+        nucleus[m - 1]
+    } else {
+        *nucleus.iter().max().expect("the nucleus holds a token")
+    };
+    let i = key_index(key);
+    (i, logprob(i as usize))
 }
 
 #[cfg(test)]
@@ -245,7 +269,7 @@ mod tests {
 
     fn counts(row: &[f32], p: &SamplingParams, draws: usize) -> Vec<usize> {
         let mut rng = seq_rng(7);
-        let mut scratch = Vec::new();
+        let mut scratch = SampleScratch::default();
         let mut c = vec![0; row.len()];
         for _ in 0..draws {
             c[sample_row(row, p, &mut rng, &mut scratch).0 as usize] += 1;
@@ -254,9 +278,60 @@ mod tests {
     }
 
     #[test]
+    fn prefix_selection_equals_the_sorted_walk() {
+        let mut rng = seq_rng(11);
+        for case in 0..200 {
+            let n = [1, 2, 63, 64, 65, 300, 5000][case % 7];
+            let row: Vec<f32> = (0..n)
+                .map(|_| (rng.random::<f32>() * 8.0).floor() - 4.0)
+                .collect();
+            let weights: Vec<f64> = row.iter().map(|&x| (x as f64).exp()).collect();
+            let mut sorted: Vec<u64> = row
+                .iter()
+                .enumerate()
+                .map(|(i, &v)| desc_key(v, i as u32))
+                .collect();
+            sorted.sort_unstable();
+            let total: f64 = weights.iter().sum();
+            let target = rng.random::<f64>() * total * 1.05;
+            for strict in [false, true] {
+                let mut acc = 0.0;
+                let mut expected = n;
+                for (i, k) in sorted.iter().enumerate() {
+                    acc += weights[key_index(*k) as usize];
+                    if (strict && acc > target) || (!strict && acc >= target) {
+                        expected = i + 1;
+                        break;
+                    }
+                }
+                let mut keys = sorted.clone();
+                keys.reverse();
+                let (m, mass) = prefix_reaching(&mut keys, &weights, target, strict);
+                assert_eq!(m, expected, "n {n}, target {target}, strict {strict}");
+                let mut head = keys[..m].to_vec();
+                head.sort_unstable();
+                assert_eq!(head, sorted[..m], "the first m keys are the m smallest");
+                if m < n {
+                    assert_eq!(keys[m - 1], sorted[m - 1], "the m-th key sits at m - 1");
+                }
+                let want: f64 = sorted[..m]
+                    .iter()
+                    .map(|k| weights[key_index(*k) as usize])
+                    .sum();
+                assert!((mass - want).abs() < 1e-9 * want.max(1.0));
+            }
+        }
+    }
+
+    #[test]
     fn greedy_picks_argmax_with_full_logprob() {
         let row = [0.1f32, 2.0, -1.0, 2.0];
-        let (tok, lp) = sample_row(&row, &params(0.0, 1.0, 0), &mut seq_rng(1), &mut Vec::new());
+        let (tok, lp) = sample_row(
+            &row,
+            &params(0.0, 1.0, 0),
+            &mut seq_rng(1),
+            &mut SampleScratch::default(),
+        );
         assert_eq!(tok, 1, "first of the tied maxima");
         let lse = row.iter().map(|&x| (x as f64).exp()).sum::<f64>().ln();
         assert!((lp as f64 - (2.0 - lse)).abs() < 1e-6);
@@ -266,7 +341,7 @@ mod tests {
     fn logprob_ignores_top_k_and_top_p() {
         let row: Vec<f32> = (0..50).map(|i| (i as f32 * 0.37).sin() * 3.0).collect();
         let p = params(0.7, 0.5, 5);
-        let (tok, lp) = sample_row(&row, &p, &mut seq_rng(3), &mut Vec::new());
+        let (tok, lp) = sample_row(&row, &p, &mut seq_rng(3), &mut SampleScratch::default());
         let z: Vec<f64> = row.iter().map(|&x| x as f64 / 0.7).collect();
         let m = z.iter().cloned().fold(f64::MIN, f64::max);
         let lse = m + z.iter().map(|v| (v - m).exp()).sum::<f64>().ln();
