@@ -241,15 +241,19 @@ pub fn sample_row(
             .sum();
         (keys.len(), mass)
     };
-    // The draw: the first token, in probability order, at which the running mass passes u.
+    // The draw: walk the nucleus in its (partial) order until the running mass passes u; any fixed
+    // order draws each kept token with its probability, so no further sorting is needed.
     let u = rng.random::<f64>() * mass;
-    let nucleus = &mut keys[..keep];
-    let (m, _) = prefix_reaching(nucleus, weights, u, true);
-    let key = if m > 0 && m <= keep {
-        nucleus[m - 1]
-    } else {
-        *nucleus.iter().max().expect("the nucleus holds a token")
-    };
+    let nucleus = &keys[..keep];
+    let mut acc = 0.0;
+    let mut key = nucleus[keep - 1];
+    for &k in nucleus {
+        acc += weights[key_index(k) as usize];
+        if acc > u {
+            key = k;
+            break;
+        }
+    }
     let i = key_index(key);
     (i, logprob(i as usize))
 }
