@@ -1,6 +1,7 @@
 //! The `longrl` command line: `info`, `score`, `generate`, `reward`, `sft`, `rl`, `pipeline`,
-//! `eval`, `plot`.
+//! `eval`, `bench`, `plot`.
 
+mod bench;
 mod eval;
 mod judge;
 mod plot;
@@ -62,6 +63,8 @@ pub enum Command {
     /// The seven long-document QA benchmarks of QwenLong-L1's Table 4, for a longrl model or a
     /// served one (`--endpoint`).
     Eval(Box<eval::EvalArgs>),
+    /// Measure training or rollout throughput and peak memory for a model or a bare config.
+    Bench(bench::BenchArgs),
     /// PNG charts of a run (reward, entropy, KL, response length, clip fraction, SFT loss).
     Plot(plot::PlotArgs),
 }
@@ -157,6 +160,7 @@ pub fn main() -> anyhow::Result<()> {
         Command::Rl(args) => train::run_rl(args, cli.device)?,
         Command::Pipeline(args) => train::run_pipeline(args, cli.device)?,
         Command::Eval(args) => eval::run(*args, device)?,
+        Command::Bench(args) => bench::run(args, device)?,
         Command::Plot(args) => plot::run(&args)?,
     }
     Ok(())

@@ -520,3 +520,85 @@ fn reward_input_errors_name_the_line_and_field() {
     ]));
     assert!(e.contains("--judge-url"), "{e}");
 }
+
+#[test]
+fn bench_measures_training_and_generation_for_a_folder_or_a_bare_config() {
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_longrl"))
+            .args(["--device", "flex", "bench"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    };
+    let config = model_dir("tiny-qwen2-chatml").join("config.json");
+    let train = run(&[
+        "train",
+        "--model",
+        config.to_str().unwrap(),
+        "--seq-len",
+        "32",
+        "--batch",
+        "2",
+        "--steps",
+        "1",
+        "--json",
+    ]);
+    assert_eq!(train["bench"], "train");
+    assert_eq!(train["random_weights"], true);
+    assert_eq!(
+        (train["batch"].as_u64(), train["seq_len"].as_u64()),
+        (Some(2), Some(32))
+    );
+    assert!(train["tokens_per_s"].as_f64().unwrap() > 0.0);
+    assert!(train["parameters"].as_u64().unwrap() > 100_000);
+    if cfg!(target_os = "linux") {
+        assert!(train["peak_memory_bytes"].as_u64().unwrap() > 1 << 20);
+    }
+    let folder = model_dir("tiny-qwen2-chatml");
+    let gen = run(&[
+        "generate",
+        "--model",
+        folder.to_str().unwrap(),
+        "--seq-len",
+        "16",
+        "--batch",
+        "2",
+        "--n",
+        "3",
+        "--new-tokens",
+        "4",
+        "--steps",
+        "1",
+        "--json",
+    ]);
+    assert_eq!(gen["bench"], "generate");
+    assert_eq!(gen["random_weights"], false);
+    assert_eq!(gen["batch"].as_u64(), Some(6));
+    assert!(gen["tokens_per_s"].as_f64().unwrap() > 0.0);
+
+    let out = Command::new(env!("CARGO_BIN_EXE_longrl"))
+        .args([
+            "--device",
+            "flex",
+            "bench",
+            "train",
+            "--seq-len",
+            "8",
+            "--model",
+        ])
+        .arg(folder.join("missing"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("expected a model folder with config.json"),
+        "{err}"
+    );
+}

@@ -1,0 +1,185 @@
+//! `longrl bench train` / `longrl bench generate`: size a run on one's own hardware.
+
+use std::path::PathBuf;
+
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use clap::{Args, Subcommand};
+
+use crate::bench::{bench_generate, bench_model, bench_train, parameters, report, BenchReport};
+use crate::device::{AutodiffBackendFn, BackendFn, DeviceSpec};
+use crate::error::Result;
+
+/// Arguments of `longrl bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// What to measure.
+    #[command(subcommand)]
+    pub what: BenchCommand,
+}
+
+/// The measurements of `longrl bench`.
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Training steps (forward, backward, AdamW) on `--batch` sequences of `--seq-len` tokens.
+    Train(BenchTrainArgs),
+    /// Rollout decoding: `--batch` prompts of `--seq-len` tokens, `--n` samples each.
+    Generate(BenchGenerateArgs),
+}
+
+/// Options of `longrl bench train`.
+#[derive(Debug, Args)]
+pub struct BenchTrainArgs {
+    /// Model folder, or a `config.json` file for random weights of that shape.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Tokens per sequence.
+    #[arg(long)]
+    pub seq_len: usize,
+    /// Sequences per step.
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// Timed steps (after one warm-up step).
+    #[arg(long, default_value_t = 3)]
+    pub steps: usize,
+    /// Recompute activations in the backward pass instead of keeping them (less memory).
+    #[arg(long)]
+    pub gradient_checkpointing: bool,
+    /// Print one JSON line instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Options of `longrl bench generate`.
+#[derive(Debug, Args)]
+pub struct BenchGenerateArgs {
+    /// Model folder, or a `config.json` file for random weights of that shape.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Prompt tokens.
+    #[arg(long, default_value_t = 512)]
+    pub seq_len: usize,
+    /// Prompts.
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// Samples per prompt (they share the prompt's prefill).
+    #[arg(long, default_value_t = 1)]
+    pub n: usize,
+    /// New tokens per sample.
+    #[arg(long, default_value_t = 64)]
+    pub new_tokens: usize,
+    /// Sampling temperature (0: greedy).
+    #[arg(long, default_value_t = 0.7)]
+    pub temperature: f32,
+    /// Nucleus mass.
+    #[arg(long, default_value_t = 0.95)]
+    pub top_p: f32,
+    /// Timed generate calls (after one warm-up call).
+    #[arg(long, default_value_t = 3)]
+    pub steps: usize,
+    /// Print one JSON line instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs `longrl bench` on `device`.
+pub fn run(args: BenchArgs, device: DeviceSpec) -> Result<()> {
+    let name = device.to_string();
+    let (report, json) = match args.what {
+        BenchCommand::Train(a) => {
+            let json = a.json;
+            let checkpointing = a.gradient_checkpointing;
+            (
+                device.run_training(checkpointing, TrainTask(a, name))??,
+                json,
+            )
+        }
+        BenchCommand::Generate(a) => {
+            let json = a.json;
+            (device.run(GenerateTask(a, name))??, json)
+        }
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string(&report).expect("a report serialises")
+        );
+    } else {
+        let peak = report
+            .peak_memory_bytes
+            .map(|b| format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64))
+            .unwrap_or_else(|| "n/a".into());
+        println!(
+            "{} on {}: {:.1} tokens/s, {:.3} s per step, peak memory {peak} ({} parameters{}, batch {}, {} tokens)",
+            report.bench,
+            report.device,
+            report.tokens_per_s,
+            report.seconds_per_step,
+            report.parameters,
+            if report.random_weights { ", random weights" } else { "" },
+            report.batch,
+            report.seq_len,
+        );
+    }
+    Ok(())
+}
+
+struct TrainTask(BenchTrainArgs, String);
+
+impl AutodiffBackendFn for TrainTask {
+    type Output = Result<BenchReport>;
+
+    fn call<B: AutodiffBackend>(self, device: B::Device) -> Result<BenchReport> {
+        let a = self.0;
+        let (model, random) = bench_model::<B>(&a.model, &device)?;
+        let params = parameters(&model);
+        let (secs, peak) = bench_train(model, a.batch, a.seq_len, a.steps, &device)?;
+        Ok(report(
+            "train",
+            self.1,
+            &a.model,
+            params,
+            random,
+            a.batch,
+            a.seq_len,
+            a.steps,
+            a.batch * a.seq_len,
+            secs,
+            peak,
+        ))
+    }
+}
+
+struct GenerateTask(BenchGenerateArgs, String);
+
+impl BackendFn for GenerateTask {
+    type Output = Result<BenchReport>;
+
+    fn call<B: Backend>(self, device: B::Device) -> Result<BenchReport> {
+        let a = self.0;
+        let (model, random) = bench_model::<B>(&a.model, &device)?;
+        let (secs, peak) = bench_generate(
+            &model,
+            a.batch,
+            a.seq_len,
+            a.n,
+            a.new_tokens,
+            a.temperature,
+            a.top_p,
+            a.steps,
+            &device,
+        )?;
+        Ok(report(
+            "generate",
+            self.1,
+            &a.model,
+            parameters(&model),
+            random,
+            a.batch * a.n,
+            a.seq_len,
+            a.steps,
+            a.batch * a.n * (a.new_tokens - 1),
+            secs,
+            peak,
+        ))
+    }
+}
