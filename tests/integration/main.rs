@@ -15,6 +15,7 @@ mod plot;
 mod reward;
 mod rl;
 mod rl_loss;
+mod rope;
 mod sft;
 mod synthetic;
 mod tokenizer;
