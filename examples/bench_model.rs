@@ -18,9 +18,10 @@ use burn::module::AutodiffModule;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor, TensorData};
 use clap::Parser;
+use longrl::bench::{bench_ids, mean_nll};
 use longrl::device::{AutodiffBackendFn, DeviceSpec};
 use longrl::generate::{sample_seed, Engine, EngineOptions, GenerateRequest, SamplingParams};
-use longrl::model::{checkpoint, load_model, Qwen2Config, Qwen2ForCausalLM, DEFAULT_LOGITS_CHUNK};
+use longrl::model::{checkpoint, load_model, Qwen2Config, Qwen2ForCausalLM};
 use serde_json::json;
 
 /// Benchmark options.
@@ -60,40 +61,17 @@ struct Args {
 
 struct Bench(Args);
 
+/// The benchmark's fixed pseudo-random token stream as a `[batch, seq]` tensor.
 fn ids<B: Backend>(
     batch: usize,
     seq: usize,
     vocab: usize,
     device: &B::Device,
 ) -> Tensor<B, 2, Int> {
-    // A fixed pseudo-random token stream, the same as bench_transformers.py's.
-    let v: Vec<i64> = (0..batch * seq)
-        .map(|i| ((i as u64 * 2_654_435_761 + 12_345) % vocab as u64) as i64)
-        .collect();
-    Tensor::from_data(TensorData::new(v, [batch, seq]), device)
-}
-
-fn mean_nll<B: Backend>(
-    model: &Qwen2ForCausalLM<B>,
-    x: Tensor<B, 2, Int>,
-    device: &B::Device,
-) -> Tensor<B, 1> {
-    let [b, t] = x.dims();
-    let mask = Tensor::<B, 2, Int>::ones([b, t], device).bool();
-    let pos = Tensor::<B, 1, Int>::arange(0..t as i64, device)
-        .reshape([1, t])
-        .expand([b, t]);
-    let hidden = model
-        .forward_hidden(x.clone(), mask, pos, None)
-        .expect("forward");
-    let [_, _, h] = hidden.dims();
-    let lp = model.token_logprobs(
-        hidden.slice([0..b, 0..t - 1, 0..h]),
-        x.slice([0..b, 1..t]),
-        1.0,
-        DEFAULT_LOGITS_CHUNK,
-    );
-    lp.mean().neg()
+    Tensor::from_data(
+        TensorData::new(bench_ids(batch, seq, vocab), [batch, seq]),
+        device,
+    )
 }
 
 fn time<F: FnMut()>(reps: usize, mut f: F) -> f64 {
@@ -132,18 +110,15 @@ impl AutodiffBackendFn for Bench {
         let inner = model.valid();
         if a.only.contains("forward") {
             let secs = time(a.reps, || {
-                let nll = mean_nll(
-                    &inner,
-                    ids::<B::InnerBackend>(b, t, vocab, &device),
-                    &device,
-                );
+                let nll = mean_nll(&inner, ids::<B::InnerBackend>(b, t, vocab, &device))
+                    .expect("forward");
                 nll.into_scalar();
             });
             report("forward_logprobs", secs, b * t);
         }
         if a.only.contains("train") {
             let secs = time(a.reps, || {
-                let loss = mean_nll(&model, ids::<B>(b, t, vocab, &device), &device);
+                let loss = mean_nll(&model, ids::<B>(b, t, vocab, &device)).expect("forward");
                 let grads = loss.backward();
                 drop(grads);
                 B::sync(&device).expect("sync");

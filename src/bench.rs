@@ -91,7 +91,10 @@ pub fn bench_ids(batch: usize, seq: usize, vocab: usize) -> Vec<i64> {
 }
 
 /// Mean next-token NLL of `x` `[batch, seq]` under `model` (log-probs in chunks of the sequence).
-fn mean_nll<B: Backend>(model: &Qwen2ForCausalLM<B>, x: Tensor<B, 2, Int>) -> Result<Tensor<B, 1>> {
+pub fn mean_nll<B: Backend>(
+    model: &Qwen2ForCausalLM<B>,
+    x: Tensor<B, 2, Int>,
+) -> Result<Tensor<B, 1>> {
     let [b, t] = x.dims();
     let device = x.device();
     let mask = Tensor::<B, 2, Int>::ones([b, t], &device).bool();

@@ -21,7 +21,7 @@ use crate::data::synthetic::{self, SyntheticConfig};
 use crate::data::{load_rl_any, load_sft, RlSample, SftRecord};
 use crate::error::{Error, Result};
 use crate::eval::{evaluate, EvalItem, EvalOptions, EvalReport};
-use crate::generate::stop_token_ids;
+use crate::generate::{pad_token_id, stop_token_ids};
 use crate::model::checkpoint::write_atomic;
 use crate::model::load_model;
 use crate::reward::{Rewarder, TaskKind};
@@ -311,10 +311,7 @@ fn eval_dir<B: Backend>(
 ) -> Result<EvalReport> {
     let model = load_model::<B>(dir, device)?;
     let stop = stop_token_ids(dir, model.config(), Some(tokenizer))?;
-    let pad = tokenizer
-        .pad_token_id
-        .or(stop.first().copied())
-        .unwrap_or(0);
+    let pad = pad_token_id(Some(tokenizer), &stop);
     evaluate(
         &model, tokenizer, &data.eval, rewarder, options, &stop, pad, device,
     )

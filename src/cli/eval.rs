@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::eval::benchmarks::Benchmark;
 use crate::eval::harness::{run_eval, HarnessOptions, JudgePolicy, Responder, Summary};
 use crate::eval::responder::{EndpointResponder, EndpointSampling, LocalResponder};
-use crate::generate::{stop_token_ids, Engine, EngineOptions, SamplingParams};
+use crate::generate::{pad_token_id, stop_token_ids, Engine, EngineOptions, SamplingParams};
 use crate::model::load_model;
 use crate::openai::{ChatClient, ChatClientConfig, OptionNames};
 use crate::tokenizer::Tokenizer;
@@ -220,10 +220,7 @@ impl BackendFn for EvalTask {
         tokenizer.check_fits(config.vocab_size)?;
         let counter = args.tokenizer()?;
         let stop = stop_token_ids(&dir, &config, Some(&tokenizer))?;
-        let pad = tokenizer
-            .pad_token_id
-            .or(stop.first().copied())
-            .unwrap_or(0);
+        let pad = pad_token_id(Some(&tokenizer), &stop);
         let engine = Engine::new(
             &model,
             device,

@@ -18,7 +18,8 @@ use serde_json::{json, Value};
 use crate::device::{BackendFn, DeviceSpec};
 use crate::error::{Error, Result};
 use crate::generate::{
-    sample_seed, stop_token_ids, Engine, EngineOptions, GenerateRequest, SamplingParams,
+    pad_token_id, sample_seed, stop_token_ids, Engine, EngineOptions, GenerateRequest,
+    SamplingParams,
 };
 use crate::model::{checkpoint, load_model, Qwen2Config, DEFAULT_LOGITS_CHUNK};
 use crate::tokenizer::{ChatTemplate, Message, Tokenizer};
@@ -384,11 +385,7 @@ impl BackendFn for GenerateTask {
             prompts.push(ids);
         }
         let stop = stop_token_ids(&args.model, &config, tok.as_ref())?;
-        let pad = tok
-            .as_ref()
-            .and_then(|t| t.pad_token_id)
-            .or(stop.first().copied())
-            .unwrap_or(0);
+        let pad = pad_token_id(tok.as_ref(), &stop);
         let params = SamplingParams {
             temperature: args.temperature,
             top_p: args.top_p,

@@ -196,39 +196,6 @@ impl Format {
             }
         }
     }
-
-    /// The format a field name belongs to.
-    fn of_field(name: &str) -> Format {
-        match name {
-            "question" | "paragraphs" | "ground_truth" => Format::DocMath,
-            "Prompt" | "Answer" | "wiki_items" => Format::Frames,
-            _ => Format::LongBench,
-        }
-    }
-}
-
-fn field<'a>(obj: &'a Value, name: &str, path: &Path, line: usize) -> Result<&'a Value> {
-    obj.get(name).ok_or_else(|| {
-        Error::input(
-            path,
-            line,
-            format!(
-                "missing field \"{name}\"; {}",
-                Format::of_field(name).expected()
-            ),
-        )
-    })
-}
-
-fn string(obj: &Value, name: &str, path: &Path, line: usize) -> Result<String> {
-    match field(obj, name, path, line)? {
-        Value::String(s) => Ok(s.clone()),
-        other => Err(Error::input(
-            path,
-            line,
-            format!("field \"{name}\": expected a string, got {}", kind(other)),
-        )),
-    }
 }
 
 fn kind(v: &Value) -> &'static str {
@@ -242,160 +209,153 @@ fn kind(v: &Value) -> &'static str {
     }
 }
 
-/// A gold answer as the reference prints it with `str()`: strings as they are, numbers as JSON
-/// writes them, booleans as `True` / `False`.
-fn gold_text(v: &Value, name: &str, path: &Path, line: usize) -> Result<String> {
-    match v {
-        Value::String(s) => Ok(s.clone()),
-        Value::Number(n) => Ok(n.to_string()),
-        Value::Bool(b) => Ok(if *b { "True" } else { "False" }.into()),
-        other => Err(Error::input(
-            path,
-            line,
-            format!(
+/// One line of a benchmark file being read: its object, where it is, and its format, so that every
+/// error names the file, the line and what the format expects.
+struct Line<'a> {
+    obj: &'a Value,
+    path: &'a Path,
+    line: usize,
+    format: Format,
+}
+
+impl<'a> Line<'a> {
+    fn error(&self, message: impl Into<String>) -> Error {
+        Error::input(self.path, self.line, message)
+    }
+
+    fn field(&self, name: &str) -> Result<&'a Value> {
+        self.obj.get(name).ok_or_else(|| {
+            self.error(format!(
+                "missing field \"{name}\"; {}",
+                self.format.expected()
+            ))
+        })
+    }
+
+    fn string(&self, name: &str) -> Result<String> {
+        match self.field(name)? {
+            Value::String(s) => Ok(s.clone()),
+            other => Err(self.error(format!(
+                "field \"{name}\": expected a string, got {}",
+                kind(other)
+            ))),
+        }
+    }
+
+    /// The array in field `name`, described as `what` when it is not one.
+    fn array(&self, name: &str, what: &str) -> Result<&'a Vec<Value>> {
+        match self.field(name)? {
+            Value::Array(items) => Ok(items),
+            other => Err(self.error(format!(
+                "field \"{name}\": expected an array of {what}, got {}",
+                kind(other)
+            ))),
+        }
+    }
+
+    /// A gold answer as the reference prints it with `str()`: strings as they are, numbers as JSON
+    /// writes them, booleans as `True` / `False`.
+    fn gold_text(&self, v: &Value, name: &str) -> Result<String> {
+        match v {
+            Value::String(s) => Ok(s.clone()),
+            Value::Number(n) => Ok(n.to_string()),
+            Value::Bool(b) => Ok(if *b { "True" } else { "False" }.into()),
+            other => Err(self.error(format!(
                 "field \"{name}\": expected a string, number or boolean, got {}",
                 kind(other)
-            ),
-        )),
+            ))),
+        }
     }
-}
 
-fn item_id(obj: &Value, keys: &[&str], line: usize) -> String {
-    keys.iter()
-        .find_map(|k| match obj.get(*k) {
-            Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
-            Some(Value::Number(n)) => Some(n.to_string()),
-            _ => None,
-        })
-        .unwrap_or_else(|| format!("line-{line}"))
-}
+    /// The item's id: the first of `keys` present, else its line number.
+    fn id(&self, keys: &[&str]) -> String {
+        keys.iter()
+            .find_map(|k| match self.obj.get(*k) {
+                Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+                Some(Value::Number(n)) => Some(n.to_string()),
+                _ => None,
+            })
+            .unwrap_or_else(|| format!("line-{}", self.line))
+    }
 
-fn parse_docmath(obj: &Value, path: &Path, line: usize) -> Result<BenchItem> {
-    let question = string(obj, "question", path, line)?;
-    let paragraphs = match field(obj, "paragraphs", path, line)? {
-        Value::Array(items) => items
+    fn parse(&self) -> Result<BenchItem> {
+        match self.format {
+            Format::DocMath => self.docmath(),
+            Format::Frames => self.frames(),
+            Format::LongBench => self.longbench(),
+        }
+    }
+
+    fn docmath(&self) -> Result<BenchItem> {
+        let question = self.string("question")?;
+        let paragraphs = self
+            .array("paragraphs", "strings")?
             .iter()
             .enumerate()
             .map(|(i, p)| match p {
                 Value::String(s) => Ok(s.as_str()),
-                other => Err(Error::input(
-                    path,
-                    line,
-                    format!(
-                        "field \"paragraphs\"[{i}]: expected a string, got {}",
-                        kind(other)
-                    ),
-                )),
-            })
-            .collect::<Result<Vec<_>>>()?,
-        other => {
-            return Err(Error::input(
-                path,
-                line,
-                format!(
-                    "field \"paragraphs\": expected an array of strings, got {}",
+                other => Err(self.error(format!(
+                    "field \"paragraphs\"[{i}]: expected a string, got {}",
                     kind(other)
-                ),
-            ))
-        }
-    };
-    let gold = gold_text(
-        field(obj, "ground_truth", path, line)?,
-        "ground_truth",
-        path,
-        line,
-    )?;
-    Ok(BenchItem {
-        id: item_id(obj, &["question_id", "id", "_id"], line),
-        document: paragraphs.join("\n"),
-        question,
-        gold,
-        line,
-    })
-}
+                ))),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(BenchItem {
+            id: self.id(&["question_id", "id", "_id"]),
+            document: paragraphs.join("\n"),
+            question,
+            gold: self.gold_text(self.field("ground_truth")?, "ground_truth")?,
+            line: self.line,
+        })
+    }
 
-fn parse_frames(obj: &Value, path: &Path, line: usize) -> Result<BenchItem> {
-    let question = string(obj, "Prompt", path, line)?;
-    let gold = gold_text(field(obj, "Answer", path, line)?, "Answer", path, line)?;
-    let docs = match field(obj, "wiki_items", path, line)? {
-        Value::Array(items) => items
+    fn frames(&self) -> Result<BenchItem> {
+        let question = self.string("Prompt")?;
+        let gold = self.gold_text(self.field("Answer")?, "Answer")?;
+        let docs = self
+            .array("wiki_items", "{\"title\", \"text\"} objects")?
             .iter()
             .enumerate()
             .map(|(i, w)| {
                 let get = |k: &str| match w.get(k) {
                     Some(Value::String(s)) => Ok(s.as_str()),
-                    _ => Err(Error::input(
-                        path,
-                        line,
-                        format!("field \"wiki_items\"[{i}]: expected an object with string \"title\" and \"text\""),
-                    )),
+                    _ => Err(self.error(format!(
+                        "field \"wiki_items\"[{i}]: expected an object with string \"title\" and \"text\""
+                    ))),
                 };
                 Ok(format!("{}\n{}", get("title")?, get("text")?))
             })
-            .collect::<Result<Vec<_>>>()?,
-        other => {
-            return Err(Error::input(
-                path,
-                line,
-                format!(
-                    "field \"wiki_items\": expected an array of {{\"title\", \"text\"}} objects, got {}",
-                    kind(other)
-                ),
-            ))
-        }
-    };
-    Ok(BenchItem {
-        id: item_id(obj, &["id", "_id", "Unnamed: 0"], line),
-        document: docs.join("\n"),
-        question,
-        gold,
-        line,
-    })
-}
+            .collect::<Result<Vec<_>>>()?;
+        Ok(BenchItem {
+            id: self.id(&["id", "_id", "Unnamed: 0"]),
+            document: docs.join("\n"),
+            question,
+            gold,
+            line: self.line,
+        })
+    }
 
-fn parse_longbench(obj: &Value, path: &Path, line: usize) -> Result<BenchItem> {
-    let question = string(obj, "input", path, line)?;
-    let document = string(obj, "context", path, line)?;
-    let gold = match field(obj, "answers", path, line)? {
-        Value::Array(answers) if !answers.is_empty() => {
-            gold_text(&answers[0], "answers[0]", path, line)?
-        }
-        Value::Array(_) => {
-            return Err(Error::input(
-                path,
-                line,
-                "field \"answers\": empty; at least one gold answer is needed",
-            ))
-        }
-        other => {
-            return Err(Error::input(
-                path,
-                line,
-                format!(
-                    "field \"answers\": expected an array of strings, got {}",
-                    kind(other)
-                ),
-            ))
-        }
-    };
-    Ok(BenchItem {
-        id: item_id(obj, &["_id", "id"], line),
-        document,
-        question,
-        gold,
-        line,
-    })
+    fn longbench(&self) -> Result<BenchItem> {
+        let question = self.string("input")?;
+        let document = self.string("context")?;
+        let answers = self.array("answers", "strings")?;
+        let first = answers.first().ok_or_else(|| {
+            self.error("field \"answers\": empty; at least one gold answer is needed")
+        })?;
+        Ok(BenchItem {
+            id: self.id(&["_id", "id"]),
+            document,
+            question,
+            gold: self.gold_text(first, "answers[0]")?,
+            line: self.line,
+        })
+    }
 }
 
 /// Reads a benchmark file in its public format. Blank lines are skipped; a bad line is an error
 /// naming the file, the line and the field; ids must be unique in the file.
 pub fn load_benchmark(benchmark: Benchmark, path: &Path) -> Result<Vec<BenchItem>> {
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let parse = match benchmark.format() {
-        Format::DocMath => parse_docmath,
-        Format::Frames => parse_frames,
-        Format::LongBench => parse_longbench,
-    };
     let mut items = Vec::new();
     let mut seen: HashMap<String, usize> = HashMap::new();
     for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
@@ -413,7 +373,13 @@ pub fn load_benchmark(benchmark: Benchmark, path: &Path) -> Result<Vec<BenchItem
                 format!("expected a JSON object, got {}", kind(&value)),
             ));
         }
-        let item = parse(&value, path, n)?;
+        let item = Line {
+            obj: &value,
+            path,
+            line: n,
+            format: benchmark.format(),
+        }
+        .parse()?;
         if let Some(first) = seen.insert(item.id.clone(), n) {
             return Err(Error::input(
                 path,

@@ -4,7 +4,7 @@
 //! per answer to `OUT/<benchmark>.jsonl` as it goes. A rerun skips the answers already there (and
 //! asks the judge again where it had failed), then writes `summary.json` and `summary.md`.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -487,6 +487,7 @@ pub fn run_eval(
     }
 
     // Load every benchmark first, so that a bad file fails the run before any generation.
+    let n = options.n.max(1);
     let mut plans = Vec::new();
     for &bench in &options.benchmarks {
         let path = options.data_dir.join(format!("{}.jsonl", bench.name()));
@@ -504,23 +505,12 @@ pub fn run_eval(
         }
         let out_path = options.out.join(format!("{}.jsonl", bench.name()));
         let records = read_records(&out_path)?;
-        plans.push((bench, items, out_path, records));
+        let todo = pending(&items, &records, n);
+        plans.push((bench, items, out_path, records, todo));
     }
-    let n = options.n.max(1);
     let pending_total: usize = plans
         .iter()
-        .map(|(_, items, _, records)| {
-            let done: HashSet<(&str, usize)> =
-                records.iter().map(|r| (r.id.as_str(), r.sample)).collect();
-            items
-                .iter()
-                .map(|it| {
-                    (0..n)
-                        .filter(|j| !done.contains(&(it.id.as_str(), *j)))
-                        .count()
-                })
-                .sum::<usize>()
-        })
+        .map(|(.., todo)| todo.iter().map(|(_, s)| s.len()).sum::<usize>())
         .sum();
     let bar = if options.quiet {
         ProgressBar::hidden()
@@ -536,7 +526,7 @@ pub fn run_eval(
     );
 
     let mut results = Vec::new();
-    for (bench, items, out_path, mut records) in plans {
+    for (bench, items, out_path, mut records, todo) in plans {
         bar.set_message(bench.name());
         // Ask the judge again where it failed before.
         if let Some(j) = &judge {
@@ -559,40 +549,23 @@ pub fn run_eval(
                 write_records(&out_path, &records)?;
             }
         }
-        let done: HashSet<(String, usize)> =
-            records.iter().map(|r| (r.id.clone(), r.sample)).collect();
-        let todo: Vec<(&BenchItem, Vec<usize>)> = items
-            .iter()
-            .map(|it| {
-                let samples: Vec<usize> = (0..n)
-                    .filter(|j| !done.contains(&(it.id.clone(), *j)))
-                    .collect();
-                (it, samples)
-            })
-            .filter(|(_, s)| !s.is_empty())
-            .collect();
-        let index_of: HashMap<&str, usize> = items
-            .iter()
-            .enumerate()
-            .map(|(i, it)| (it.id.as_str(), i))
-            .collect();
         let mut failed = 0usize;
         for chunk in todo.chunks(options.chunk.max(1)) {
             let prepared: Vec<PreparedPrompt> = chunk
                 .iter()
-                .map(|(it, _)| prepare_prompt(it, tokenizer, options.max_input_tokens))
+                .map(|(i, _)| prepare_prompt(&items[*i], tokenizer, options.max_input_tokens))
                 .collect::<Result<_>>()?;
             let jobs: Vec<GenJob> = chunk
                 .iter()
                 .zip(&prepared)
-                .map(|((it, samples), p)| GenJob {
+                .map(|((i, samples), p)| GenJob {
                     prompt: p.text.clone(),
                     seeds: samples
                         .iter()
                         .map(|&j| {
                             crate::generate::sample_seed(
                                 options.seed ^ bench_salt(bench),
-                                index_of[it.id.as_str()] as u64,
+                                *i as u64,
                                 j as u64,
                             )
                         })
@@ -602,7 +575,8 @@ pub fn run_eval(
             let outputs = responder.respond(&jobs)?;
             let mut fresh = Vec::new();
             let mut asks = Vec::new();
-            for (((it, samples), p), outs) in chunk.iter().zip(&prepared).zip(outputs) {
+            for (((i, samples), p), outs) in chunk.iter().zip(&prepared).zip(outputs) {
+                let it = &items[*i];
                 for (&j, out) in samples.iter().zip(outs) {
                     let out = match out {
                         Ok(o) => o,
@@ -681,6 +655,22 @@ pub fn run_eval(
         summary_markdown(&summary, &options.benchmarks).as_bytes(),
     )?;
     Ok(summary)
+}
+
+/// The answers still to produce: for each item (by index) with missing answers, the sample
+/// numbers (0..n) that `records` lacks.
+fn pending(items: &[BenchItem], records: &[ItemRecord], n: usize) -> Vec<(usize, Vec<usize>)> {
+    let done: HashSet<(&str, usize)> = records.iter().map(|r| (r.id.as_str(), r.sample)).collect();
+    items
+        .iter()
+        .enumerate()
+        .filter_map(|(i, it)| {
+            let samples: Vec<usize> = (0..n)
+                .filter(|j| !done.contains(&(it.id.as_str(), *j)))
+                .collect();
+            (!samples.is_empty()).then_some((i, samples))
+        })
+        .collect()
 }
 
 /// A per-benchmark salt for the sampling seeds, so that item `i` of two benchmarks does not share

@@ -10,7 +10,7 @@
 
 use std::collections::HashSet;
 
-use burn::tensor::{backend::Backend, Bool, Int, Tensor, TensorData};
+use burn::tensor::{backend::Backend, Bool, DType, Int, Tensor, TensorData};
 
 use rayon::prelude::*;
 
@@ -184,9 +184,12 @@ impl<'a, B: Backend> Engine<'a, B> {
         let mut row_of: Vec<Option<usize>> = vec![None; seqs.len()];
         loop {
             let data = logits.into_data();
-            let host: Vec<f32> = match data.as_slice::<f32>() {
-                Ok(values) => values.to_vec(),
-                Err(_) => data.iter::<f32>().collect(),
+            // f32 logits move to the host without a copy; other float types are converted.
+            let host: Vec<f32> = if data.dtype == DType::F32 {
+                data.into_vec()
+                    .map_err(|e| Error::Invalid(format!("logits: {e:?}")))?
+            } else {
+                data.iter::<f32>().collect()
             };
             debug_assert_eq!(host.len(), active.len() * vocab);
             // Sample every row (in parallel when there are several: the device is idle meanwhile),

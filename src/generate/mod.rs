@@ -200,6 +200,15 @@ pub fn greedy<B: Backend>(
         .collect())
 }
 
+/// The id fed at padding positions: the tokenizer's pad token, else the first stop token, else 0
+/// (padding is never attended to, so any id in the vocabulary works).
+pub fn pad_token_id(tokenizer: Option<&Tokenizer>, stop: &[u32]) -> u32 {
+    tokenizer
+        .and_then(|t| t.pad_token_id)
+        .or(stop.first().copied())
+        .unwrap_or(0)
+}
+
 /// The token ids that end a generation for a model folder: `config.json`'s EOS ids, those of
 /// `generation_config.json` (chat models list `<|im_end|>` there) and the tokenizer's EOS token.
 pub fn stop_token_ids(

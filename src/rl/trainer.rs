@@ -26,8 +26,8 @@ use crate::config::{ModelSection, RunSection};
 use crate::data::{load_rl_any, EpochSampler, RlSample, SamplerState};
 use crate::error::{Error, Result};
 use crate::generate::{
-    sample_seed, stop_token_ids, Engine, EngineOptions, FinishReason, GenerateRequest,
-    SamplingParams,
+    pad_token_id, sample_seed, stop_token_ids, Engine, EngineOptions, FinishReason,
+    GenerateRequest, SamplingParams,
 };
 use crate::model::{load_model, Qwen2ForCausalLM};
 use crate::reward::judge::{HttpJudge, HttpJudgeConfig, LocalJudge, LocalJudgeConfig};
@@ -517,10 +517,7 @@ pub fn train_prompts<B: AutodiffBackend>(
         None
     };
     let stop = stop_token_ids(&model_section.path, policy.config(), Some(&tokenizer))?;
-    let pad = tokenizer
-        .pad_token_id
-        .or(stop.first().copied())
-        .unwrap_or(0);
+    let pad = pad_token_id(Some(&tokenizer), &stop);
     let rewarder = match rewarder {
         Some(r) => r,
         None => build_rewarder::<B::InnerBackend>(config, &device)?,
