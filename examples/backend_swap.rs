@@ -9,10 +9,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use burn::tensor::backend::AutodiffBackend;
+
 use longrl::config::{ModelSection, RunSection};
 use longrl::device::AutodiffBackendFn;
-use longrl::model::load_model;
+use longrl::model::{load_model, TrainBackend};
 use longrl::reward::{RewardItem, RewardOutput, RewardStats, Rewarder};
 use longrl::rl::{self, RlConfig};
 use longrl::sft::{self, SftConfig};
@@ -44,7 +44,7 @@ struct Steps {
 impl AutodiffBackendFn for Steps {
     type Output = anyhow::Result<PathBuf>;
 
-    fn call<B: AutodiffBackend>(self, device: B::Device) -> Self::Output {
+    fn call<B: TrainBackend>(self, device: B::Device) -> Self::Output {
         let data = self.out.join("sft.jsonl");
         let lines: Vec<String> = (0..8)
             .map(|i| format!("{{\"prompt\": \"Say {i}\", \"response\": \"{i} {i} {i}\"}}"))

@@ -15,13 +15,13 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use burn::module::AutodiffModule;
-use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use clap::Parser;
 use longrl::bench::{bench_ids, mean_nll};
 use longrl::device::{AutodiffBackendFn, DeviceSpec};
 use longrl::generate::{sample_seed, Engine, EngineOptions, GenerateRequest, SamplingParams};
-use longrl::model::{checkpoint, load_model, Qwen2Config, Qwen2ForCausalLM};
+use longrl::model::{checkpoint, load_model, Qwen2Config, Qwen2ForCausalLM, TrainBackend};
 use serde_json::json;
 
 /// Benchmark options.
@@ -86,7 +86,7 @@ fn time<F: FnMut()>(reps: usize, mut f: F) -> f64 {
 impl AutodiffBackendFn for Bench {
     type Output = ();
 
-    fn call<B: AutodiffBackend>(self, device: B::Device) {
+    fn call<B: TrainBackend>(self, device: B::Device) {
         let a = self.0;
         let config = Qwen2Config::from_file(a.model.join("config.json")).expect("config.json");
         let model: Qwen2ForCausalLM<B> = if checkpoint::weight_files(&a.model).is_ok() {

@@ -23,7 +23,7 @@ struct Demo {
 impl BackendFn for Demo {
     type Output = anyhow::Result<(Vec<f32>, String)>;
 
-    fn call<B: burn::tensor::backend::Backend>(self, device: B::Device) -> Self::Output {
+    fn call<B: longrl::model::ModelBackend>(self, device: B::Device) -> Self::Output {
         let model = load_model::<B>(&self.dir, &device)?;
         let tok = Tokenizer::from_dir(&self.dir)?;
         tok.check_fits(model.config().vocab_size)?;

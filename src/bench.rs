@@ -3,11 +3,11 @@
 //! memory they reach, for a model folder or a bare `config.json` (random weights of that shape, so
 //! a 1.5B or 32B shape can be measured without downloading it).
 
+use crate::model::{ModelBackend, TrainBackend};
 use std::path::Path;
 use std::time::Instant;
 
 use burn::optim::GradientsParams;
-use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor, TensorData};
 use serde::Serialize;
 
@@ -18,7 +18,7 @@ use crate::train::optim::{AdamWOptimizer, OptimConfig};
 
 /// A model to measure: `path` is a model folder (its weights when it has some, else random ones)
 /// or a `config.json` file (random weights). Returns the model and whether its weights are random.
-pub fn bench_model<B: Backend>(
+pub fn bench_model<B: ModelBackend>(
     path: &Path,
     device: &B::Device,
 ) -> Result<(Qwen2ForCausalLM<B>, bool)> {
@@ -91,7 +91,7 @@ pub fn bench_ids(batch: usize, seq: usize, vocab: usize) -> Vec<i64> {
 }
 
 /// Mean next-token NLL of `x` `[batch, seq]` under `model` (log-probs in chunks of the sequence).
-pub fn mean_nll<B: Backend>(
+pub fn mean_nll<B: ModelBackend>(
     model: &Qwen2ForCausalLM<B>,
     x: Tensor<B, 2, Int>,
 ) -> Result<Tensor<B, 1>> {
@@ -113,14 +113,14 @@ pub fn mean_nll<B: Backend>(
 }
 
 /// Parameters of a model.
-pub fn parameters<B: Backend>(model: &Qwen2ForCausalLM<B>) -> usize {
+pub fn parameters<B: ModelBackend>(model: &Qwen2ForCausalLM<B>) -> usize {
     use burn::module::Module;
     model.num_params()
 }
 
 /// Times `steps` training steps (forward, backward of the mean NLL, AdamW update) of `batch`
 /// sequences of `seq_len` tokens after one warm-up step; the peak memory covers the timed steps.
-pub fn bench_train<B: AutodiffBackend>(
+pub fn bench_train<B: TrainBackend>(
     mut model: Qwen2ForCausalLM<B>,
     batch: usize,
     seq_len: usize,
@@ -160,7 +160,7 @@ pub fn bench_train<B: AutodiffBackend>(
 /// Returns the seconds of decoding (the generate call minus a one-token call, which is the
 /// prefill) per call and the peak memory.
 #[allow(clippy::too_many_arguments)]
-pub fn bench_generate<B: Backend>(
+pub fn bench_generate<B: ModelBackend>(
     model: &Qwen2ForCausalLM<B>,
     batch: usize,
     seq_len: usize,

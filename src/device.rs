@@ -1,14 +1,14 @@
 //! Run-time device selection over compile-time backends.
 //!
-//! Model and loss code are generic over `B: Backend`; a [`DeviceSpec`] picks one monomorphised
+//! Model and loss code are generic over `B: ModelBackend`; a [`DeviceSpec`] picks one monomorphised
 //! entry point per compiled-in backend (`flex`, `ndarray`, `wgpu`, `cuda`), so there is no dynamic
 //! dispatch on the hot path. A device whose backend feature was not compiled in is a clear error
 //! that names the feature.
 
+use crate::model::{ModelBackend, TrainBackend};
 use std::fmt;
 use std::str::FromStr;
 
-use burn::tensor::backend::{AutodiffBackend, Backend};
 
 use crate::error::{Error, Result};
 
@@ -209,7 +209,7 @@ pub trait BackendFn {
     /// What the computation returns.
     type Output;
     /// Runs on backend `B` and `device`.
-    fn call<B: Backend>(self, device: B::Device) -> Self::Output;
+    fn call<B: ModelBackend>(self, device: B::Device) -> Self::Output;
 }
 
 /// A training computation generic over an autodiff backend, run by [`DeviceSpec::run_autodiff`].
@@ -217,7 +217,7 @@ pub trait AutodiffBackendFn {
     /// What the computation returns.
     type Output;
     /// Runs on autodiff backend `B` and `device`.
-    fn call<B: AutodiffBackend>(self, device: B::Device) -> Self::Output;
+    fn call<B: TrainBackend>(self, device: B::Device) -> Self::Output;
 }
 
 #[cfg(test)]

@@ -5,11 +5,11 @@
 //! done, their results, the difficulty store, the samples carried) is saved after each phase, and
 //! each phase checkpoints on its own, so `--resume` continues mid-stage or across a stage boundary.
 
+use crate::model::{ModelBackend, TrainBackend};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use burn::tensor::backend::{AutodiffBackend, Backend};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{ModelSection, RunSection};
@@ -301,7 +301,7 @@ fn phase_result(name: &str, model_dir: &Path, report: EvalReport) -> PhaseResult
 }
 
 /// Evaluates the model in `dir` on the held-out items.
-fn eval_dir<B: Backend>(
+fn eval_dir<B: ModelBackend>(
     dir: &Path,
     tokenizer: &Tokenizer,
     data: &Data,
@@ -360,7 +360,7 @@ pub fn summary_table(phases: &[PhaseResult]) -> String {
 
 /// Runs the pipeline on autodiff backend `B`. `rewarder: None` builds the hybrid reward of
 /// `[rl.reward]` (used for training and for every evaluation).
-pub fn run<B: AutodiffBackend>(
+pub fn run<B: TrainBackend>(
     file: &PipelineFile,
     rewarder: Option<Arc<dyn Rewarder>>,
     resume: bool,

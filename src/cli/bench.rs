@@ -1,8 +1,8 @@
 //! `longrl bench train` / `longrl bench generate`: size a run on one's own hardware.
 
+use crate::model::{ModelBackend, TrainBackend};
 use std::path::PathBuf;
 
-use burn::tensor::backend::{AutodiffBackend, Backend};
 use clap::{Args, Subcommand};
 
 use crate::bench::{bench_generate, bench_model, bench_train, parameters, report, BenchReport};
@@ -128,7 +128,7 @@ struct TrainTask(BenchTrainArgs, String);
 impl AutodiffBackendFn for TrainTask {
     type Output = Result<BenchReport>;
 
-    fn call<B: AutodiffBackend>(self, device: B::Device) -> Result<BenchReport> {
+    fn call<B: TrainBackend>(self, device: B::Device) -> Result<BenchReport> {
         let a = self.0;
         let (model, random) = bench_model::<B>(&a.model, &device)?;
         let params = parameters(&model);
@@ -154,7 +154,7 @@ struct GenerateTask(BenchGenerateArgs, String);
 impl BackendFn for GenerateTask {
     type Output = Result<BenchReport>;
 
-    fn call<B: Backend>(self, device: B::Device) -> Result<BenchReport> {
+    fn call<B: ModelBackend>(self, device: B::Device) -> Result<BenchReport> {
         let a = self.0;
         let (model, random) = bench_model::<B>(&a.model, &device)?;
         let (secs, peak) = bench_generate(

@@ -1,11 +1,11 @@
 //! `longrl eval`: the Table 4 benchmarks for a longrl model (`--model`) or a served model
 //! (`--endpoint` + `--served-model`), with the same prompts, truncation and scoring.
 
+use crate::model::ModelBackend;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use burn::tensor::backend::Backend;
 use clap::Args;
 use serde_json::{json, Value};
 
@@ -208,7 +208,7 @@ struct EvalTask(EvalArgs);
 impl BackendFn for EvalTask {
     type Output = Result<Summary>;
 
-    fn call<B: Backend>(self, device: B::Device) -> Result<Summary> {
+    fn call<B: ModelBackend>(self, device: B::Device) -> Result<Summary> {
         let args = self.0;
         let judge = args.judge.build::<B>(&device)?;
         let Some(dir) = args.model.clone() else {

@@ -1,11 +1,11 @@
 //! The judge flags shared by `longrl reward` and `longrl eval`: an OpenAI-compatible judge server
 //! or a local judge checkpoint.
 
+use crate::model::ModelBackend;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use burn::tensor::backend::Backend;
 use clap::Args;
 
 use crate::error::Result;
@@ -57,7 +57,7 @@ impl JudgeArgs {
     }
 
     /// The configured judge: the local checkpoint loaded on `device`, or the HTTP judge, or none.
-    pub fn build<B: Backend>(&self, device: &B::Device) -> Result<Option<Arc<dyn Judge>>> {
+    pub fn build<B: ModelBackend>(&self, device: &B::Device) -> Result<Option<Arc<dyn Judge>>> {
         match &self.judge_checkpoint {
             Some(dir) => Ok(Some(Arc::new(LocalJudge::<B>::load(
                 dir,

@@ -8,10 +8,10 @@ mod plot;
 mod reward;
 mod train;
 
+use crate::model::ModelBackend;
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 
-use burn::tensor::backend::Backend;
 use clap::{Args, Parser, Subcommand};
 use serde_json::{json, Value};
 
@@ -327,7 +327,7 @@ struct ScoreTask(ScoreArgs);
 impl BackendFn for ScoreTask {
     type Output = Result<()>;
 
-    fn call<B: Backend>(self, device: B::Device) -> Result<()> {
+    fn call<B: ModelBackend>(self, device: B::Device) -> Result<()> {
         let args = self.0;
         let inputs = read_inputs(&args.input, false)?;
         let needs_tok = inputs.iter().any(|i| matches!(i, InputLine::Text(_)));
@@ -356,7 +356,7 @@ struct GenerateTask(GenerateArgs);
 impl BackendFn for GenerateTask {
     type Output = Result<()>;
 
-    fn call<B: Backend>(self, device: B::Device) -> Result<()> {
+    fn call<B: ModelBackend>(self, device: B::Device) -> Result<()> {
         let args = self.0;
         let inputs = read_inputs(&args.input, true)?;
         let needs_tok =

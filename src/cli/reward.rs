@@ -1,10 +1,10 @@
 //! `longrl reward`: the hybrid reward of every line of a JSONL file, one JSON line out per line in.
 
+use crate::model::ModelBackend;
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use burn::tensor::backend::Backend;
 use clap::Args;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -135,7 +135,7 @@ struct LocalJudgeTask(RewardArgs);
 impl BackendFn for LocalJudgeTask {
     type Output = Result<()>;
 
-    fn call<B: Backend>(self, device: B::Device) -> Result<()> {
+    fn call<B: ModelBackend>(self, device: B::Device) -> Result<()> {
         let judge = self.0.judge.build::<B>(&device)?;
         reward_file(&self.0, judge)
     }

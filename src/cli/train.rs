@@ -1,8 +1,8 @@
 //! `longrl sft` and `longrl rl`: training runs from a TOML config, with command-line overrides.
 
+use crate::model::TrainBackend;
 use std::path::{Path, PathBuf};
 
-use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
 
 use crate::config::{load_toml, resolve_path, Overrides};
@@ -88,7 +88,7 @@ struct SftTask {
 impl AutodiffBackendFn for SftTask {
     type Output = Result<sft::SftSummary>;
 
-    fn call<B: AutodiffBackend>(self, device: B::Device) -> Self::Output {
+    fn call<B: TrainBackend>(self, device: B::Device) -> Self::Output {
         let f = self.file;
         sft::train::<B>(&f.model, &f.run, &f.sft, self.resume, device)
     }
@@ -139,7 +139,7 @@ struct RlTask {
 impl AutodiffBackendFn for RlTask {
     type Output = Result<rl::RlSummary>;
 
-    fn call<B: AutodiffBackend>(self, device: B::Device) -> Self::Output {
+    fn call<B: TrainBackend>(self, device: B::Device) -> Self::Output {
         let f = self.file;
         rl::train::<B>(&f.model, &f.run, &f.rl, None, self.resume, device)
     }
@@ -195,7 +195,7 @@ struct PipelineTask {
 impl AutodiffBackendFn for PipelineTask {
     type Output = Result<crate::pipeline::PipelineSummary>;
 
-    fn call<B: AutodiffBackend>(self, device: B::Device) -> Self::Output {
+    fn call<B: TrainBackend>(self, device: B::Device) -> Self::Output {
         crate::pipeline::run::<B>(&self.file, None, self.resume, device)
     }
 }

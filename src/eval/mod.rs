@@ -9,9 +9,9 @@ pub mod harness;
 pub mod protocol;
 pub mod responder;
 
+use crate::model::ModelBackend;
 use std::collections::BTreeMap;
 
-use burn::tensor::backend::Backend;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
@@ -113,7 +113,7 @@ fn finish(map: BTreeMap<String, (f64, usize)>) -> BTreeMap<String, Tally> {
 
 /// Evaluates `model` on `items`; `stop` ends an answer, `pad` fills padding.
 #[allow(clippy::too_many_arguments)]
-pub fn evaluate<B: Backend>(
+pub fn evaluate<B: ModelBackend>(
     model: &Qwen2ForCausalLM<B>,
     tokenizer: &Tokenizer,
     items: &[EvalItem],

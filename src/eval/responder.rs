@@ -2,7 +2,7 @@
 //! ([`LocalResponder`]) and a model behind an OpenAI-compatible server ([`EndpointResponder`],
 //! e.g. a vLLM-served checkpoint), given identical user messages.
 
-use burn::tensor::backend::Backend;
+use crate::model::ModelBackend;
 use serde_json::json;
 
 use crate::error::Result;
@@ -14,14 +14,14 @@ use super::harness::{GenJob, GenOutput, Responder};
 
 /// Answers with a model loaded by longrl: the user message through the tokenizer's chat template,
 /// then the engine (one shared prefill per item for its `n` answers).
-pub struct LocalResponder<'a, B: Backend> {
+pub struct LocalResponder<'a, B: ModelBackend> {
     engine: Engine<'a, B>,
     tokenizer: &'a Tokenizer,
     params: SamplingParams,
     name: String,
 }
 
-impl<'a, B: Backend> LocalResponder<'a, B> {
+impl<'a, B: ModelBackend> LocalResponder<'a, B> {
     /// A responder over `engine` (which should decode with `tokenizer`), sampling with `params`;
     /// `name` describes the model in the summary.
     pub fn new(
@@ -40,7 +40,7 @@ impl<'a, B: Backend> LocalResponder<'a, B> {
     }
 }
 
-impl<B: Backend> Responder for LocalResponder<'_, B> {
+impl<B: ModelBackend> Responder for LocalResponder<'_, B> {
     fn respond(
         &mut self,
         jobs: &[GenJob],

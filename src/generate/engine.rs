@@ -8,9 +8,10 @@
 //! Every sequence samples from its own random stream (seeded per sample), so its tokens do not
 //! depend on which other sequences share its batch.
 
+use crate::model::ModelBackend;
 use std::collections::HashSet;
 
-use burn::tensor::{backend::Backend, Bool, DType, Int, Tensor, TensorData};
+use burn::tensor::{Bool, DType, Int, Tensor, TensorData};
 
 use rayon::prelude::*;
 
@@ -66,7 +67,7 @@ impl Default for EngineOptions {
 }
 
 /// Samples continuations from a model on one device.
-pub struct Engine<'a, B: Backend> {
+pub struct Engine<'a, B: ModelBackend> {
     model: &'a Qwen2ForCausalLM<B>,
     device: B::Device,
     options: EngineOptions,
@@ -84,7 +85,7 @@ struct Seq {
     stopped_by_string: bool,
 }
 
-impl<'a, B: Backend> Engine<'a, B> {
+impl<'a, B: ModelBackend> Engine<'a, B> {
     /// An engine for `model` on `device`.
     pub fn new(model: &'a Qwen2ForCausalLM<B>, device: B::Device, options: EngineOptions) -> Self {
         Self {

@@ -7,7 +7,8 @@ mod sampling;
 pub use engine::{Detokenizer, Engine, EngineOptions, GenerateRequest, Sample};
 pub use sampling::{sample_row, sample_seed, seq_rng, SampleScratch, SamplingParams, SeqRng};
 
-use burn::tensor::{backend::Backend, Bool, Int, Tensor, TensorData};
+use crate::model::ModelBackend;
+use burn::tensor::{Bool, Int, Tensor, TensorData};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
@@ -100,7 +101,7 @@ impl PaddedBatch {
     }
 
     /// Columns `start..end` as device tensors (ids, mask, positions), each `[batch, end - start]`.
-    pub fn columns<B: Backend>(
+    pub fn columns<B: ModelBackend>(
         &self,
         start: usize,
         end: usize,
@@ -124,7 +125,7 @@ impl PaddedBatch {
 }
 
 /// An int tensor from host values.
-pub fn int_tensor<B: Backend, const D: usize>(
+pub fn int_tensor<B: ModelBackend, const D: usize>(
     values: Vec<i64>,
     shape: [usize; D],
     device: &B::Device,
@@ -134,7 +135,7 @@ pub fn int_tensor<B: Backend, const D: usize>(
 
 /// Prefills `batch` into `cache` in chunks of `chunk` columns and returns the logits of the last
 /// column, `[batch, vocab]`.
-pub fn prefill<B: Backend>(
+pub fn prefill<B: ModelBackend>(
     model: &Qwen2ForCausalLM<B>,
     batch: &PaddedBatch,
     cache: &mut KvCache<B>,
@@ -167,7 +168,7 @@ pub fn prefill<B: Backend>(
 /// Prompts are left-padded and prefilled together in chunks, then decoded one token per step;
 /// a sequence that hits a stop token or `max_new_tokens` leaves the batch, and the run ends when
 /// all have stopped. Results are in prompt order.
-pub fn greedy<B: Backend>(
+pub fn greedy<B: ModelBackend>(
     model: &Qwen2ForCausalLM<B>,
     prompts: &[Vec<u32>],
     cfg: &GreedyConfig,

@@ -1,11 +1,13 @@
 //! The Qwen2 model family: configuration, layers, rotary embeddings, KV cache and checkpoint I/O.
 
+pub mod attention;
 pub mod cache;
 pub mod checkpoint;
 pub mod config;
 pub mod qwen2;
 pub mod rope;
 
+pub use attention::{ModelBackend, TrainBackend};
 pub use cache::KvCache;
 pub use checkpoint::{load_model, save_model, SaveDtype};
 pub use config::{Qwen2Config, RopeScaling};

@@ -5,10 +5,9 @@
 use burn::module::{Module, Param};
 use burn::nn::{Embedding, EmbeddingConfig, Initializer, Linear, LinearConfig};
 use burn::tensor::activation::{log_softmax, silu};
-use burn::tensor::module::attention;
-use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{backend::Backend, Bool, Int, Tensor};
 
+use super::attention::ModelBackend;
 use super::cache::{KvCache, LayerKv};
 use super::config::Qwen2Config;
 use super::rope::{apply_rotary, RopeParams};
@@ -111,52 +110,6 @@ pub struct Qwen2ForCausalLM<B: Backend> {
     rope: RopeParams,
 }
 
-/// Which key positions each query may attend to, shared by all layers of one forward.
-///
-/// Laid out for grouped-query attention without repeating keys/values: the queries of the
-/// `groups` heads that share a KV head are stacked along the query axis (`groups * q_len` rows,
-/// group-major), so one attention call per KV head covers them all.
-struct AttnMask<B: Backend> {
-    /// `[batch, kv_heads, groups * q_len, k_len]`, true where attention is blocked.
-    blocked: Tensor<B, 4, Bool>,
-}
-
-impl<B: Backend> AttnMask<B> {
-    /// Causal mask over `k_len` keys for the last `q_len` positions, blocking padding keys.
-    ///
-    /// A query may always see itself, so a padding query never has an empty row (which some
-    /// attention kernels turn into NaN that then leaks through the values).
-    fn new(key_valid: Tensor<B, 2, Bool>, q_len: usize, kv_heads: usize, groups: usize) -> Self {
-        let [batch, k_len] = key_valid.dims();
-        let device = key_valid.device();
-        let offset = (k_len - q_len) as i64;
-        let rows = Tensor::<B, 1, Int>::arange(offset..offset + q_len as i64, &device)
-            .reshape([1, 1, q_len, 1])
-            .expand([batch, 1, q_len, k_len]);
-        let cols = Tensor::<B, 1, Int>::arange(0..k_len as i64, &device)
-            .reshape([1, 1, 1, k_len])
-            .expand([batch, 1, q_len, k_len]);
-        let future = cols.clone().greater(rows.clone());
-        let diagonal = cols.equal(rows);
-        let padding = key_valid
-            .bool_not()
-            .reshape([batch, 1, 1, k_len])
-            .expand([batch, 1, q_len, k_len]);
-        let blocked = future.bool_or(padding.bool_and(diagonal.bool_not()));
-        let blocked = if groups == 1 {
-            blocked
-        } else {
-            blocked
-                .unsqueeze_dim::<5>(1)
-                .expand([batch, groups, 1, q_len, k_len])
-                .reshape([batch, 1, groups * q_len, k_len])
-        };
-        Self {
-            blocked: blocked.expand([batch, kv_heads, groups * q_len, k_len]),
-        }
-    }
-}
-
 fn linear<B: Backend>(d_in: usize, d_out: usize, bias: bool, device: &B::Device) -> Linear<B> {
     LinearConfig::new(d_in, d_out)
         .with_bias(bias)
@@ -194,7 +147,9 @@ impl<B: Backend> Attention<B> {
             head_dim: c.head_dim,
         }
     }
+}
 
+impl<B: ModelBackend> Attention<B> {
     /// `x` `[batch, seq, hidden]` -> `[batch, seq, hidden]`; with a cache, appends this step's
     /// keys/values at its current length and attends over everything cached.
     fn forward(
@@ -202,7 +157,7 @@ impl<B: Backend> Attention<B> {
         x: Tensor<B, 3>,
         cos: Tensor<B, 4>,
         sin: Tensor<B, 4>,
-        mask: &AttnMask<B>,
+        key_valid: &Tensor<B, 2, Bool>,
         cache: Option<(LayerKv<B>, usize)>,
     ) -> (Tensor<B, 3>, Option<LayerKv<B>>) {
         let [b, t, _] = x.dims();
@@ -232,14 +187,7 @@ impl<B: Backend> Attention<B> {
         // Grouped-query attention without repeating K/V: the `nh / nkv` query heads of each KV
         // head are stacked along the query axis, `[b, nkv, groups * t, hd]`.
         let q = q.reshape([b, nkv, (nh / nkv) * t, hd]);
-        let out = attention(
-            q,
-            k,
-            v,
-            Some(mask.blocked.clone()),
-            None,
-            AttentionModuleOptions::default(),
-        );
+        let out = B::causal_attention(q, k, v, key_valid.clone(), nh / nkv);
         let out = out
             .reshape([b, nh, t, hd])
             .swap_dims(1, 2)
@@ -311,7 +259,9 @@ impl<B: Backend> Qwen2ForCausalLM<B> {
     pub fn rope(&self) -> &RopeParams {
         &self.rope
     }
+}
 
+impl<B: ModelBackend> Qwen2ForCausalLM<B> {
     /// Runs the decoder and returns the final hidden states `[batch, seq, hidden]`.
     ///
     /// - `input_ids` `[batch, seq]`: token ids (padding ids are ignored through the mask).
@@ -355,13 +305,6 @@ impl<B: Backend> Qwen2ForCausalLM<B> {
             Some(c) => c.valid_prefix(start + t),
             None => attention_mask,
         };
-        let c = &self.config;
-        let mask = AttnMask::new(
-            key_valid,
-            t,
-            c.num_key_value_heads,
-            c.num_key_value_groups(),
-        );
         let (cos, sin) = self.rope.cos_sin(position_ids);
         let mut x = self.model.embed_tokens.forward(input_ids);
         let mut layer_caches = cache
@@ -377,7 +320,7 @@ impl<B: Backend> Qwen2ForCausalLM<B> {
                 layer.input_layernorm.forward(x.clone()),
                 cos.clone(),
                 sin.clone(),
-                &mask,
+                &key_valid,
                 layer_cache,
             );
             updated.extend(kv);
@@ -456,7 +399,7 @@ impl<B: Backend> Qwen2ForCausalLM<B> {
     }
 }
 
-impl<B: Backend> Qwen2ForCausalLM<B> {
+impl<B: ModelBackend> Qwen2ForCausalLM<B> {
     /// Log-probabilities of each token of `ids` given the tokens before it: entry `t` is
     /// `log p(ids[t + 1] | ids[..=t])`, so the result has `ids.len() - 1` entries.
     pub fn sequence_logprobs(

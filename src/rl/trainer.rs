@@ -8,13 +8,13 @@
 //! so a run resumes exactly and data parallelism can split the batch by prompts without changing
 //! the rollouts.
 
+use crate::model::{ModelBackend, TrainBackend};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use burn::module::AutodiffModule;
 use burn::optim::{GradientsAccumulator, GradientsParams};
-use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -359,7 +359,7 @@ pub struct RlSummary {
 }
 
 /// Builds the hybrid reward of `[rl.reward]` (the local judge runs on backend `B`).
-pub fn build_rewarder<B: Backend>(
+pub fn build_rewarder<B: ModelBackend>(
     config: &RlConfig,
     device: &B::Device,
 ) -> Result<Arc<dyn Rewarder>> {
@@ -432,7 +432,7 @@ fn std(x: &[f64]) -> f64 {
 ///
 /// With `resume`, training continues from the run directory's latest checkpoint; without it, a run
 /// directory that already holds checkpoints is an error.
-pub fn train<B: AutodiffBackend>(
+pub fn train<B: TrainBackend>(
     model_section: &ModelSection,
     run: &RunSection,
     config: &RlConfig,
@@ -483,7 +483,7 @@ pub fn load_tokenizer(model_section: &ModelSection) -> Result<Tokenizer> {
 /// Runs RL over prepared prompts (a prompt listed twice is drawn twice as often), reporting every
 /// rollout group to `observer`; see [`train`] for `resume`.
 #[allow(clippy::too_many_arguments)]
-pub fn train_prompts<B: AutodiffBackend>(
+pub fn train_prompts<B: TrainBackend>(
     model_section: &ModelSection,
     run: &RunSection,
     config: &RlConfig,
@@ -855,7 +855,7 @@ fn sequences<'a>(
 }
 
 /// Reference log-probs of every rollout, per group then rollout.
-fn reference_logprobs<B: Backend>(
+fn reference_logprobs<B: ModelBackend>(
     reference: &Qwen2ForCausalLM<B>,
     groups: &[Group],
     prompts: &[PreparedPrompt],
@@ -886,7 +886,7 @@ fn reference_logprobs<B: Backend>(
 
 /// Accumulated gradients of one mini-batch (none when it has no loss tokens) and its statistics.
 #[allow(clippy::type_complexity)]
-fn mini_batch_grads<B: AutodiffBackend>(
+fn mini_batch_grads<B: TrainBackend>(
     policy: &Qwen2ForCausalLM<B>,
     groups: &[Group],
     ref_logps: Option<&[Vec<Vec<f32>>]>,

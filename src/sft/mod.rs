@@ -3,12 +3,13 @@
 //! warm-up and a constant/cosine/linear schedule, global-norm clipping, a held-out loss,
 //! checkpoints every N steps and exact resume.
 
+use crate::model::{ModelBackend, TrainBackend};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::module::AutodiffModule;
 use burn::optim::{GradientsAccumulator, GradientsParams};
-use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::backend::Backend;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -174,7 +175,7 @@ pub fn end_of_turn_id(
 }
 
 /// Sum of `-log p` over response tokens and their count, for a set of examples (no gradient).
-pub fn eval_loss<B: Backend>(
+pub fn eval_loss<B: ModelBackend>(
     model: &Qwen2ForCausalLM<B>,
     data: &[Tokenized],
     pad: u32,
@@ -238,7 +239,7 @@ pub struct SftSummary {
 /// With `resume`, training continues from the run directory's latest checkpoint (a fresh start when
 /// there is none); without it, a run directory that already holds checkpoints is an error, so a
 /// finished run is never overwritten by accident.
-pub fn train<B: AutodiffBackend>(
+pub fn train<B: TrainBackend>(
     model_section: &ModelSection,
     run: &RunSection,
     config: &SftConfig,

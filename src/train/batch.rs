@@ -3,8 +3,9 @@
 //! the forward pass that returns per-token log-probs (and entropies) of the responses only, so the
 //! vocabulary projection never runs over prompt positions.
 
+use crate::model::ModelBackend;
 use burn::tensor::activation::log_softmax;
-use burn::tensor::{backend::Backend, Bool, Int, Tensor, TensorData};
+use burn::tensor::{Bool, Int, Tensor, TensorData};
 
 use crate::error::Result;
 use crate::model::Qwen2ForCausalLM;
@@ -59,7 +60,7 @@ pub fn token_budget_batches(seqs: &[Sequence<'_>], token_budget: usize) -> Vec<V
 }
 
 /// Sequences packed for one forward pass.
-pub struct Packed<B: Backend> {
+pub struct Packed<B: ModelBackend> {
     /// `[rows, P + R - 1]` input ids (padding where the mask is false).
     pub input_ids: Tensor<B, 2, Int>,
     /// `[rows, P + R - 1]` true at real tokens.
@@ -78,7 +79,7 @@ pub struct Packed<B: Backend> {
     pub response_lens: Vec<usize>,
 }
 
-impl<B: Backend> Packed<B> {
+impl<B: ModelBackend> Packed<B> {
     /// Packs `seqs` on `device` with `pad` at padding positions.
     pub fn new(seqs: &[Sequence<'_>], pad: u32, device: &B::Device) -> Self {
         assert!(!seqs.is_empty(), "a batch needs at least one sequence");

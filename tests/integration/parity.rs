@@ -13,7 +13,7 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Bool, Int, Tensor, TensorData};
 use common::{fixture, read_safetensors, Arr};
 use longrl::generate::{greedy, GreedyConfig};
-use longrl::model::{load_model, Qwen2ForCausalLM, RopeParams};
+use longrl::model::{load_model, ModelBackend, Qwen2ForCausalLM, RopeParams, TrainBackend};
 use serde_json::Value;
 
 const VARIANTS: &[&str] = &["gqa_untied", "mha_tied", "rope_linear", "rope_yarn"];
@@ -72,7 +72,7 @@ fn masked_max_diff(ours: &[f32], theirs: &Arr, mask: &Arr) -> f64 {
     worst
 }
 
-fn check_logits<B: Backend>(
+fn check_logits<B: ModelBackend>(
     model: &Qwen2ForCausalLM<B>,
     fx: &HashMap<String, Arr>,
     prefix: &str,
@@ -101,7 +101,7 @@ fn check_logits<B: Backend>(
     );
 }
 
-fn check_greedy<B: Backend>(
+fn check_greedy<B: ModelBackend>(
     model: &Qwen2ForCausalLM<B>,
     fx: &HashMap<String, Arr>,
     new_tokens: usize,
@@ -208,7 +208,7 @@ fn grad_norms<B: AutodiffBackend>(
     out
 }
 
-fn check_gradients<B: AutodiffBackend>(
+fn check_gradients<B: TrainBackend>(
     model: &Qwen2ForCausalLM<B>,
     fx: &HashMap<String, Arr>,
     meta: &Value,
@@ -306,7 +306,7 @@ fn check_rope(model_rope: &RopeParams, meta: &Value, name: &str) {
 }
 
 /// The whole suite on one autodiff backend.
-fn parity_suite<B: AutodiffBackend>(device: B::Device, tol: Tol) {
+fn parity_suite<B: TrainBackend>(device: B::Device, tol: Tol) {
     for name in VARIANTS {
         let dir = fixture(&format!("parity/{name}"));
         let fx = read_safetensors(&dir.join("fixture.safetensors"));

@@ -1,10 +1,9 @@
 //! A judge that runs a Qwen2 checkpoint (the recipe uses Qwen2.5-1.5B-Instruct) through longrl's own
 //! rollout engine, greedily, on any longrl device.
 
+use crate::model::ModelBackend;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-
-use burn::tensor::backend::Backend;
 
 use super::{Judge, JudgeOutcome, JudgeQuery, JUDGE_SYSTEM_PROMPT};
 use crate::error::{Error, Result};
@@ -34,7 +33,7 @@ impl Default for LocalJudgeConfig {
 }
 
 /// A judge model held on one device. Calls from several threads take turns on the model.
-pub struct LocalJudge<B: Backend> {
+pub struct LocalJudge<B: ModelBackend> {
     model: Mutex<Qwen2ForCausalLM<B>>,
     tokenizer: Tokenizer,
     device: B::Device,
@@ -44,7 +43,7 @@ pub struct LocalJudge<B: Backend> {
     config: LocalJudgeConfig,
 }
 
-impl<B: Backend> LocalJudge<B> {
+impl<B: ModelBackend> LocalJudge<B> {
     /// Loads the judge from a HuggingFace model folder (weights, tokenizer with a chat template).
     pub fn load(
         dir: impl AsRef<Path>,
@@ -127,7 +126,7 @@ impl<B: Backend> LocalJudge<B> {
     }
 }
 
-impl<B: Backend> Judge for LocalJudge<B> {
+impl<B: ModelBackend> Judge for LocalJudge<B> {
     fn judge(&self, queries: &[JudgeQuery]) -> Vec<JudgeOutcome> {
         match self.run(queries) {
             Ok(replies) => replies
