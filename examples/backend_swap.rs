@@ -9,7 +9,6 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-
 use longrl::config::{ModelSection, RunSection};
 use longrl::device::AutodiffBackendFn;
 use longrl::model::{load_model, TrainBackend};

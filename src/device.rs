@@ -9,7 +9,6 @@ use crate::model::{ModelBackend, TrainBackend};
 use std::fmt;
 use std::str::FromStr;
 
-
 use crate::error::{Error, Result};
 
 /// A device named on the command line: `flex`, `ndarray`, `wgpu[:N]`, `cuda[:N]`.

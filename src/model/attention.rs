@@ -23,56 +23,17 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::Autodiff;
 use burn::tensor::activation::softmax;
-use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::backend::Backend;
 use burn::tensor::module::attention;
 use burn::tensor::ops::{AttentionModuleOptions, BoolTensor, FloatTensor};
 use burn::tensor::{Bool, Int, Tensor, TensorPrimitive};
 
+use super::backend::ModelBackend;
+
 /// Most attention scores (per batch row and KV head) one block may hold: 4M f32 = 16 MB.
-const BLOCK_SCORES: usize = 1 << 22;
+pub(super) const BLOCK_SCORES: usize = 1 << 22;
 /// Fewest query positions per block, so short prompts over long caches still batch rows.
 const MIN_BLOCK: usize = 32;
-
-/// A backend the Qwen2 model runs on: burn's [`Backend`] plus the memory-linear attention.
-///
-/// Implemented for every backend longrl compiles (`flex`, `ndarray`, `wgpu`, `cuda`) and for
-/// `Autodiff` over any of them; a custom backend opts in with an empty `impl` (the default is
-/// the blockwise forward) or overrides it with a kernel of its own.
-pub trait ModelBackend: Backend {
-    /// Causal grouped-query attention.
-    ///
-    /// - `q` `[batch, kv_heads, groups * q_len, head_dim]`: the `groups` query heads of each KV
-    ///   head stacked group-major; the queries are the last `q_len` key positions.
-    /// - `k`, `v` `[batch, kv_heads, k_len, head_dim]`, `k_len >= q_len`.
-    /// - `key_valid` `[batch, k_len]`: true for real keys (padding keys are never attended to,
-    ///   except by their own query).
-    ///
-    /// Returns `[batch, kv_heads, groups * q_len, head_dim]`, softmax(q kᵀ / √head_dim) v.
-    fn causal_attention(
-        q: Tensor<Self, 4>,
-        k: Tensor<Self, 4>,
-        v: Tensor<Self, 4>,
-        key_valid: Tensor<Self, 2, Bool>,
-        groups: usize,
-    ) -> Tensor<Self, 4> {
-        blockwise_forward(q, k, v, key_valid, groups, BLOCK_SCORES)
-    }
-}
-
-/// An autodiff backend for training: its inner backend runs the model too (frozen reference
-/// models, evaluation without a graph).
-pub trait TrainBackend: AutodiffBackend<InnerBackend: ModelBackend> + ModelBackend {}
-
-impl<B> TrainBackend for B where B: AutodiffBackend<InnerBackend: ModelBackend> + ModelBackend {}
-
-#[cfg(feature = "flex")]
-impl ModelBackend for burn::backend::Flex {}
-#[cfg(feature = "ndarray")]
-impl ModelBackend for burn::backend::NdArray {}
-#[cfg(feature = "wgpu")]
-impl ModelBackend for burn::backend::Wgpu {}
-#[cfg(feature = "cuda")]
-impl ModelBackend for burn::backend::Cuda {}
 
 /// Shape of one attention call, checked once and shared by the forward and backward passes.
 #[derive(Clone, Copy, Debug)]
@@ -276,6 +237,7 @@ pub fn blockwise_forward<B: Backend>(
 /// Gradients `(dq, dk, dv)` of [`blockwise_forward`] given its output `out` and the output's
 /// gradient `d_out`, recomputing each block's probabilities; at most one block of scores lives at
 /// a time.
+#[allow(clippy::too_many_arguments)]
 pub fn blockwise_backward<B: Backend>(
     q: Tensor<B, 4>,
     k: Tensor<B, 4>,
@@ -394,21 +356,9 @@ impl<B: Backend> Backward<B, 3> for CausalAttentionBackward {
     }
 }
 
-impl<B: ModelBackend, C: CheckpointStrategy> ModelBackend for Autodiff<B, C> {
-    fn causal_attention(
-        q: Tensor<Self, 4>,
-        k: Tensor<Self, 4>,
-        v: Tensor<Self, 4>,
-        key_valid: Tensor<Self, 2, Bool>,
-        groups: usize,
-    ) -> Tensor<Self, 4> {
-        tracked_attention(q, k, v, key_valid, groups, BLOCK_SCORES)
-    }
-}
-
 /// [`ModelBackend::causal_attention`] under `Autodiff`: the inner backend's forward, and one
 /// graph node whose backward is [`blockwise_backward`] with blocks of `block_scores`.
-fn tracked_attention<B: ModelBackend, C: CheckpointStrategy>(
+pub(super) fn tracked_attention<B: ModelBackend, C: CheckpointStrategy>(
     q: Tensor<Autodiff<B, C>, 4>,
     k: Tensor<Autodiff<B, C>, 4>,
     v: Tensor<Autodiff<B, C>, 4>,

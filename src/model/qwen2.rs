@@ -4,12 +4,13 @@
 
 use burn::module::{Module, Param};
 use burn::nn::{Embedding, EmbeddingConfig, Initializer, Linear, LinearConfig};
-use burn::tensor::activation::{log_softmax, silu};
+use burn::tensor::activation::silu;
 use burn::tensor::{backend::Backend, Bool, Int, Tensor};
 
-use super::attention::ModelBackend;
+use super::backend::ModelBackend;
 use super::cache::{KvCache, LayerKv};
 use super::config::Qwen2Config;
+use super::head::HeadLayout;
 use super::rope::{apply_rotary, RopeParams};
 use crate::error::{Error, Result};
 
@@ -369,8 +370,9 @@ impl<B: ModelBackend> Qwen2ForCausalLM<B> {
     /// Log-probabilities of `targets` `[batch, seq]` under the distribution at each position of
     /// `hidden` `[batch, seq, hidden]`, divided by `temperature` first (as verl does for RL).
     ///
-    /// Projects at most `chunk` positions to the vocabulary at a time, so the full
-    /// `[batch, seq, vocab]` logits never exist at once (vocab is 152K for real checkpoints).
+    /// Projects at most `chunk` positions to the vocabulary at a time, in the forward and (under
+    /// `Autodiff`) in the backward, so the full `[batch, seq, vocab]` logits never exist (vocab is
+    /// 152K for real checkpoints).
     pub fn token_logprobs(
         &self,
         hidden: Tensor<B, 3>,
@@ -378,24 +380,38 @@ impl<B: ModelBackend> Qwen2ForCausalLM<B> {
         temperature: f32,
         chunk: usize,
     ) -> Tensor<B, 2> {
+        self.token_logprobs_entropy(hidden, targets, temperature, chunk)
+            .0
+    }
+
+    /// As [`Self::token_logprobs`], with the entropy `[batch, seq]` of each position's tempered
+    /// distribution (verl's `actor/entropy`; differentiable for an entropy bonus).
+    pub fn token_logprobs_entropy(
+        &self,
+        hidden: Tensor<B, 3>,
+        targets: Tensor<B, 2, Int>,
+        temperature: f32,
+        chunk: usize,
+    ) -> (Tensor<B, 2>, Tensor<B, 2>) {
         let [b, t, h] = hidden.dims();
-        let chunk = chunk.max(1);
-        let mut parts = Vec::with_capacity(t.div_ceil(chunk));
-        let mut s = 0;
-        while s < t {
-            let e = (s + chunk).min(t);
-            let logits = self.logits(hidden.clone().slice([0..b, s..e, 0..h]));
-            let logits = if temperature != 1.0 {
-                logits.div_scalar(temperature)
-            } else {
-                logits
-            };
-            let logp = log_softmax(logits, 2);
-            let idx = targets.clone().slice([0..b, s..e]).unsqueeze_dim::<3>(2);
-            parts.push(logp.gather(2, idx).squeeze_dim::<2>(2));
-            s = e;
-        }
-        Tensor::cat(parts, 1)
+        let (weight, layout) = match &self.lm_head {
+            Some(head) => (head.weight.val(), HeadLayout::HiddenVocab),
+            None => (
+                self.model.embed_tokens.weight.val(),
+                HeadLayout::VocabHidden,
+            ),
+        };
+        let out = B::head_logprobs(
+            hidden.reshape([b * t, h]),
+            weight,
+            layout,
+            targets.reshape([b * t]),
+            temperature,
+            chunk.max(1),
+        );
+        let logp = out.clone().slice([0..b * t, 0..1]).reshape([b, t]);
+        let entropy = out.slice([0..b * t, 1..2]).reshape([b, t]);
+        (logp, entropy)
     }
 }
 

@@ -4,7 +4,6 @@
 //! vocabulary projection never runs over prompt positions.
 
 use crate::model::ModelBackend;
-use burn::tensor::activation::log_softmax;
 use burn::tensor::{Bool, Int, Tensor, TensorData};
 
 use crate::error::Result;
@@ -157,32 +156,9 @@ impl<B: ModelBackend> Packed<B> {
         let [rows, _, h] = hidden.dims();
         let (p, r) = (self.prompt_cols, self.response_cols);
         let hidden = hidden.slice([0..rows, p - 1..p - 1 + r, 0..h]);
-        let chunk = chunk.max(1);
-        let (mut lps, mut ents) = (Vec::new(), Vec::new());
-        let mut s = 0;
-        while s < r {
-            let e = (s + chunk).min(r);
-            let logits = model.logits(hidden.clone().slice([0..rows, s..e, 0..h]));
-            let logits = if temperature != 1.0 {
-                logits.div_scalar(temperature)
-            } else {
-                logits
-            };
-            let logp = log_softmax(logits, 2);
-            let idx = self
-                .targets
-                .clone()
-                .slice([0..rows, s..e])
-                .unsqueeze_dim::<3>(2);
-            lps.push(logp.clone().gather(2, idx).squeeze_dim::<2>(2));
-            if with_entropy {
-                let ent = (logp.clone().exp() * logp).sum_dim(2).neg();
-                ents.push(ent.squeeze_dim::<2>(2));
-            }
-            s = e;
-        }
-        let logp = Tensor::cat(lps, 1);
-        let entropy = with_entropy.then(|| Tensor::cat(ents, 1));
+        let (logp, entropy) =
+            model.token_logprobs_entropy(hidden, self.targets.clone(), temperature, chunk);
+        let entropy = with_entropy.then_some(entropy);
         Ok((logp, entropy))
     }
 }

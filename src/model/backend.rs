@@ -1,0 +1,98 @@
+//! The backends the Qwen2 model runs on: burn's [`Backend`] plus longrl's memory-bounded kernels.
+//!
+//! Long-context training cannot keep `L x L` attention scores or `L x vocab` logits for the
+//! backward pass, which is what burn 0.21's `Autodiff` does with its decomposed ops. The two
+//! kernels here (attention in [`super::attention`], the LM-head log-probs in [`super::head`])
+//! compute by blocks and, under `Autodiff`, register one graph node each whose backward
+//! recomputes the blocks, so memory stays linear in the sequence length.
+
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::Autodiff;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Bool, Int, Tensor};
+
+use super::attention::{self, BLOCK_SCORES};
+use super::head::{self, HeadLayout};
+
+/// A backend the Qwen2 model runs on: burn's [`Backend`] plus the memory-bounded kernels.
+///
+/// Implemented for every backend longrl compiles (`flex`, `ndarray`, `wgpu`, `cuda`) and for
+/// `Autodiff` over any of them; a custom backend opts in with an empty `impl` (the defaults are
+/// the blockwise forwards) or overrides a method with a kernel of its own.
+pub trait ModelBackend: Backend {
+    /// Causal grouped-query attention.
+    ///
+    /// - `q` `[batch, kv_heads, groups * q_len, head_dim]`: the `groups` query heads of each KV
+    ///   head stacked group-major; the queries are the last `q_len` key positions.
+    /// - `k`, `v` `[batch, kv_heads, k_len, head_dim]`, `k_len >= q_len`.
+    /// - `key_valid` `[batch, k_len]`: true for real keys (padding keys are never attended to,
+    ///   except by their own query).
+    ///
+    /// Returns `[batch, kv_heads, groups * q_len, head_dim]`, softmax(q kᵀ / √head_dim) v.
+    fn causal_attention(
+        q: Tensor<Self, 4>,
+        k: Tensor<Self, 4>,
+        v: Tensor<Self, 4>,
+        key_valid: Tensor<Self, 2, Bool>,
+        groups: usize,
+    ) -> Tensor<Self, 4> {
+        attention::blockwise_forward(q, k, v, key_valid, groups, BLOCK_SCORES)
+    }
+
+    /// Log-probability of each target and entropy of each row's distribution
+    /// `softmax(hidden · W / temperature)`, projecting at most `chunk` rows to the vocabulary at a
+    /// time.
+    ///
+    /// - `hidden` `[rows, hidden]`, `targets` `[rows]`.
+    /// - `weight`: the output projection in `layout`.
+    ///
+    /// Returns `[rows, 2]`: column 0 the log-probs, column 1 the entropies.
+    fn head_logprobs(
+        hidden: Tensor<Self, 2>,
+        weight: Tensor<Self, 2>,
+        layout: HeadLayout,
+        targets: Tensor<Self, 1, Int>,
+        temperature: f32,
+        chunk: usize,
+    ) -> Tensor<Self, 2> {
+        head::chunked_forward(hidden, weight, layout, targets, temperature, chunk)
+    }
+}
+
+/// An autodiff backend for training: its inner backend runs the model too (frozen reference
+/// models, evaluation without a graph).
+pub trait TrainBackend: AutodiffBackend<InnerBackend: ModelBackend> + ModelBackend {}
+
+impl<B> TrainBackend for B where B: AutodiffBackend<InnerBackend: ModelBackend> + ModelBackend {}
+
+#[cfg(feature = "flex")]
+impl ModelBackend for burn::backend::Flex {}
+#[cfg(feature = "ndarray")]
+impl ModelBackend for burn::backend::NdArray {}
+#[cfg(feature = "wgpu")]
+impl ModelBackend for burn::backend::Wgpu {}
+#[cfg(feature = "cuda")]
+impl ModelBackend for burn::backend::Cuda {}
+
+impl<B: ModelBackend, C: CheckpointStrategy> ModelBackend for Autodiff<B, C> {
+    fn causal_attention(
+        q: Tensor<Self, 4>,
+        k: Tensor<Self, 4>,
+        v: Tensor<Self, 4>,
+        key_valid: Tensor<Self, 2, Bool>,
+        groups: usize,
+    ) -> Tensor<Self, 4> {
+        attention::tracked_attention(q, k, v, key_valid, groups, BLOCK_SCORES)
+    }
+
+    fn head_logprobs(
+        hidden: Tensor<Self, 2>,
+        weight: Tensor<Self, 2>,
+        layout: HeadLayout,
+        targets: Tensor<Self, 1, Int>,
+        temperature: f32,
+        chunk: usize,
+    ) -> Tensor<Self, 2> {
+        head::tracked_head(hidden, weight, layout, targets, temperature, chunk)
+    }
+}
