@@ -106,42 +106,6 @@ impl DeviceSpec {
     }
 }
 
-impl DeviceSpec {
-    /// As [`Self::run_autodiff`], with burn's balanced gradient checkpointing when `checkpointing`
-    /// (element-wise results are recomputed in the backward pass instead of kept).
-    pub fn run_training<F: AutodiffBackendFn>(
-        &self,
-        checkpointing: bool,
-        f: F,
-    ) -> Result<F::Output> {
-        if !checkpointing {
-            return self.run_autodiff(f);
-        }
-        use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing as Ckpt;
-        use burn::backend::Autodiff;
-        match *self {
-            #[cfg(feature = "flex")]
-            DeviceSpec::Flex => {
-                Ok(f.call::<Autodiff<burn::backend::Flex, Ckpt>>(Default::default()))
-            }
-            #[cfg(feature = "ndarray")]
-            DeviceSpec::NdArray => {
-                Ok(f.call::<Autodiff<burn::backend::NdArray, Ckpt>>(Default::default()))
-            }
-            #[cfg(feature = "wgpu")]
-            DeviceSpec::Wgpu(i) => {
-                Ok(f.call::<Autodiff<burn::backend::Wgpu, Ckpt>>(wgpu_device(i)))
-            }
-            #[cfg(feature = "cuda")]
-            DeviceSpec::Cuda(i) => Ok(f.call::<Autodiff<burn::backend::Cuda, Ckpt>>(
-                burn::backend::cuda::CudaDevice::new(i),
-            )),
-            #[allow(unreachable_patterns)]
-            _ => Err(self.not_compiled()),
-        }
-    }
-}
-
 #[cfg(feature = "wgpu")]
 fn wgpu_device(index: Option<usize>) -> burn::backend::wgpu::WgpuDevice {
     use burn::backend::wgpu::WgpuDevice;

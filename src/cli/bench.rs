@@ -41,7 +41,7 @@ pub struct BenchTrainArgs {
     /// Timed steps (after one warm-up step).
     #[arg(long, default_value_t = 3)]
     pub steps: usize,
-    /// Recompute activations in the backward pass instead of keeping them (less memory).
+    /// Recompute each decoder layer in the backward pass instead of keeping its activations.
     #[arg(long)]
     pub gradient_checkpointing: bool,
     /// Print one JSON line instead of text.
@@ -87,11 +87,7 @@ pub fn run(args: BenchArgs, device: DeviceSpec) -> Result<()> {
     let (report, json) = match args.what {
         BenchCommand::Train(a) => {
             let json = a.json;
-            let checkpointing = a.gradient_checkpointing;
-            (
-                device.run_training(checkpointing, TrainTask(a, name))??,
-                json,
-            )
+            (device.run_autodiff(TrainTask(a, name))??, json)
         }
         BenchCommand::Generate(a) => {
             let json = a.json;
@@ -131,6 +127,7 @@ impl AutodiffBackendFn for TrainTask {
     fn call<B: TrainBackend>(self, device: B::Device) -> Result<BenchReport> {
         let a = self.0;
         let (model, random) = bench_model::<B>(&a.model, &device)?;
+        let model = model.with_gradient_checkpointing(a.gradient_checkpointing);
         let params = parameters(&model);
         let (secs, peak) = bench_train(model, a.batch, a.seq_len, a.steps, &device)?;
         Ok(report(

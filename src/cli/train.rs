@@ -101,14 +101,10 @@ pub fn run_sft(args: TrainArgs, device: Option<DeviceSpec>) -> Result<()> {
         file.run.progress = false;
     }
     let device = start_run(&file, &file.run, device)?;
-    let checkpointing = file.sft.gradient_checkpointing;
-    let summary = device.run_training(
-        checkpointing,
-        SftTask {
-            file,
-            resume: args.resume,
-        },
-    )??;
+    let summary = device.run_autodiff(SftTask {
+        file,
+        resume: args.resume,
+    })??;
     println!("{}", serde_json::to_string(&summary).unwrap_or_default());
     Ok(())
 }

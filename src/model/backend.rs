@@ -4,7 +4,8 @@
 //! backward pass, which is what burn 0.21's `Autodiff` does with its decomposed ops. The two
 //! kernels here (attention in [`super::attention`], the LM-head log-probs in [`super::head`])
 //! compute by blocks and, under `Autodiff`, register one graph node each whose backward
-//! recomputes the blocks, so memory stays linear in the sequence length.
+//! recomputes the blocks, so memory stays linear in the sequence length; a third makes a whole
+//! decoder layer one recomputing node ([`super::recompute`], gradient checkpointing).
 
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::Autodiff;
@@ -13,6 +14,8 @@ use burn::tensor::{Bool, Int, Tensor};
 
 use super::attention::{self, BLOCK_SCORES};
 use super::head::{self, HeadLayout};
+use super::qwen2::DecoderLayer;
+use super::recompute;
 
 /// A backend the Qwen2 model runs on: burn's [`Backend`] plus the memory-bounded kernels.
 ///
@@ -57,6 +60,21 @@ pub trait ModelBackend: Backend {
     ) -> Tensor<Self, 2> {
         head::chunked_forward(hidden, weight, layout, targets, temperature, chunk)
     }
+
+    /// A decoder layer whose activations are recomputed in the backward pass (see
+    /// [`super::recompute`]); without a graph, the plain forward.
+    ///
+    /// `x` `[batch, seq, hidden]`, `cos`/`sin` the RoPE tables of the positions, `key_valid`
+    /// `[batch, seq]`.
+    fn checkpointed_layer(
+        layer: &DecoderLayer<Self>,
+        x: Tensor<Self, 3>,
+        cos: Tensor<Self, 4>,
+        sin: Tensor<Self, 4>,
+        key_valid: Tensor<Self, 2, Bool>,
+    ) -> Tensor<Self, 3> {
+        layer.forward(x, cos, sin, &key_valid, None).0
+    }
 }
 
 /// An autodiff backend for training: its inner backend runs the model too (frozen reference
@@ -94,5 +112,15 @@ impl<B: ModelBackend, C: CheckpointStrategy> ModelBackend for Autodiff<B, C> {
         chunk: usize,
     ) -> Tensor<Self, 2> {
         head::tracked_head(hidden, weight, layout, targets, temperature, chunk)
+    }
+
+    fn checkpointed_layer(
+        layer: &DecoderLayer<Self>,
+        x: Tensor<Self, 3>,
+        cos: Tensor<Self, 4>,
+        sin: Tensor<Self, 4>,
+        key_valid: Tensor<Self, 2, Bool>,
+    ) -> Tensor<Self, 3> {
+        recompute::checkpointed_layer(layer, x, cos, sin, key_valid)
     }
 }

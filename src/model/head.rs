@@ -97,7 +97,7 @@ pub fn chunked_forward<B: Backend>(
                 layout,
                 temperature,
             );
-            let idx = targets.clone().slice([s..e]).unsqueeze_dim::<2>(1);
+            let idx = targets.clone().slice(s..e).unsqueeze_dim::<2>(1);
             let logp = sm.z.clone().gather(1, idx) - sm.lse.clone();
             let entropy = sm.lse.clone() - sm.mean_logit();
             Tensor::cat(vec![logp, entropy], 1)
@@ -127,7 +127,7 @@ pub fn chunked_backward<B: Backend>(
         let (g_logp, g_entropy) = (g.clone().slice([0..e - s, 0..1]), g.slice([0..e - s, 1..2]));
         let centred = sm.z.clone() - sm.mean_logit();
         let dz = (sm.p * (g_entropy * centred + g_logp.clone())).neg();
-        let idx = targets.clone().slice([s..e]).unsqueeze_dim::<2>(1);
+        let idx = targets.clone().slice(s..e).unsqueeze_dim::<2>(1);
         let dz = dz.scatter(1, idx, g_logp, IndexingUpdateOp::Add);
         let dz = if temperature != 1.0 {
             dz.div_scalar(temperature)

@@ -7,6 +7,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod head;
 pub mod qwen2;
+pub mod recompute;
 pub mod rope;
 
 pub use backend::{ModelBackend, TrainBackend};

@@ -31,6 +31,11 @@ impl<B: Backend> RmsNorm<B> {
         }
     }
 
+    /// The epsilon added to the mean square.
+    pub(crate) fn eps(&self) -> f64 {
+        self.eps
+    }
+
     /// Normalises the last dimension of `x` `[.., hidden]`.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         let rms = x
@@ -109,6 +114,8 @@ pub struct Qwen2ForCausalLM<B: Backend> {
     config: Qwen2Config,
     #[module(skip)]
     rope: RopeParams,
+    #[module(skip)]
+    gradient_checkpointing: bool,
 }
 
 fn linear<B: Backend>(d_in: usize, d_out: usize, bias: bool, device: &B::Device) -> Linear<B> {
@@ -147,6 +154,13 @@ impl<B: Backend> Attention<B> {
             num_kv_heads: c.num_key_value_heads,
             head_dim: c.head_dim,
         }
+    }
+}
+
+impl<B: Backend> Attention<B> {
+    /// `(heads, kv_heads, head_dim)`.
+    pub(crate) fn heads(&self) -> (usize, usize, usize) {
+        (self.num_heads, self.num_kv_heads, self.head_dim)
     }
 }
 
@@ -223,6 +237,32 @@ impl<B: Backend> DecoderLayer<B> {
     }
 }
 
+impl<B: ModelBackend> DecoderLayer<B> {
+    /// `x` `[batch, seq, hidden]` through attention and the MLP, each with its residual; with a
+    /// cache, as [`Attention::forward`].
+    pub(crate) fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        cos: Tensor<B, 4>,
+        sin: Tensor<B, 4>,
+        key_valid: &Tensor<B, 2, Bool>,
+        cache: Option<(LayerKv<B>, usize)>,
+    ) -> (Tensor<B, 3>, Option<LayerKv<B>>) {
+        let (h, kv) = self.self_attn.forward(
+            self.input_layernorm.forward(x.clone()),
+            cos,
+            sin,
+            key_valid,
+            cache,
+        );
+        let x = x + h;
+        let h = self
+            .mlp
+            .forward(self.post_attention_layernorm.forward(x.clone()));
+        (x + h, kv)
+    }
+}
+
 /// Default number of positions per chunk when projecting to the vocabulary.
 pub const DEFAULT_LOGITS_CHUNK: usize = 256;
 
@@ -248,12 +288,26 @@ impl<B: Backend> Qwen2ForCausalLM<B> {
             lm_head,
             config: config.clone(),
             rope: RopeParams::new(config),
+            gradient_checkpointing: false,
         }
     }
 
     /// The configuration this model was built from.
     pub fn config(&self) -> &Qwen2Config {
         &self.config
+    }
+
+    /// Recomputes each decoder layer in the backward pass instead of keeping its activations
+    /// (HF's `gradient_checkpointing_enable()`): under `Autodiff`, a layer keeps only its input.
+    /// No effect without a graph or with a KV cache.
+    pub fn with_gradient_checkpointing(mut self, on: bool) -> Self {
+        self.gradient_checkpointing = on;
+        self
+    }
+
+    /// Whether [`Self::with_gradient_checkpointing`] is on.
+    pub fn gradient_checkpointing(&self) -> bool {
+        self.gradient_checkpointing
     }
 
     /// The rotary-embedding parameters in use.
@@ -317,19 +371,13 @@ impl<B: ModelBackend> Qwen2ForCausalLM<B> {
                 .as_mut()
                 .and_then(Iterator::next)
                 .map(|kv| (kv, start));
-            let (h, kv) = layer.self_attn.forward(
-                layer.input_layernorm.forward(x.clone()),
-                cos.clone(),
-                sin.clone(),
-                &key_valid,
-                layer_cache,
-            );
+            if self.gradient_checkpointing && layer_cache.is_none() {
+                x = B::checkpointed_layer(layer, x, cos.clone(), sin.clone(), key_valid.clone());
+                continue;
+            }
+            let (y, kv) = layer.forward(x, cos.clone(), sin.clone(), &key_valid, layer_cache);
             updated.extend(kv);
-            x = x + h;
-            let h = layer
-                .mlp
-                .forward(layer.post_attention_layernorm.forward(x.clone()));
-            x = x + h;
+            x = y;
         }
         if let Some(c) = cache {
             c.layers = updated;

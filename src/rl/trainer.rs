@@ -134,6 +134,9 @@ pub struct RlConfig {
     pub prefill_chunk: usize,
     /// Positions projected to the vocabulary at once in the loss.
     pub logits_chunk: usize,
+    /// Recompute each decoder layer of the policy in the backward pass instead of keeping its
+    /// activations (verl's `enable_gradient_checkpointing`).
+    pub gradient_checkpointing: bool,
     /// Shuffle the prompts every epoch.
     pub shuffle: bool,
     /// The policy loss.
@@ -169,6 +172,7 @@ impl Default for RlConfig {
             rollout_batch_size: 16,
             prefill_chunk: 2048,
             logits_chunk: 1024,
+            gradient_checkpointing: false,
             shuffle: true,
             loss: PolicyLossConfig::default(),
             optim: OptimConfig {
@@ -508,7 +512,8 @@ pub fn train_prompts<B: TrainBackend>(
         }
         None => (load_model::<B>(&model_section.path, &device)?, None),
     };
-    let mut policy = stable_param_ids(policy);
+    let mut policy =
+        stable_param_ids(policy).with_gradient_checkpointing(config.gradient_checkpointing);
     tokenizer.check_fits(policy.config().vocab_size)?;
     // The frozen reference is the policy at the start of RL (loaded again when resuming).
     let reference = if config.loss.beta > 0.0 {

@@ -46,7 +46,8 @@ pub struct SftConfig {
     pub eval_steps: usize,
     /// Positions projected to the vocabulary at once.
     pub logits_chunk: usize,
-    /// burn's balanced gradient checkpointing (recomputes element-wise results in the backward).
+    /// Recompute each decoder layer in the backward pass instead of keeping its activations
+    /// (HF's gradient checkpointing: about one extra forward, a layer's input kept per layer).
     pub gradient_checkpointing: bool,
     /// Shuffle the data every epoch.
     pub shuffle: bool,
@@ -258,7 +259,7 @@ pub fn train<B: TrainBackend>(
         }
         None => (load_model::<B>(&model_section.path, &device)?, None),
     };
-    model = stable_param_ids(model);
+    model = stable_param_ids(model).with_gradient_checkpointing(config.gradient_checkpointing);
     tokenizer.check_fits(model.config().vocab_size)?;
     let eot = end_of_turn_id(&model_section.path, &model, &tokenizer)?;
     let pad = tokenizer.pad_token_id.unwrap_or(eot);
