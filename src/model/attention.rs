@@ -324,10 +324,10 @@ type AttentionState<B> = (
     FloatTensor<B>,
     BoolTensor<B>,
     usize,
-    usize,
+    Option<usize>,
 );
 
-impl<B: Backend> Backward<B, 3> for CausalAttentionBackward {
+impl<B: ModelBackend> Backward<B, 3> for CausalAttentionBackward {
     type State = AttentionState<B>;
 
     fn backward(
@@ -338,16 +338,17 @@ impl<B: Backend> Backward<B, 3> for CausalAttentionBackward {
     ) {
         let d_out = grads.consume::<B>(&ops.node);
         let (q, k, v, out, key_valid, groups, block_scores) = ops.state;
-        let (dq, dk, dv) = blockwise_backward::<B>(
+        let (q, k, v, key_valid) = (
             float(q),
             float(k),
             float(v),
             Tensor::from_primitive(key_valid),
-            groups,
-            block_scores,
-            float(out),
-            float(d_out),
         );
+        let (out, d_out) = (float(out), float(d_out));
+        let (dq, dk, dv) = match block_scores {
+            None => B::causal_attention_backward(q, k, v, key_valid, groups, out, d_out),
+            Some(n) => blockwise_backward::<B>(q, k, v, key_valid, groups, n, out, d_out),
+        };
         for (parent, grad) in ops.parents.into_iter().zip([dq, dk, dv]) {
             if let Some(node) = parent {
                 grads.register::<B>(node.id, grad.into_primitive().tensor());
@@ -356,15 +357,16 @@ impl<B: Backend> Backward<B, 3> for CausalAttentionBackward {
     }
 }
 
-/// [`ModelBackend::causal_attention`] under `Autodiff`: the inner backend's forward, and one
-/// graph node whose backward is [`blockwise_backward`] with blocks of `block_scores`.
+/// [`ModelBackend::causal_attention`] under `Autodiff`: one graph node over the inner backend's
+/// kernels (`block_scores` `None`) or over [`blockwise_forward`] / [`blockwise_backward`] with
+/// blocks of `block_scores` scores.
 pub(super) fn tracked_attention<B: ModelBackend, C: CheckpointStrategy>(
     q: Tensor<Autodiff<B, C>, 4>,
     k: Tensor<Autodiff<B, C>, 4>,
     v: Tensor<Autodiff<B, C>, 4>,
     key_valid: Tensor<Autodiff<B, C>, 2, Bool>,
     groups: usize,
-    block_scores: usize,
+    block_scores: Option<usize>,
 ) -> Tensor<Autodiff<B, C>, 4> {
     let (q, k, v) = (
         q.into_primitive().tensor(),
@@ -372,13 +374,16 @@ pub(super) fn tracked_attention<B: ModelBackend, C: CheckpointStrategy>(
         v.into_primitive().tensor(),
     );
     let key_valid = key_valid.into_primitive();
-    let out = B::causal_attention(
+    let inputs = (
         float(q.primitive.clone()),
         float(k.primitive.clone()),
         float(v.primitive.clone()),
         Tensor::from_primitive(key_valid.clone()),
-        groups,
-    )
+    );
+    let out = match block_scores {
+        None => B::causal_attention(inputs.0, inputs.1, inputs.2, inputs.3, groups),
+        Some(n) => blockwise_forward(inputs.0, inputs.1, inputs.2, inputs.3, groups, n),
+    }
     .into_primitive()
     .tensor();
     let node = match CausalAttentionBackward
@@ -439,7 +444,7 @@ mod tests {
         inputs: &(Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 2, Bool>),
         weights: &Tensor<B, 4>,
         groups: usize,
-        block_scores: Option<usize>,
+        block_scores: Option<Option<usize>>,
     ) -> [Tensor<B, 4>; 4] {
         let track =
             |x: &Tensor<B, 4>| Tensor::<Autodiff<B, C>, 4>::from_inner(x.clone()).require_grad();
@@ -471,7 +476,7 @@ mod tests {
                 &Default::default(),
             );
             let reference = run::<B, C>(&inputs, &weights, groups, None);
-            for block_scores in [BLOCK_SCORES, 1] {
+            for block_scores in [None, Some(BLOCK_SCORES), Some(1)] {
                 let blockwise = run::<B, C>(&inputs, &weights, groups, Some(block_scores));
                 for (name, (got, want)) in ["out", "dq", "dk", "dv"]
                     .iter()
@@ -481,7 +486,7 @@ mod tests {
                     assert!(
                         diff <= 1e-4,
                         "{name}: max difference {diff} (q_len {q_len}, k_len {k_len}, groups \
-                         {groups}, block_scores {block_scores})"
+                         {groups}, block_scores {block_scores:?})"
                     );
                 }
             }

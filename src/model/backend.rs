@@ -42,6 +42,21 @@ pub trait ModelBackend: Backend {
         attention::blockwise_forward(q, k, v, key_valid, groups, BLOCK_SCORES)
     }
 
+    /// Gradients `(dq, dk, dv)` of [`Self::causal_attention`] given its output `out` and the
+    /// output's gradient `d_out` (same arguments and shapes); the backward of its autodiff node.
+    #[allow(clippy::too_many_arguments)]
+    fn causal_attention_backward(
+        q: Tensor<Self, 4>,
+        k: Tensor<Self, 4>,
+        v: Tensor<Self, 4>,
+        key_valid: Tensor<Self, 2, Bool>,
+        groups: usize,
+        out: Tensor<Self, 4>,
+        d_out: Tensor<Self, 4>,
+    ) -> (Tensor<Self, 4>, Tensor<Self, 4>, Tensor<Self, 4>) {
+        attention::blockwise_backward(q, k, v, key_valid, groups, BLOCK_SCORES, out, d_out)
+    }
+
     /// Log-probability of each target and entropy of each row's distribution
     /// `softmax(hidden · W / temperature)`, projecting at most `chunk` rows to the vocabulary at a
     /// time.
@@ -83,8 +98,7 @@ pub trait TrainBackend: AutodiffBackend<InnerBackend: ModelBackend> + ModelBacke
 
 impl<B> TrainBackend for B where B: AutodiffBackend<InnerBackend: ModelBackend> + ModelBackend {}
 
-#[cfg(feature = "flex")]
-impl ModelBackend for burn::backend::Flex {}
+// burn-flex implements the trait with its own kernels, in `super::attention_cpu`.
 #[cfg(feature = "ndarray")]
 impl ModelBackend for burn::backend::NdArray {}
 #[cfg(feature = "wgpu")]
@@ -100,7 +114,7 @@ impl<B: ModelBackend, C: CheckpointStrategy> ModelBackend for Autodiff<B, C> {
         key_valid: Tensor<Self, 2, Bool>,
         groups: usize,
     ) -> Tensor<Self, 4> {
-        attention::tracked_attention(q, k, v, key_valid, groups, BLOCK_SCORES)
+        attention::tracked_attention(q, k, v, key_valid, groups, None)
     }
 
     fn head_logprobs(

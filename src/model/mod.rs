@@ -1,6 +1,8 @@
 //! The Qwen2 model family: configuration, layers, rotary embeddings, KV cache and checkpoint I/O.
 
 pub mod attention;
+#[cfg(feature = "flex")]
+mod attention_cpu;
 pub mod backend;
 pub mod cache;
 pub mod checkpoint;

@@ -20,7 +20,6 @@ use burn::tensor::backend::Backend;
 use burn::tensor::ops::{BoolTensor, FloatTensor};
 use burn::tensor::{Bool, Tensor, TensorMetadata, TensorPrimitive};
 
-use super::attention::{blockwise_backward, BLOCK_SCORES};
 use super::backend::ModelBackend;
 use super::qwen2::{DecoderLayer, RmsNorm};
 use super::rope::apply_rotary;
@@ -187,7 +186,7 @@ fn layer_backward<B: ModelBackend>(
     let dx2 = dy + dx2_norm;
     let (da, d_o) = linear_backward(&attn.o_proj, a, dx2.clone());
     let d_out = heads(da, nh).reshape([b, nkv, groups * t, hd]);
-    let (dq, dk, dv) = blockwise_backward(q, k, v, key_valid, groups, BLOCK_SCORES, out, d_out);
+    let (dq, dk, dv) = B::causal_attention_backward(q, k, v, key_valid, groups, out, d_out);
     // RoPE is a rotation: its adjoint rotates by -θ.
     let unrotate = |d: Tensor<B, 4>, k: usize| {
         unheads(

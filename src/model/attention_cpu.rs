@@ -1,0 +1,659 @@
+//! burn-flex's attention kernels: the forward and the backward of
+//! [`ModelBackend::causal_attention`] on f32 host memory, tile by tile.
+//!
+//! The generic blockwise path builds each block's `[rows, keys]` mask as a tensor and runs a
+//! dozen tensor ops over the scores; on a CPU those passes, not the matrix products, dominate
+//! (the mask alone was a fifth of a tiny-shape training step). Here visibility is decided per
+//! element while a tile is in cache, and every product goes straight to `gemm` (the crate
+//! burn-flex uses, with its AVX-512 kernels):
+//!
+//! - forward, per block of query rows: `S = Q Kᵀ` over the visible key prefix, masked softmax,
+//!   `O = P V`;
+//! - backward pass 1, per block of query rows: `P` from `S` (and each row's log-sum-exp),
+//!   `dS = P ∘ (dO Vᵀ − rowsum(dO ∘ O))`, `dQ = dS K / √d`;
+//! - backward pass 2, per block of keys over the query rows that can see them:
+//!   `P = exp(S − lse)`, `dV += Pᵀ dO`, `dK += dSᵀ Q / √d` (FlashAttention-2's split, so no two
+//!   threads write the same rows).
+//!
+//! Blocks run in parallel on rayon's pool. Memory: one `[rows, keys]` tile pair per thread.
+
+use burn::backend::Flex;
+use burn::tensor::{Bool, DType, Tensor, TensorData};
+use gemm::{gemm, Parallelism};
+use rayon::prelude::*;
+
+use super::attention::{blockwise_backward, blockwise_forward, BLOCK_SCORES};
+use super::backend::ModelBackend;
+
+/// Query rows per block (forward and backward pass 1) and per tile (pass 2).
+const ROWS: usize = 64;
+/// Keys per block in backward pass 2.
+const KEYS: usize = 64;
+
+impl ModelBackend for Flex {
+    fn causal_attention(
+        q: Tensor<Self, 4>,
+        k: Tensor<Self, 4>,
+        v: Tensor<Self, 4>,
+        key_valid: Tensor<Self, 2, Bool>,
+        groups: usize,
+    ) -> Tensor<Self, 4> {
+        if q.dtype() != DType::F32 {
+            return blockwise_forward(q, k, v, key_valid, groups, BLOCK_SCORES);
+        }
+        let shape = q.dims();
+        let device = q.device();
+        let p = Problem::new(q, k, v, key_valid, groups);
+        let (out, _) = p.forward();
+        Tensor::from_data(TensorData::new(out, shape), &device)
+    }
+
+    fn causal_attention_backward(
+        q: Tensor<Self, 4>,
+        k: Tensor<Self, 4>,
+        v: Tensor<Self, 4>,
+        key_valid: Tensor<Self, 2, Bool>,
+        groups: usize,
+        out: Tensor<Self, 4>,
+        d_out: Tensor<Self, 4>,
+    ) -> (Tensor<Self, 4>, Tensor<Self, 4>, Tensor<Self, 4>) {
+        if q.dtype() != DType::F32 {
+            return blockwise_backward(q, k, v, key_valid, groups, BLOCK_SCORES, out, d_out);
+        }
+        let (q_shape, k_shape) = (q.dims(), k.dims());
+        let device = q.device();
+        let p = Problem::new(q, k, v, key_valid, groups);
+        let (dq, dk, dv) = p.backward(host(out), host(d_out));
+        (
+            Tensor::from_data(TensorData::new(dq, q_shape), &device),
+            Tensor::from_data(TensorData::new(dk, k_shape), &device),
+            Tensor::from_data(TensorData::new(dv, k_shape), &device),
+        )
+    }
+}
+
+fn host(t: Tensor<Flex, 4>) -> Vec<f32> {
+    t.into_data()
+        .into_vec::<f32>()
+        .expect("f32 attention tensor")
+}
+
+/// One attention call on host memory: `q` `[bh, rows, d]` (rows: `groups` stacked query heads of
+/// `q_len` positions each), `k`, `v` `[bh, k_len, d]`, `valid` `[batch, k_len]`.
+struct Problem {
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    /// Padding key indices of each batch row, ascending.
+    padding: Vec<Vec<usize>>,
+    kv_heads: usize,
+    bh: usize,
+    rows: usize,
+    q_len: usize,
+    k_len: usize,
+    d: usize,
+    scale: f32,
+}
+
+impl Problem {
+    fn new(
+        q: Tensor<Flex, 4>,
+        k: Tensor<Flex, 4>,
+        v: Tensor<Flex, 4>,
+        key_valid: Tensor<Flex, 2, Bool>,
+        groups: usize,
+    ) -> Self {
+        let [b, kv_heads, rows, d] = q.dims();
+        let k_len = k.dims()[2];
+        assert_eq!(k.dims(), [b, kv_heads, k_len, d], "attention: key shape");
+        assert_eq!(v.dims(), k.dims(), "attention: value shape");
+        assert_eq!(key_valid.dims(), [b, k_len], "attention: key_valid shape");
+        assert!(groups > 0 && rows % groups == 0, "attention: query rows");
+        let q_len = rows / groups;
+        assert!(q_len <= k_len, "attention: more queries than keys");
+        let valid = key_valid
+            .into_data()
+            .into_vec::<bool>()
+            .expect("bool key mask");
+        let padding = valid
+            .chunks(k_len)
+            .map(|row| (0..k_len).filter(|&j| !row[j]).collect())
+            .collect();
+        Self {
+            q: host(q),
+            k: host(k),
+            v: host(v),
+            padding,
+            kv_heads,
+            bh: b * kv_heads,
+            rows,
+            q_len,
+            k_len,
+            d,
+            scale: 1.0 / (d as f32).sqrt(),
+        }
+    }
+
+    /// Position of stacked query row `r`.
+    fn pos(&self, r: usize) -> usize {
+        self.k_len - self.q_len + r % self.q_len
+    }
+
+    /// Padding keys of head `bh`'s batch row.
+    fn padding(&self, bh: usize) -> &[usize] {
+        &self.padding[bh / self.kv_heads]
+    }
+
+    /// Sets the entries of `row` (keys `j0..j0 + row.len()`) that the query at position `p`
+    /// may not see to `fill`: keys after `p` (causal) and padding keys other than `p`.
+    fn mask_row(&self, bh: usize, p: usize, j0: usize, row: &mut [f32], fill: f32) {
+        let w = row.len();
+        if p + 1 < j0 + w {
+            row[(p + 1).saturating_sub(j0)..].fill(fill);
+        }
+        for &j in self.padding(bh) {
+            if j >= p.min(j0 + w) {
+                break;
+            }
+            if j >= j0 {
+                row[j - j0] = fill;
+            }
+        }
+    }
+
+    /// Keys `0..end` seen by any row of `r0..r1`.
+    fn key_end(&self, r0: usize, r1: usize) -> usize {
+        (r0..r1).map(|r| self.pos(r) + 1).max().unwrap_or(0)
+    }
+
+    /// `s[n, kend] = scale · q[r0..r0+n] k[0..kend]ᵀ` for head `bh`, masked entries −∞.
+    fn scores(&self, bh: usize, r0: usize, n: usize, kend: usize, s: &mut [f32]) {
+        let d = self.d;
+        let q = &self.q[(bh * self.rows + r0) * d..];
+        let k = &self.k[bh * self.k_len * d..];
+        // SAFETY: q holds n rows of d, k holds kend rows of d, s holds n x kend.
+        unsafe {
+            gemm(
+                n,
+                kend,
+                d,
+                s.as_mut_ptr(),
+                1,
+                kend as isize,
+                false,
+                q.as_ptr(),
+                1,
+                d as isize,
+                k.as_ptr(),
+                d as isize,
+                1,
+                0.0,
+                self.scale,
+                false,
+                false,
+                false,
+                Parallelism::None,
+            );
+        }
+        for i in 0..n {
+            let row = &mut s[i * kend..(i + 1) * kend];
+            self.mask_row(bh, self.pos(r0 + i), 0, row, f32::NEG_INFINITY);
+        }
+    }
+
+    /// Output `[bh, rows, d]` and the log-sum-exp of every row.
+    fn forward(&self) -> (Vec<f32>, Vec<f32>) {
+        let (d, rows) = (self.d, self.rows);
+        let mut out = vec![0f32; self.bh * rows * d];
+        let mut lse = vec![0f32; self.bh * rows];
+        out.par_chunks_mut(ROWS * d)
+            .zip(lse.par_chunks_mut(ROWS))
+            .enumerate()
+            .flat_map_iter(|(i, c)| self.split_rows(i, c))
+            .for_each(|(bh, r0, (out, lse))| {
+                let n = lse.len();
+                let kend = self.key_end(r0, r0 + n);
+                let mut s = vec![0f32; n * kend];
+                self.scores(bh, r0, n, kend, &mut s);
+                for (i, row) in s.chunks_mut(kend).enumerate() {
+                    lse[i] = softmax_in_place(row);
+                }
+                let v = &self.v[bh * self.k_len * d..];
+                // SAFETY: s is n x kend, v holds kend rows of d, out is n x d.
+                unsafe {
+                    gemm(
+                        n,
+                        d,
+                        kend,
+                        out.as_mut_ptr(),
+                        1,
+                        d as isize,
+                        false,
+                        s.as_ptr(),
+                        1,
+                        kend as isize,
+                        v.as_ptr(),
+                        1,
+                        d as isize,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        Parallelism::None,
+                    );
+                }
+            });
+        (out, lse)
+    }
+
+    /// Chunk `i` of `ROWS` rows over all heads, split where it crosses a head boundary so that
+    /// every piece is `(head, first row, (out rows, lse rows))` of one head.
+    #[allow(clippy::type_complexity)]
+    fn split_rows<'a>(
+        &self,
+        i: usize,
+        (out, lse): (&'a mut [f32], &'a mut [f32]),
+    ) -> Vec<(usize, usize, (&'a mut [f32], &'a mut [f32]))> {
+        let (d, rows) = (self.d, self.rows);
+        let mut pieces = Vec::new();
+        let mut global = i * ROWS;
+        let (mut out, mut lse) = (out, lse);
+        while !lse.is_empty() {
+            let (bh, r0) = (global / rows, global % rows);
+            let n = (rows - r0).min(lse.len());
+            let (o_head, o_rest) = out.split_at_mut(n * d);
+            let (l_head, l_rest) = lse.split_at_mut(n);
+            pieces.push((bh, r0, (o_head, l_head)));
+            out = o_rest;
+            lse = l_rest;
+            global += n;
+        }
+        pieces
+    }
+
+    /// `(dq, dk, dv)` given the forward's output and its gradient.
+    fn backward(&self, out: Vec<f32>, d_out: Vec<f32>) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        let (d, rows) = (self.d, self.rows);
+        // D_r = dO_r · O_r.
+        let delta: Vec<f32> = d_out
+            .par_chunks(d)
+            .zip(out.par_chunks(d))
+            .map(|(a, b)| a.iter().zip(b).map(|(x, y)| x * y).sum())
+            .collect();
+        let mut dq = vec![0f32; self.bh * rows * d];
+        let mut lse = vec![0f32; self.bh * rows];
+        dq.par_chunks_mut(ROWS * d)
+            .zip(lse.par_chunks_mut(ROWS))
+            .enumerate()
+            .flat_map_iter(|(i, c)| self.split_rows(i, c))
+            .for_each(|(bh, r0, (dq, lse))| {
+                let n = dq.len() / d;
+                let kend = self.key_end(r0, r0 + n);
+                let base = bh * rows + r0;
+                let mut s = vec![0f32; n * kend];
+                self.scores(bh, r0, n, kend, &mut s);
+                let mut dp = vec![0f32; n * kend];
+                self.dp(bh, base, n, 0, kend, &d_out, &mut dp);
+                for i in 0..n {
+                    let dl = delta[base + i];
+                    let (srow, dprow) = (
+                        &mut s[i * kend..(i + 1) * kend],
+                        &dp[i * kend..(i + 1) * kend],
+                    );
+                    lse[i] = softmax_in_place(srow);
+                    simd::shifted_times(srow, dprow, dl);
+                }
+                let k = &self.k[bh * self.k_len * d..];
+                // SAFETY: dS is n x kend, k holds kend rows of d, dq is n x d.
+                unsafe {
+                    gemm(
+                        n,
+                        d,
+                        kend,
+                        dq.as_mut_ptr(),
+                        1,
+                        d as isize,
+                        false,
+                        s.as_ptr(),
+                        1,
+                        kend as isize,
+                        k.as_ptr(),
+                        1,
+                        d as isize,
+                        0.0,
+                        self.scale,
+                        false,
+                        false,
+                        false,
+                        Parallelism::None,
+                    );
+                }
+            });
+        let mut dk = vec![0f32; self.bh * self.k_len * d];
+        let mut dv = vec![0f32; self.bh * self.k_len * d];
+        dk.par_chunks_mut(self.k_len * d)
+            .zip(dv.par_chunks_mut(self.k_len * d))
+            .enumerate()
+            .flat_map_iter(|(bh, (dk, dv))| {
+                dk.chunks_mut(KEYS * d)
+                    .zip(dv.chunks_mut(KEYS * d))
+                    .enumerate()
+                    .map(move |(kb, c)| (bh, kb, c))
+                    .collect::<Vec<_>>()
+            })
+            .for_each(|(bh, kb, (dk, dv))| {
+                self.key_block(bh, kb * KEYS, dk, dv, &d_out, &lse, &delta);
+            });
+        (dq, dk, dv)
+    }
+
+    /// `dp[n, j1 - j0] = dO[base..base+n] v[j0..j1]ᵀ` for head `bh`.
+    #[allow(clippy::too_many_arguments)]
+    fn dp(
+        &self,
+        bh: usize,
+        base: usize,
+        n: usize,
+        j0: usize,
+        j1: usize,
+        d_out: &[f32],
+        dp: &mut [f32],
+    ) {
+        let d = self.d;
+        let w = j1 - j0;
+        let v = &self.v[(bh * self.k_len + j0) * d..];
+        // SAFETY: d_out holds n rows of d from base, v holds w rows of d, dp is n x w.
+        unsafe {
+            gemm(
+                n,
+                w,
+                d,
+                dp.as_mut_ptr(),
+                1,
+                w as isize,
+                false,
+                d_out[base * d..].as_ptr(),
+                1,
+                d as isize,
+                v.as_ptr(),
+                d as isize,
+                1,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                Parallelism::None,
+            );
+        }
+    }
+
+    /// `dk`, `dv` of keys `j0..j0 + dk.len() / d` of head `bh`, over every query row that can
+    /// see them.
+    #[allow(clippy::too_many_arguments)]
+    fn key_block(
+        &self,
+        bh: usize,
+        j0: usize,
+        dk: &mut [f32],
+        dv: &mut [f32],
+        d_out: &[f32],
+        lse: &[f32],
+        delta: &[f32],
+    ) {
+        let d = self.d;
+        let w = dk.len() / d;
+        let j1 = j0 + w;
+        let offset = self.k_len - self.q_len;
+        let groups = self.rows / self.q_len;
+        // Rows of each group whose position is at least j0 (earlier ones see none of these keys).
+        let first = j0.saturating_sub(offset);
+        let mut s = vec![0f32; ROWS * w];
+        let mut dp = vec![0f32; ROWS * w];
+        let k = &self.k[(bh * self.k_len + j0) * d..];
+        for g in 0..groups {
+            let mut r0 = g * self.q_len + first;
+            let end = (g + 1) * self.q_len;
+            while r0 < end {
+                let n = ROWS.min(end - r0);
+                let base = bh * self.rows + r0;
+                let q = &self.q[base * d..];
+                let (s, dp) = (&mut s[..n * w], &mut dp[..n * w]);
+                // SAFETY: q holds n rows of d, k holds w rows of d, s is n x w.
+                unsafe {
+                    gemm(
+                        n,
+                        w,
+                        d,
+                        s.as_mut_ptr(),
+                        1,
+                        w as isize,
+                        false,
+                        q.as_ptr(),
+                        1,
+                        d as isize,
+                        k.as_ptr(),
+                        d as isize,
+                        1,
+                        0.0,
+                        self.scale,
+                        false,
+                        false,
+                        false,
+                        Parallelism::None,
+                    );
+                }
+                self.dp(bh, base, n, j0, j1, d_out, dp);
+                for i in 0..n {
+                    let (l, dl) = (lse[base + i], delta[base + i]);
+                    let (srow, dprow) = (&mut s[i * w..(i + 1) * w], &mut dp[i * w..(i + 1) * w]);
+                    self.mask_row(bh, self.pos(r0 + i), j0, srow, f32::NEG_INFINITY);
+                    simd::exp_sum(srow, l);
+                    simd::times_shifted(dprow, srow, dl);
+                }
+                let dob = &d_out[base * d..];
+                // SAFETY: dv, dk are w x d; s (P) and dp (dS) are n x w; dO and q hold n rows of
+                // d. Pᵀ and dSᵀ are read through their strides.
+                unsafe {
+                    gemm(
+                        w,
+                        d,
+                        n,
+                        dv.as_mut_ptr(),
+                        1,
+                        d as isize,
+                        true,
+                        s.as_ptr(),
+                        w as isize,
+                        1,
+                        dob.as_ptr(),
+                        1,
+                        d as isize,
+                        1.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        Parallelism::None,
+                    );
+                    gemm(
+                        w,
+                        d,
+                        n,
+                        dk.as_mut_ptr(),
+                        1,
+                        d as isize,
+                        true,
+                        dp.as_ptr(),
+                        w as isize,
+                        1,
+                        q.as_ptr(),
+                        1,
+                        d as isize,
+                        1.0,
+                        self.scale,
+                        false,
+                        false,
+                        false,
+                        Parallelism::None,
+                    );
+                }
+                r0 += n;
+            }
+        }
+    }
+}
+
+/// Softmax of `row` in place (masked entries are −∞; a row always has one visible entry);
+/// returns the log-sum-exp.
+fn softmax_in_place(row: &mut [f32]) -> f32 {
+    let max = simd::max(row);
+    let sum = simd::exp_sum(row, max);
+    simd::scale(row, 1.0 / sum);
+    max + sum.ln()
+}
+
+/// Element-wise loops over score rows, compiled for AVX-512 or AVX2 when the CPU has them (the
+/// crate itself targets baseline x86-64) and written with independent lanes so they vectorise.
+mod simd {
+    const LANES: usize = 16;
+
+    /// `e^x` for `x <= 0` (or −∞, giving 0) to a few ulp: `2^n · p(r)` with
+    /// `x = n ln 2 + r`, `|r| <= ln 2 / 2`, and a degree-6 Taylor polynomial for `e^r`.
+    #[inline(always)]
+    fn exp(x: f32) -> f32 {
+        let x = x.max(-87.0);
+        let n = (x * std::f32::consts::LOG2_E).round();
+        // Cody-Waite: ln 2 in two parts, so that n·ln 2 is exact in the first.
+        let r = (x - n * 0.693_359_4) - n * -2.121_944_4e-4;
+        let p = 1.0
+            + r * (1.0
+                + r * (0.5
+                    + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+        let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+        let y = p * scale;
+        if x <= -87.0 {
+            0.0
+        } else {
+            y
+        }
+    }
+
+    macro_rules! dispatch {
+        ($name:ident, $generic:ident, ($($arg:ident: $ty:ty),*) -> $ret:ty) => {
+            pub fn $name($($arg: $ty),*) -> $ret {
+                #[cfg(target_arch = "x86_64")]
+                {
+                    #[target_feature(enable = "avx512f")]
+                    unsafe fn v4($($arg: $ty),*) -> $ret {
+                        $generic($($arg),*)
+                    }
+                    #[target_feature(enable = "avx2,fma")]
+                    unsafe fn v3($($arg: $ty),*) -> $ret {
+                        $generic($($arg),*)
+                    }
+                    if std::arch::is_x86_feature_detected!("avx512f") {
+                        // SAFETY: the CPU has AVX-512F.
+                        return unsafe { v4($($arg),*) };
+                    }
+                    if std::arch::is_x86_feature_detected!("avx2")
+                        && std::arch::is_x86_feature_detected!("fma")
+                    {
+                        // SAFETY: the CPU has AVX2 and FMA.
+                        return unsafe { v3($($arg),*) };
+                    }
+                }
+                $generic($($arg),*)
+            }
+        };
+    }
+
+    #[inline(always)]
+    fn max_generic(row: &[f32]) -> f32 {
+        let mut acc = [f32::NEG_INFINITY; LANES];
+        let chunks = row.chunks_exact(LANES);
+        let tail = chunks.remainder();
+        for c in chunks {
+            for i in 0..LANES {
+                acc[i] = acc[i].max(c[i]);
+            }
+        }
+        tail.iter()
+            .chain(&acc)
+            .copied()
+            .fold(f32::NEG_INFINITY, f32::max)
+    }
+
+    #[inline(always)]
+    fn exp_sum_generic(row: &mut [f32], shift: f32) -> f32 {
+        let mut acc = [0f32; LANES];
+        let mut chunks = row.chunks_exact_mut(LANES);
+        for c in &mut chunks {
+            for i in 0..LANES {
+                c[i] = exp(c[i] - shift);
+                acc[i] += c[i];
+            }
+        }
+        let mut sum: f32 = acc.iter().sum();
+        for x in chunks.into_remainder() {
+            *x = exp(*x - shift);
+            sum += *x;
+        }
+        sum
+    }
+
+    #[inline(always)]
+    fn scale_generic(row: &mut [f32], factor: f32) {
+        for x in row.iter_mut() {
+            *x *= factor;
+        }
+    }
+
+    /// `a ← a (b − delta)`: with `a` the probabilities and `b` their upstream gradients, the
+    /// softmax backward `dS = P (dP − D)`.
+    #[inline(always)]
+    fn shifted_times_generic(a: &mut [f32], b: &[f32], delta: f32) {
+        for (x, y) in a.iter_mut().zip(b) {
+            *x *= *y - delta;
+        }
+    }
+
+    /// `a ← b (a − delta)`: the same product with the roles of the buffers swapped.
+    #[inline(always)]
+    fn times_shifted_generic(a: &mut [f32], b: &[f32], delta: f32) {
+        for (x, y) in a.iter_mut().zip(b) {
+            *x = *y * (*x - delta);
+        }
+    }
+
+    dispatch!(max, max_generic, (row: &[f32]) -> f32);
+    dispatch!(exp_sum, exp_sum_generic, (row: &mut [f32], shift: f32) -> f32);
+    dispatch!(scale, scale_generic, (row: &mut [f32], factor: f32) -> ());
+    dispatch!(shifted_times, shifted_times_generic, (a: &mut [f32], b: &[f32], delta: f32) -> ());
+    dispatch!(times_shifted, times_shifted_generic, (a: &mut [f32], b: &[f32], delta: f32) -> ());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::simd;
+
+    #[test]
+    fn vectorised_exp_matches_std() {
+        let xs: Vec<f32> = (0..2000).map(|i| -(i as f32) * 0.05).collect();
+        let mut ys = xs.clone();
+        ys.push(f32::NEG_INFINITY);
+        let sum = simd::exp_sum(&mut ys, 0.0);
+        assert_eq!(ys.pop(), Some(0.0));
+        let mut want_sum = 0f64;
+        for (x, y) in xs.iter().zip(&ys) {
+            let want = (*x as f64).exp();
+            want_sum += want;
+            assert!(
+                (*y as f64 - want).abs() <= 4.0 * f32::EPSILON as f64 * want + 1e-37,
+                "exp({x}) = {y}, want {want}"
+            );
+        }
+        assert!((sum as f64 - want_sum).abs() < 1e-5 * want_sum);
+    }
+}
