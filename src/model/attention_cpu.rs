@@ -213,7 +213,7 @@ impl Problem {
             .for_each(|(bh, r0, (out, lse))| {
                 let n = lse.len();
                 let kend = self.key_end(r0, r0 + n);
-                let mut s = vec![0f32; n * kend];
+                let mut s = scratch(0, n * kend);
                 self.scores(bh, r0, n, kend, &mut s);
                 for (i, row) in s.chunks_mut(kend).enumerate() {
                     lse[i] = softmax_in_place(row);
@@ -291,9 +291,9 @@ impl Problem {
                 let n = dq.len() / d;
                 let kend = self.key_end(r0, r0 + n);
                 let base = bh * rows + r0;
-                let mut s = vec![0f32; n * kend];
+                let mut s = scratch(0, n * kend);
                 self.scores(bh, r0, n, kend, &mut s);
-                let mut dp = vec![0f32; n * kend];
+                let mut dp = scratch(1, n * kend);
                 self.dp(bh, base, n, 0, kend, &d_out, &mut dp);
                 for i in 0..n {
                     let dl = delta[base + i];
@@ -409,8 +409,8 @@ impl Problem {
         let groups = self.rows / self.q_len;
         // Rows of each group whose position is at least j0 (earlier ones see none of these keys).
         let first = j0.saturating_sub(offset);
-        let mut s = vec![0f32; ROWS * w];
-        let mut dp = vec![0f32; ROWS * w];
+        let mut s = scratch(0, ROWS * w);
+        let mut dp = scratch(1, ROWS * w);
         let k = &self.k[(bh * self.k_len + j0) * d..];
         for g in 0..groups {
             let mut r0 = g * self.q_len + first;
@@ -502,6 +502,46 @@ impl Problem {
                 r0 += n;
             }
         }
+    }
+}
+
+thread_local! {
+    /// Each worker thread's two score tiles, kept between blocks: allocating them per block
+    /// (a megabyte each at 4K keys) costs page faults.
+    static SCRATCH: [std::cell::Cell<Vec<f32>>; 2] = Default::default();
+}
+
+/// This thread's scratch buffer `which`, with `len` elements (contents unspecified); give it back
+/// by dropping the guard.
+fn scratch(which: usize, len: usize) -> Scratch {
+    let mut buf = SCRATCH.with(|s| s[which].take());
+    buf.resize(len, 0.0);
+    Scratch { which, buf }
+}
+
+/// A scratch buffer on loan from [`SCRATCH`].
+struct Scratch {
+    which: usize,
+    buf: Vec<f32>,
+}
+
+impl std::ops::Deref for Scratch {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        &self.buf
+    }
+}
+
+impl std::ops::DerefMut for Scratch {
+    fn deref_mut(&mut self) -> &mut [f32] {
+        &mut self.buf
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let buf = std::mem::take(&mut self.buf);
+        SCRATCH.with(|s| s[self.which].set(buf));
     }
 }
 
