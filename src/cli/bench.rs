@@ -44,6 +44,9 @@ pub struct BenchTrainArgs {
     /// Recompute each decoder layer in the backward pass instead of keeping its activations.
     #[arg(long)]
     pub gradient_checkpointing: bool,
+    /// Mixed precision: bf16 forward and backward from f32 master weights.
+    #[arg(long)]
+    pub bf16: bool,
     /// Print one JSON line instead of text.
     #[arg(long)]
     pub json: bool,
@@ -127,7 +130,9 @@ impl AutodiffBackendFn for TrainTask {
     fn call<B: TrainBackend>(self, device: B::Device) -> Result<BenchReport> {
         let a = self.0;
         let (model, random) = bench_model::<B>(&a.model, &device)?;
-        let model = model.with_gradient_checkpointing(a.gradient_checkpointing);
+        let model = model
+            .with_gradient_checkpointing(a.gradient_checkpointing)
+            .with_compute_dtype(a.bf16.then_some(burn::tensor::FloatDType::BF16));
         let params = parameters(&model);
         let (secs, peak) = bench_train(model, a.batch, a.seq_len, a.steps, &device)?;
         Ok(report(

@@ -26,7 +26,7 @@ use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::module::attention;
 use burn::tensor::ops::{AttentionModuleOptions, BoolTensor, FloatTensor};
-use burn::tensor::{Bool, Int, Tensor, TensorPrimitive};
+use burn::tensor::{Bool, DType, Int, Tensor, TensorPrimitive};
 
 use super::backend::ModelBackend;
 
@@ -345,10 +345,14 @@ impl<B: ModelBackend> Backward<B, 3> for CausalAttentionBackward {
             Tensor::from_primitive(key_valid),
         );
         let (out, d_out) = (float(out), float(d_out));
+        let dtype = q.dtype();
+        let f32 = |x: Tensor<B, 4>| x.cast(DType::F32);
+        let (q, k, v, out, d_out) = (f32(q), f32(k), f32(v), f32(out), f32(d_out));
         let (dq, dk, dv) = match block_scores {
             None => B::causal_attention_backward(q, k, v, key_valid, groups, out, d_out),
             Some(n) => blockwise_backward::<B>(q, k, v, key_valid, groups, n, out, d_out),
         };
+        let (dq, dk, dv) = (dq.cast(dtype), dk.cast(dtype), dv.cast(dtype));
         for (parent, grad) in ops.parents.into_iter().zip([dq, dk, dv]) {
             if let Some(node) = parent {
                 grads.register::<B>(node.id, grad.into_primitive().tensor());
@@ -374,16 +378,20 @@ pub(super) fn tracked_attention<B: ModelBackend, C: CheckpointStrategy>(
         v.into_primitive().tensor(),
     );
     let key_valid = key_valid.into_primitive();
+    // The kernels run in f32 whatever the inputs' dtype (bf16 under mixed precision).
+    let f32 = |x: &FloatTensor<B>| float::<B, 4>(x.clone()).cast(DType::F32);
+    let dtype = float::<B, 4>(q.primitive.clone()).dtype();
     let inputs = (
-        float(q.primitive.clone()),
-        float(k.primitive.clone()),
-        float(v.primitive.clone()),
+        f32(&q.primitive),
+        f32(&k.primitive),
+        f32(&v.primitive),
         Tensor::from_primitive(key_valid.clone()),
     );
     let out = match block_scores {
         None => B::causal_attention(inputs.0, inputs.1, inputs.2, inputs.3, groups),
         Some(n) => blockwise_forward(inputs.0, inputs.1, inputs.2, inputs.3, groups, n),
     }
+    .cast(dtype)
     .into_primitive()
     .tensor();
     let node = match CausalAttentionBackward

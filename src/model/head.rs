@@ -18,7 +18,7 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::{FloatTensor, IntTensor};
-use burn::tensor::{IndexingUpdateOp, Int, Tensor, TensorPrimitive};
+use burn::tensor::{DType, IndexingUpdateOp, Int, Tensor, TensorPrimitive};
 
 use super::backend::ModelBackend;
 
@@ -57,7 +57,9 @@ struct ChunkSoftmax<B: Backend> {
 
 impl<B: Backend> ChunkSoftmax<B> {
     fn new(h: Tensor<B, 2>, w: &Tensor<B, 2>, layout: HeadLayout, temperature: f32) -> Self {
-        let z = project(h, w, layout);
+        // The projection runs in the weights' dtype (bf16 under mixed precision); the softmax in
+        // f32.
+        let z = project(h, w, layout).cast(DType::F32);
         let z = if temperature != 1.0 {
             z.div_scalar(temperature)
         } else {
@@ -118,7 +120,7 @@ pub fn chunked_backward<B: Backend>(
     d_out: Tensor<B, 2>,
 ) -> (Tensor<B, 2>, Tensor<B, 2>) {
     let [rows, h] = hidden.dims();
-    let mut d_weight = Tensor::<B, 2>::zeros(weight.dims(), &weight.device());
+    let mut d_weight = weight.zeros_like();
     let mut d_hidden = Vec::new();
     for (s, e) in chunks(rows, chunk) {
         let hc = hidden.clone().slice([s..e, 0..h]);
@@ -134,6 +136,7 @@ pub fn chunked_backward<B: Backend>(
         } else {
             dz
         };
+        let dz = dz.cast(weight.dtype());
         match layout {
             HeadLayout::HiddenVocab => {
                 // z = h W: dh = dz Wᵀ = (W dzᵀ)ᵀ, dW = hᵀ dz.

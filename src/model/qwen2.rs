@@ -5,7 +5,7 @@
 use burn::module::{Module, Param};
 use burn::nn::{Embedding, EmbeddingConfig, Initializer, Linear, LinearConfig};
 use burn::tensor::activation::silu;
-use burn::tensor::{backend::Backend, Bool, Int, Tensor};
+use burn::tensor::{backend::Backend, Bool, DType, FloatDType, Int, Tensor};
 
 use super::backend::ModelBackend;
 use super::cache::{KvCache, LayerKv};
@@ -36,8 +36,11 @@ impl<B: Backend> RmsNorm<B> {
         self.eps
     }
 
-    /// Normalises the last dimension of `x` `[.., hidden]`.
+    /// Normalises the last dimension of `x` `[.., hidden]`, in f32 whatever the input's dtype
+    /// (as transformers does), then scales in the input's dtype.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let dtype = x.dtype();
+        let x = x.cast(DType::F32);
         let rms = x
             .clone()
             .square()
@@ -45,7 +48,7 @@ impl<B: Backend> RmsNorm<B> {
             .add_scalar(self.eps)
             .sqrt();
         let weight = self.weight.val().unsqueeze::<D>();
-        x.div(rms).mul(weight)
+        x.div(rms).cast(dtype).mul(weight)
     }
 }
 
@@ -116,6 +119,8 @@ pub struct Qwen2ForCausalLM<B: Backend> {
     rope: RopeParams,
     #[module(skip)]
     gradient_checkpointing: bool,
+    #[module(skip)]
+    compute_dtype: Option<FloatDType>,
 }
 
 fn linear<B: Backend>(d_in: usize, d_out: usize, bias: bool, device: &B::Device) -> Linear<B> {
@@ -283,13 +288,25 @@ impl<B: Backend> Qwen2ForCausalLM<B> {
         };
         let lm_head = (!config.tie_word_embeddings)
             .then(|| linear(config.hidden_size, config.vocab_size, false, device));
-        Self {
+        let model = Self {
             model,
             lm_head,
             config: config.clone(),
             rope: RopeParams::new(config),
             gradient_checkpointing: false,
+            compute_dtype: None,
+        };
+        // burn initialises parameters lazily, and a clone of an uninitialised parameter draws
+        // its own values: initialise now, so that clones (mixed-precision copies, replicas)
+        // share one set of weights.
+        struct Touch;
+        impl<B: Backend> burn::module::ModuleVisitor<B> for Touch {
+            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+                let _ = param.val();
+            }
         }
+        model.visit(&mut Touch);
+        model
     }
 
     /// The configuration this model was built from.
@@ -303,6 +320,43 @@ impl<B: Backend> Qwen2ForCausalLM<B> {
     pub fn with_gradient_checkpointing(mut self, on: bool) -> Self {
         self.gradient_checkpointing = on;
         self
+    }
+
+    /// Mixed precision: forwards without a KV cache (training, scoring) compute in `dtype` (bf16
+    /// on GPUs) from copies of the parameters cast inside the graph, so gradients flow back to
+    /// the parameters as stored (f32 master weights, f32 optimiser state). RMSNorm and the
+    /// softmaxes of attention and of the LM head still run in f32. `None`: the parameters' dtype.
+    pub fn with_compute_dtype(mut self, dtype: Option<FloatDType>) -> Self {
+        self.compute_dtype = dtype;
+        self
+    }
+
+    /// The dtype set by [`Self::with_compute_dtype`].
+    pub fn compute_dtype(&self) -> Option<FloatDType> {
+        self.compute_dtype
+    }
+
+    /// A copy whose parameters are this model's cast to `dtype` (tracked casts under
+    /// `Autodiff`), with no compute dtype of its own.
+    fn cast_params(&self, dtype: FloatDType) -> Self {
+        struct Cast(FloatDType);
+        impl<B: Backend> burn::module::ModuleMapper<B> for Cast {
+            fn map_float<const D: usize>(
+                &mut self,
+                param: Param<Tensor<B, D>>,
+            ) -> Param<Tensor<B, D>> {
+                let dtype = self.0;
+                param.map(|t| t.cast(dtype))
+            }
+        }
+        self.clone().with_compute_dtype(None).map(&mut Cast(dtype))
+    }
+
+    /// The dtype the forward computes in when given no KV cache.
+    fn needs_cast(&self) -> Option<FloatDType> {
+        let dtype = self.compute_dtype?;
+        let current = self.model.embed_tokens.weight.val().dtype();
+        (DType::from(dtype) != current).then_some(dtype)
     }
 
     /// Whether [`Self::with_gradient_checkpointing`] is on.
@@ -332,6 +386,14 @@ impl<B: ModelBackend> Qwen2ForCausalLM<B> {
         position_ids: Tensor<B, 2, Int>,
         mut cache: Option<&mut KvCache<B>>,
     ) -> Result<Tensor<B, 3>> {
+        if let (Some(dtype), None) = (self.needs_cast(), cache.as_ref()) {
+            return self.cast_params(dtype).forward_hidden(
+                input_ids,
+                attention_mask,
+                position_ids,
+                None,
+            );
+        }
         let [b, t] = input_ids.dims();
         if attention_mask.dims() != [b, t] || position_ids.dims() != [b, t] {
             return Err(Error::Invalid(format!(
@@ -360,8 +422,9 @@ impl<B: ModelBackend> Qwen2ForCausalLM<B> {
             Some(c) => c.valid_prefix(start + t),
             None => attention_mask,
         };
-        let (cos, sin) = self.rope.cos_sin(position_ids);
         let mut x = self.model.embed_tokens.forward(input_ids);
+        let (cos, sin) = self.rope.cos_sin(position_ids);
+        let (cos, sin) = (cos.cast(x.dtype()), sin.cast(x.dtype()));
         let mut layer_caches = cache
             .as_deref_mut()
             .map(|c| std::mem::take(&mut c.layers).into_iter());
@@ -449,6 +512,8 @@ impl<B: ModelBackend> Qwen2ForCausalLM<B> {
                 HeadLayout::VocabHidden,
             ),
         };
+        // Under mixed precision the hidden states come in the compute dtype.
+        let weight = weight.cast(hidden.dtype());
         let out = B::head_logprobs(
             hidden.reshape([b * t, h]),
             weight,

@@ -18,7 +18,7 @@ use burn::nn::Linear;
 use burn::tensor::activation::{sigmoid, silu};
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::{BoolTensor, FloatTensor};
-use burn::tensor::{Bool, Tensor, TensorMetadata, TensorPrimitive};
+use burn::tensor::{Bool, DType, Tensor, TensorMetadata, TensorPrimitive};
 
 use super::backend::ModelBackend;
 use super::qwen2::{DecoderLayer, RmsNorm};
@@ -68,14 +68,18 @@ fn params<B: Backend>(layer: &DecoderLayer<B>) -> [FloatTensor<B>; PARAMS] {
     ]
 }
 
-/// RMSNorm's forward keeping what its backward needs: `x̂ = x / rms(x)` and `1 / rms(x)`.
+/// RMSNorm's forward keeping what its backward needs: `x̂ = x / rms(x)` and `1 / rms(x)` in
+/// f32 (as [`RmsNorm::forward`] computes them), and the input's dtype.
 struct Norm<B: Backend> {
     xhat: Tensor<B, 2>,
     inv_rms: Tensor<B, 2>,
+    dtype: DType,
 }
 
 impl<B: Backend> Norm<B> {
     fn new(norm: &RmsNorm<B>, x: Tensor<B, 2>) -> (Self, Tensor<B, 2>) {
+        let dtype = x.dtype();
+        let x = x.cast(DType::F32);
         let inv_rms = x
             .clone()
             .square()
@@ -84,17 +88,24 @@ impl<B: Backend> Norm<B> {
             .sqrt()
             .recip();
         let xhat = x * inv_rms.clone();
-        let out = xhat.clone() * norm.weight.val().unsqueeze::<2>();
-        (Self { xhat, inv_rms }, out)
+        let out = xhat.clone().cast(dtype) * norm.weight.val().unsqueeze::<2>();
+        (
+            Self {
+                xhat,
+                inv_rms,
+                dtype,
+            },
+            out,
+        )
     }
 
     /// `(dx, dweight)` from `dout`.
     fn backward(&self, norm: &RmsNorm<B>, dout: Tensor<B, 2>) -> (Tensor<B, 2>, Tensor<B, 2>) {
-        let dweight = (dout.clone() * self.xhat.clone()).sum_dim(0);
-        let dxhat = dout * norm.weight.val().unsqueeze::<2>();
+        let dweight = (dout.clone() * self.xhat.clone().cast(self.dtype)).sum_dim(0);
+        let dxhat = (dout * norm.weight.val().unsqueeze::<2>()).cast(DType::F32);
         let proj = (dxhat.clone() * self.xhat.clone()).mean_dim(1);
         let dx = (dxhat - self.xhat.clone() * proj) * self.inv_rms.clone();
-        (dx, dweight)
+        (dx.cast(self.dtype), dweight)
     }
 }
 
@@ -186,7 +197,19 @@ fn layer_backward<B: ModelBackend>(
     let dx2 = dy + dx2_norm;
     let (da, d_o) = linear_backward(&attn.o_proj, a, dx2.clone());
     let d_out = heads(da, nh).reshape([b, nkv, groups * t, hd]);
-    let (dq, dk, dv) = B::causal_attention_backward(q, k, v, key_valid, groups, out, d_out);
+    // In f32, as the attention node of the plain graph.
+    let dtype = q.dtype();
+    let f32 = |x: Tensor<B, 4>| x.cast(DType::F32);
+    let (dq, dk, dv) = B::causal_attention_backward(
+        f32(q),
+        f32(k),
+        f32(v),
+        key_valid,
+        groups,
+        f32(out),
+        f32(d_out),
+    );
+    let (dq, dk, dv) = (dq.cast(dtype), dk.cast(dtype), dv.cast(dtype));
     // RoPE is a rotation: its adjoint rotates by -θ.
     let unrotate = |d: Tensor<B, 4>, k: usize| {
         unheads(
@@ -338,19 +361,26 @@ mod tests {
 
     /// Loss and parameter gradients of the tiny model (GQA, two layers) on a left-padded batch,
     /// with per-layer recomputation or without.
-    fn grads<B: ModelBackend, C: CheckpointStrategy>(
-        checkpointing: bool,
-    ) -> (f32, Vec<(String, Vec<f32>)>) {
-        type Ad<B, C> = Autodiff<B, C>;
-        let device = Default::default();
+    fn tiny<B: ModelBackend, C: CheckpointStrategy>() -> Qwen2ForCausalLM<Autodiff<B, C>> {
         let config = Qwen2Config::from_file(
             std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
                 .join("models/tiny-qwen2-chatml/config.json"),
         )
         .expect("tiny config");
-        B::seed(&device, 11);
-        let model = Qwen2ForCausalLM::<Ad<B, C>>::init(&config, &device)
-            .with_gradient_checkpointing(checkpointing);
+        Qwen2ForCausalLM::init(&config, &Default::default())
+    }
+
+    fn grads<B: ModelBackend, C: CheckpointStrategy>(
+        model: &Qwen2ForCausalLM<Autodiff<B, C>>,
+        checkpointing: bool,
+        bf16: bool,
+    ) -> (f32, Vec<(String, Vec<f32>)>) {
+        type Ad<B, C> = Autodiff<B, C>;
+        let device = Default::default();
+        let model = model
+            .clone()
+            .with_gradient_checkpointing(checkpointing)
+            .with_compute_dtype(bf16.then_some(burn::tensor::FloatDType::BF16));
         let (b, t) = (2, 37);
         let ids: Vec<i64> = (0..b * t).map(|i| (i as i64 * 131 + 7) % 1000).collect();
         let valid: Vec<bool> = (0..b * t).map(|i| i / t == 1 || i % t >= 5).collect();
@@ -389,8 +419,9 @@ mod tests {
     }
 
     fn check<B: ModelBackend, C: CheckpointStrategy>() {
-        let (loss, reference) = grads::<B, C>(false);
-        let (loss_ckpt, got) = grads::<B, C>(true);
+        let model = tiny::<B, C>();
+        let (loss, reference) = grads(&model, false, false);
+        let (loss_ckpt, got) = grads(&model, true, false);
         assert!(
             (loss - loss_ckpt).abs() < 1e-5,
             "loss {loss} vs {loss_ckpt}"
@@ -408,6 +439,34 @@ mod tests {
                 "parameter {i} {name}: max difference {diff} (largest gradient {scale})"
             );
         }
+    }
+
+    /// Mixed precision: f32 gradients for every (f32) parameter, close to the f32 run's.
+    fn check_bf16<B: ModelBackend>(checkpointing: bool) {
+        let model = tiny::<B, NoCheckpointing>();
+        let (loss, reference) = grads(&model, false, false);
+        let (loss_bf16, got) = grads(&model, checkpointing, true);
+        assert!(
+            (loss - loss_bf16).abs() <= 1e-2 * loss.abs(),
+            "loss {loss} vs {loss_bf16} in bf16"
+        );
+        assert_eq!(reference.len(), got.len());
+        for (i, ((name, a), (_, b))) in reference.iter().zip(&got).enumerate() {
+            let dot: f64 = a.iter().zip(b).map(|(x, y)| (x * y) as f64).sum();
+            let norm = |v: &[f32]| v.iter().map(|x| (x * x) as f64).sum::<f64>().sqrt();
+            let cosine = dot / (norm(a) * norm(b)).max(1e-30);
+            assert!(
+                cosine > 0.99,
+                "parameter {i} {name}: bf16 gradient has cosine {cosine} with the f32 one"
+            );
+        }
+    }
+
+    #[cfg(feature = "flex")]
+    #[test]
+    fn bf16_compute_gives_f32_gradients_close_to_f32_on_flex() {
+        check_bf16::<burn::backend::Flex>(false);
+        check_bf16::<burn::backend::Flex>(true);
     }
 
     #[cfg(feature = "flex")]

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use burn::module::AutodiffModule;
 use burn::optim::{GradientsAccumulator, GradientsParams};
-use burn::tensor::Tensor;
+use burn::tensor::{FloatDType, Tensor};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -137,6 +137,9 @@ pub struct RlConfig {
     /// Recompute each decoder layer of the policy in the backward pass instead of keeping its
     /// activations (verl's `enable_gradient_checkpointing`).
     pub gradient_checkpointing: bool,
+    /// Mixed precision for the policy's training forward and backward (TRL's `bf16`): bf16
+    /// compute from f32 master weights and optimiser state; rollouts stay in f32.
+    pub bf16: bool,
     /// Shuffle the prompts every epoch.
     pub shuffle: bool,
     /// The policy loss.
@@ -173,6 +176,7 @@ impl Default for RlConfig {
             prefill_chunk: 2048,
             logits_chunk: 1024,
             gradient_checkpointing: false,
+            bf16: false,
             shuffle: true,
             loss: PolicyLossConfig::default(),
             optim: OptimConfig {
@@ -512,8 +516,9 @@ pub fn train_prompts<B: TrainBackend>(
         }
         None => (load_model::<B>(&model_section.path, &device)?, None),
     };
-    let mut policy =
-        stable_param_ids(policy).with_gradient_checkpointing(config.gradient_checkpointing);
+    let mut policy = stable_param_ids(policy)
+        .with_gradient_checkpointing(config.gradient_checkpointing)
+        .with_compute_dtype(config.bf16.then_some(FloatDType::BF16));
     tokenizer.check_fits(policy.config().vocab_size)?;
     // The frozen reference is the policy at the start of RL (loaded again when resuming).
     let reference = if config.loss.beta > 0.0 {

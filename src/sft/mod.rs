@@ -10,6 +10,7 @@ use std::time::Instant;
 use burn::module::AutodiffModule;
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::backend::Backend;
+use burn::tensor::FloatDType;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -49,6 +50,9 @@ pub struct SftConfig {
     /// Recompute each decoder layer in the backward pass instead of keeping its activations
     /// (HF's gradient checkpointing: about one extra forward, a layer's input kept per layer).
     pub gradient_checkpointing: bool,
+    /// Mixed precision (TRL's `bf16`): forward and backward in bf16 from f32 master weights;
+    /// the optimiser state stays f32. For GPUs; CPU backends emulate bf16 (slower than f32).
+    pub bf16: bool,
     /// Shuffle the data every epoch.
     pub shuffle: bool,
     /// AdamW and schedule.
@@ -68,6 +72,7 @@ impl Default for SftConfig {
             eval_steps: 0,
             logits_chunk: 1024,
             gradient_checkpointing: false,
+            bf16: false,
             shuffle: true,
             optim: OptimConfig {
                 lr: 1e-5,
@@ -259,7 +264,9 @@ pub fn train<B: TrainBackend>(
         }
         None => (load_model::<B>(&model_section.path, &device)?, None),
     };
-    model = stable_param_ids(model).with_gradient_checkpointing(config.gradient_checkpointing);
+    model = stable_param_ids(model)
+        .with_gradient_checkpointing(config.gradient_checkpointing)
+        .with_compute_dtype(config.bf16.then_some(FloatDType::BF16));
     tokenizer.check_fits(model.config().vocab_size)?;
     let eot = end_of_turn_id(&model_section.path, &model, &tokenizer)?;
     let pad = tokenizer.pad_token_id.unwrap_or(eot);

@@ -1,6 +1,7 @@
 //! Warm-up SFT on the tiny model (CPU, seeded): the held-out loss goes down on a small structured
 //! task; a run stopped after a checkpoint and resumed ends with exactly the weights of an
-//! uninterrupted run; per-layer gradient checkpointing follows the same loss curve; interrupted
+//! uninterrupted run; per-layer gradient checkpointing follows the same loss curve, and bf16
+//! mixed precision close to it; interrupted
 //! checkpoint writes are ignored; config errors name the field.
 
 use crate::common;
@@ -140,6 +141,40 @@ fn gradient_checkpointing_follows_the_same_loss_curve() {
             step + 1
         );
     }
+}
+
+#[test]
+fn bf16_mixed_precision_follows_the_f32_loss_curve() {
+    let data = tempfile::tempdir().unwrap();
+    let (f32_run, bf16_run) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    for (out, bf16) in [(&f32_run, false), (&bf16_run, true)] {
+        let config = SftConfig {
+            bf16,
+            ..config(data.path(), 6)
+        };
+        sft::train::<B>(
+            &model(),
+            &run(out.path(), 0),
+            &config,
+            false,
+            Default::default(),
+        )
+        .unwrap();
+    }
+    let (a, b) = (losses(f32_run.path()), losses(bf16_run.path()));
+    assert_eq!(a.len(), 6);
+    assert_eq!(a.len(), b.len());
+    for (step, (x, y)) in a.iter().zip(&b).enumerate() {
+        assert!(
+            (x - y).abs() <= 0.03 * x.abs(),
+            "step {}: loss {x} (f32) vs {y} (bf16)",
+            step + 1
+        );
+    }
+    // The saved weights stay f32 (master weights), and the run moved them.
+    let reloaded =
+        longrl::model::load_model::<Flex>(&bf16_run.path().join("final"), &Default::default());
+    assert!(reloaded.is_ok());
 }
 
 fn weights(dir: &Path) -> Vec<u8> {
