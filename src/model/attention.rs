@@ -4,13 +4,16 @@
 //! backward pass, which is what burn 0.21's `Autodiff` does with `attention` (it decomposes it
 //! into tracked tensor ops). [`ModelBackend::causal_attention`] instead:
 //!
-//! - runs the forward by blocks of query positions through burn's fused `attention` op (flex's
-//!   tiled online-softmax kernel on CPU, cubecl's flash kernel on GPU), so at most
-//!   `block x L` scores exist at a time;
+//! - runs the forward by blocks of query positions through burn's fused `attention` op (cubecl's
+//!   flash kernel on GPU; burn's decomposed fallback on `ndarray`), so at most `block x L`
+//!   scores exist at a time;
 //! - under `Autodiff`, registers one node whose saved state is only `q`, `k`, `v` and the output
 //!   (all linear in `L`), and whose backward recomputes each block's probabilities from its
 //!   scores and accumulates `dq`, `dk`, `dv` block by block (FlashAttention's backward with a
 //!   query block seeing its whole key row, so no running rescale is needed).
+//!
+//! These blockwise tensor-op versions are the defaults of [`ModelBackend`]; burn-flex replaces
+//! both with host kernels of its own (`super::attention_cpu`).
 //!
 //! Grouped-query attention runs without repeating keys and values: the `groups` query heads that
 //! share a KV head are stacked along the query axis (group-major), `[batch, kv_heads, groups *
