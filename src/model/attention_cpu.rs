@@ -560,19 +560,27 @@ mod simd {
     const LANES: usize = 16;
 
     /// `e^x` for `x <= 0` (or −∞, giving 0) to a few ulp: `2^n · p(r)` with
-    /// `x = n ln 2 + r`, `|r| <= ln 2 / 2`, and a degree-6 Taylor polynomial for `e^r`.
+    /// `x = n ln 2 + r`, `|r| <= ln 2 / 2`, and a degree-6 Taylor polynomial for `e^r`. `n` is
+    /// rounded by adding 1.5 · 2^23 (its bits then hold `n`), so no float-to-int conversion
+    /// stops the loop from vectorising.
     #[inline(always)]
     fn exp(x: f32) -> f32 {
+        const SHIFTER: f32 = 12_582_912.0;
         let x = x.max(-87.0);
-        let n = (x * std::f32::consts::LOG2_E).round();
+        let t = x * std::f32::consts::LOG2_E + SHIFTER;
+        let n = t - SHIFTER;
         // Cody-Waite: ln 2 in two parts, so that n·ln 2 is exact in the first.
         let r = (x - n * 0.693_359_4) - n * -2.121_944_4e-4;
         let p = 1.0
             + r * (1.0
                 + r * (0.5
                     + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-        let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
-        let y = p * scale;
+        let bits = t
+            .to_bits()
+            .wrapping_sub(SHIFTER.to_bits())
+            .wrapping_add(127)
+            << 23;
+        let y = p * f32::from_bits(bits);
         if x <= -87.0 {
             0.0
         } else {
