@@ -328,6 +328,7 @@ type AttentionState<B> = (
     BoolTensor<B>,
     usize,
     Option<usize>,
+    Option<FloatTensor<B>>,
 );
 
 impl<B: ModelBackend> Backward<B, 3> for CausalAttentionBackward {
@@ -340,7 +341,7 @@ impl<B: ModelBackend> Backward<B, 3> for CausalAttentionBackward {
         _checkpointer: &mut Checkpointer,
     ) {
         let d_out = grads.consume::<B>(&ops.node);
-        let (q, k, v, out, key_valid, groups, block_scores) = ops.state;
+        let (q, k, v, out, key_valid, groups, block_scores, lse) = ops.state;
         let (q, k, v, key_valid) = (
             float(q),
             float(k),
@@ -352,7 +353,10 @@ impl<B: ModelBackend> Backward<B, 3> for CausalAttentionBackward {
         let f32 = |x: Tensor<B, 4>| x.cast(DType::F32);
         let (q, k, v, out, d_out) = (f32(q), f32(k), f32(v), f32(out), f32(d_out));
         let (dq, dk, dv) = match block_scores {
-            None => B::causal_attention_backward(q, k, v, key_valid, groups, out, d_out),
+            None => {
+                let lse = lse.map(float::<B, 3>);
+                B::causal_attention_backward(q, k, v, key_valid, groups, out, d_out, lse)
+            }
             Some(n) => blockwise_backward::<B>(q, k, v, key_valid, groups, n, out, d_out),
         };
         let (dq, dk, dv) = (dq.cast(dtype), dk.cast(dtype), dv.cast(dtype));
@@ -390,13 +394,15 @@ pub(super) fn tracked_attention<B: ModelBackend, C: CheckpointStrategy>(
         f32(&v.primitive),
         Tensor::from_primitive(key_valid.clone()),
     );
-    let out = match block_scores {
-        None => B::causal_attention(inputs.0, inputs.1, inputs.2, inputs.3, groups),
-        Some(n) => blockwise_forward(inputs.0, inputs.1, inputs.2, inputs.3, groups, n),
-    }
-    .cast(dtype)
-    .into_primitive()
-    .tensor();
+    let (out, lse) = match block_scores {
+        None => B::causal_attention_lse(inputs.0, inputs.1, inputs.2, inputs.3, groups),
+        Some(n) => (
+            blockwise_forward(inputs.0, inputs.1, inputs.2, inputs.3, groups, n),
+            None,
+        ),
+    };
+    let out = out.cast(dtype).into_primitive().tensor();
+    let lse = lse.map(|l| l.into_primitive().tensor());
     let node = match CausalAttentionBackward
         .prepare::<C>([q.node.clone(), k.node.clone(), v.node.clone()])
         .compute_bound()
@@ -411,6 +417,7 @@ pub(super) fn tracked_attention<B: ModelBackend, C: CheckpointStrategy>(
                 key_valid,
                 groups,
                 block_scores,
+                lse,
             ),
             out,
         ),

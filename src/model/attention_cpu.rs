@@ -48,6 +48,32 @@ impl ModelBackend for Flex {
         Tensor::from_data(TensorData::new(out, shape), &device)
     }
 
+    fn causal_attention_lse(
+        q: Tensor<Self, 4>,
+        k: Tensor<Self, 4>,
+        v: Tensor<Self, 4>,
+        key_valid: Tensor<Self, 2, Bool>,
+        groups: usize,
+    ) -> (Tensor<Self, 4>, Option<Tensor<Self, 3>>) {
+        if q.dtype() != DType::F32 {
+            return (
+                blockwise_forward(q, k, v, key_valid, groups, BLOCK_SCORES),
+                None,
+            );
+        }
+        let shape = q.dims();
+        let device = q.device();
+        let p = Problem::new(q, k, v, key_valid, groups);
+        let (out, lse) = p.forward();
+        (
+            Tensor::from_data(TensorData::new(out, shape), &device),
+            Some(Tensor::from_data(
+                TensorData::new(lse, [shape[0], shape[1], shape[2]]),
+                &device,
+            )),
+        )
+    }
+
     fn causal_attention_backward(
         q: Tensor<Self, 4>,
         k: Tensor<Self, 4>,
@@ -56,6 +82,7 @@ impl ModelBackend for Flex {
         groups: usize,
         out: Tensor<Self, 4>,
         d_out: Tensor<Self, 4>,
+        lse: Option<Tensor<Self, 3>>,
     ) -> (Tensor<Self, 4>, Tensor<Self, 4>, Tensor<Self, 4>) {
         if q.dtype() != DType::F32 {
             return blockwise_backward(q, k, v, key_valid, groups, BLOCK_SCORES, out, d_out);
@@ -63,7 +90,12 @@ impl ModelBackend for Flex {
         let (q_shape, k_shape) = (q.dims(), k.dims());
         let device = q.device();
         let p = Problem::new(q, k, v, key_valid, groups);
-        let (dq, dk, dv) = p.backward(host(out), host(d_out));
+        let (out, d_out) = (host(out), host(d_out));
+        let lse = lse.map(|l| l.into_data().into_vec::<f32>().expect("f32 log-sum-exp"));
+        let (dq, dk, dv) = match lse {
+            Some(lse) => p.backward_one_pass(&out, &d_out, &lse),
+            None => p.backward(out, d_out),
+        };
         (
             Tensor::from_data(TensorData::new(dq, q_shape), &device),
             Tensor::from_data(TensorData::new(dk, k_shape), &device),
@@ -275,12 +307,7 @@ impl Problem {
     /// `(dq, dk, dv)` given the forward's output and its gradient.
     fn backward(&self, out: Vec<f32>, d_out: Vec<f32>) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
         let (d, rows) = (self.d, self.rows);
-        // D_r = dO_r · O_r.
-        let delta: Vec<f32> = d_out
-            .par_chunks(d)
-            .zip(out.par_chunks(d))
-            .map(|(a, b)| a.iter().zip(b).map(|(x, y)| x * y).sum())
-            .collect();
+        let delta = self.deltas(&out, &d_out);
         let mut dq = vec![0f32; self.bh * rows * d];
         let mut lse = vec![0f32; self.bh * rows];
         dq.par_chunks_mut(ROWS * d)
@@ -346,6 +373,216 @@ impl Problem {
                 self.key_block(bh, kb * KEYS, dk, dv, &d_out, &lse, &delta);
             });
         (dq, dk, dv)
+    }
+
+    /// `D_r = dO_r · O_r` of every row.
+    fn deltas(&self, out: &[f32], d_out: &[f32]) -> Vec<f32> {
+        d_out
+            .par_chunks(self.d)
+            .zip(out.par_chunks(self.d))
+            .map(|(a, b)| a.iter().zip(b).map(|(x, y)| x * y).sum())
+            .collect()
+    }
+
+    /// `(dq, dk, dv)` in one pass over the key blocks, given each row's log-sum-exp from the
+    /// forward: one exponential per visible score instead of two. One task per (head, query
+    /// group) owns its rows of `dq` and partial `dk`, `dv`, summed over the groups at the end.
+    fn backward_one_pass(
+        &self,
+        out: &[f32],
+        d_out: &[f32],
+        lse: &[f32],
+    ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        let (d, rows, t) = (self.d, self.rows, self.q_len);
+        let groups = rows / t;
+        let delta = self.deltas(out, d_out);
+        let mut dq = vec![0f32; self.bh * rows * d];
+        let head = self.k_len * d;
+        let mut dk_parts = vec![0f32; self.bh * groups * head];
+        let mut dv_parts = vec![0f32; self.bh * groups * head];
+        dq.par_chunks_mut(t * d)
+            .zip(dk_parts.par_chunks_mut(head))
+            .zip(dv_parts.par_chunks_mut(head))
+            .enumerate()
+            .for_each(|(task, ((dq, dk), dv))| {
+                let (bh, g) = (task / groups, task % groups);
+                self.group_backward(bh, g, dq, dk, dv, d_out, lse, &delta);
+            });
+        let sum_groups = |parts: Vec<f32>| -> Vec<f32> {
+            if groups == 1 {
+                return parts;
+            }
+            let mut total = vec![0f32; self.bh * head];
+            total
+                .par_chunks_mut(head)
+                .zip(parts.par_chunks(groups * head))
+                .for_each(|(acc, parts)| {
+                    for part in parts.chunks(head) {
+                        for (a, b) in acc.iter_mut().zip(part) {
+                            *a += b;
+                        }
+                    }
+                });
+            total
+        };
+        (dq, sum_groups(dk_parts), sum_groups(dv_parts))
+    }
+
+    /// One (head, query group) task of [`Self::backward_one_pass`]: `dq` holds the group's
+    /// `q_len` rows, `dk`, `dv` its partial key gradients.
+    #[allow(clippy::too_many_arguments)]
+    fn group_backward(
+        &self,
+        bh: usize,
+        g: usize,
+        dq: &mut [f32],
+        dk: &mut [f32],
+        dv: &mut [f32],
+        d_out: &[f32],
+        lse: &[f32],
+        delta: &[f32],
+    ) {
+        let (d, t) = (self.d, self.q_len);
+        let offset = self.k_len - t;
+        let mut s = scratch(0, ROWS * KEYS);
+        let mut dp = scratch(1, ROWS * KEYS);
+        for j0 in (0..self.k_len).step_by(KEYS) {
+            let w = KEYS.min(self.k_len - j0);
+            let kb = &self.k[(bh * self.k_len + j0) * d..];
+            let vb = &self.v[(bh * self.k_len + j0) * d..];
+            // Rows of the group whose position is at least j0 (earlier ones see none of these).
+            let mut i0 = j0.saturating_sub(offset);
+            while i0 < t {
+                let n = ROWS.min(t - i0);
+                let r0 = g * t + i0;
+                let base = bh * self.rows + r0;
+                let (s, dp) = (&mut s[..n * w], &mut dp[..n * w]);
+                let q = &self.q[base * d..];
+                let dob = &d_out[base * d..];
+                // SAFETY (all products below): every operand holds the rows and columns its
+                // strides address: q, dO n x d; k, v blocks w x d; s, dp n x w; dq n x d at i0;
+                // dk, dv w x d at j0.
+                unsafe {
+                    gemm(
+                        n,
+                        w,
+                        d,
+                        s.as_mut_ptr(),
+                        1,
+                        w as isize,
+                        false,
+                        q.as_ptr(),
+                        1,
+                        d as isize,
+                        kb.as_ptr(),
+                        d as isize,
+                        1,
+                        0.0,
+                        self.scale,
+                        false,
+                        false,
+                        false,
+                        Parallelism::None,
+                    );
+                    gemm(
+                        n,
+                        w,
+                        d,
+                        dp.as_mut_ptr(),
+                        1,
+                        w as isize,
+                        false,
+                        dob.as_ptr(),
+                        1,
+                        d as isize,
+                        vb.as_ptr(),
+                        d as isize,
+                        1,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        Parallelism::None,
+                    );
+                }
+                for i in 0..n {
+                    let (l, dl) = (lse[base + i], delta[base + i]);
+                    let (srow, dprow) = (&mut s[i * w..(i + 1) * w], &mut dp[i * w..(i + 1) * w]);
+                    self.mask_row(bh, self.pos(r0 + i), j0, srow, f32::NEG_INFINITY);
+                    simd::exp_sum(srow, l);
+                    simd::times_shifted(dprow, srow, dl);
+                }
+                let dqb = &mut dq[i0 * d..];
+                let (dkb, dvb) = (&mut dk[j0 * d..], &mut dv[j0 * d..]);
+                unsafe {
+                    gemm(
+                        w,
+                        d,
+                        n,
+                        dvb.as_mut_ptr(),
+                        1,
+                        d as isize,
+                        true,
+                        s.as_ptr(),
+                        w as isize,
+                        1,
+                        dob.as_ptr(),
+                        1,
+                        d as isize,
+                        1.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        Parallelism::None,
+                    );
+                    gemm(
+                        w,
+                        d,
+                        n,
+                        dkb.as_mut_ptr(),
+                        1,
+                        d as isize,
+                        true,
+                        dp.as_ptr(),
+                        w as isize,
+                        1,
+                        q.as_ptr(),
+                        1,
+                        d as isize,
+                        1.0,
+                        self.scale,
+                        false,
+                        false,
+                        false,
+                        Parallelism::None,
+                    );
+                    gemm(
+                        n,
+                        d,
+                        w,
+                        dqb.as_mut_ptr(),
+                        1,
+                        d as isize,
+                        true,
+                        dp.as_ptr(),
+                        1,
+                        w as isize,
+                        kb.as_ptr(),
+                        1,
+                        d as isize,
+                        1.0,
+                        self.scale,
+                        false,
+                        false,
+                        false,
+                        Parallelism::None,
+                    );
+                }
+                i0 += n;
+            }
+        }
     }
 
     /// `dp[n, j1 - j0] = dO[base..base+n] v[j0..j1]ᵀ` for head `bh`.
@@ -684,7 +921,43 @@ mod simd {
 
 #[cfg(test)]
 mod tests {
-    use super::simd;
+    use super::*;
+    use burn::tensor::Distribution;
+
+    /// The one-pass backward (with the forward's log-sum-exp) and the two-pass one (without)
+    /// give the same gradients, with left padding, grouped queries and a cache offset.
+    #[test]
+    fn one_pass_and_two_pass_backward_agree() {
+        let device = Default::default();
+        let (b, h, g, t, l, d) = (2, 2, 3, 70, 75, 8);
+        let normal = Distribution::Normal(0.0, 1.0);
+        let q = Tensor::<Flex, 4>::random([b, h, g * t, d], normal, &device);
+        let k = Tensor::<Flex, 4>::random([b, h, l, d], normal, &device);
+        let v = Tensor::<Flex, 4>::random([b, h, l, d], normal, &device);
+        let d_out = Tensor::<Flex, 4>::random([b, h, g * t, d], normal, &device);
+        let valid: Vec<bool> = (0..b * l).map(|i| i / l == 1 || i % l >= 4).collect();
+        let valid = Tensor::<Flex, 2, Bool>::from_data(TensorData::new(valid, [b, l]), &device);
+        let (out, lse) =
+            Flex::causal_attention_lse(q.clone(), k.clone(), v.clone(), valid.clone(), g);
+        assert!(lse.is_some());
+        let run = |lse| {
+            Flex::causal_attention_backward(
+                q.clone(),
+                k.clone(),
+                v.clone(),
+                valid.clone(),
+                g,
+                out.clone(),
+                d_out.clone(),
+                lse,
+            )
+        };
+        let (a, b_) = (run(lse), run(None));
+        for (x, y) in [(a.0, b_.0), (a.1, b_.1), (a.2, b_.2)] {
+            x.into_data()
+                .assert_approx_eq::<f32>(&y.into_data(), burn::tensor::Tolerance::absolute(1e-5));
+        }
+    }
 
     #[test]
     fn vectorised_exp_matches_std() {

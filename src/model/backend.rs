@@ -42,8 +42,23 @@ pub trait ModelBackend: Backend {
         attention::blockwise_forward(q, k, v, key_valid, groups, BLOCK_SCORES)
     }
 
-    /// Gradients `(dq, dk, dv)` of [`Self::causal_attention`] given its output `out` and the
-    /// output's gradient `d_out` (same arguments and shapes); the backward of its autodiff node.
+    /// [`Self::causal_attention`] and, when the kernel has it, each query row's log-sum-exp of
+    /// scores `[batch, kv_heads, groups * q_len]`, which [`Self::causal_attention_backward`]
+    /// can use instead of recomputing it.
+    #[allow(clippy::type_complexity)]
+    fn causal_attention_lse(
+        q: Tensor<Self, 4>,
+        k: Tensor<Self, 4>,
+        v: Tensor<Self, 4>,
+        key_valid: Tensor<Self, 2, Bool>,
+        groups: usize,
+    ) -> (Tensor<Self, 4>, Option<Tensor<Self, 3>>) {
+        (Self::causal_attention(q, k, v, key_valid, groups), None)
+    }
+
+    /// Gradients `(dq, dk, dv)` of [`Self::causal_attention`] given its output `out`, the
+    /// output's gradient `d_out` and, if [`Self::causal_attention_lse`] gave one, the rows'
+    /// log-sum-exp (same arguments and shapes); the backward of its autodiff node.
     #[allow(clippy::too_many_arguments)]
     fn causal_attention_backward(
         q: Tensor<Self, 4>,
@@ -53,7 +68,9 @@ pub trait ModelBackend: Backend {
         groups: usize,
         out: Tensor<Self, 4>,
         d_out: Tensor<Self, 4>,
+        lse: Option<Tensor<Self, 3>>,
     ) -> (Tensor<Self, 4>, Tensor<Self, 4>, Tensor<Self, 4>) {
+        let _ = lse;
         attention::blockwise_backward(q, k, v, key_valid, groups, BLOCK_SCORES, out, d_out)
     }
 

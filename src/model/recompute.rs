@@ -175,7 +175,8 @@ fn layer_backward<B: ModelBackend>(
     );
     let v = heads(linear(&attn.v_proj, n1.clone()), nkv);
     let q = q.reshape([b, nkv, groups * t, hd]);
-    let out = B::causal_attention(q.clone(), k.clone(), v.clone(), key_valid.clone(), groups);
+    let (out, lse) =
+        B::causal_attention_lse(q.clone(), k.clone(), v.clone(), key_valid.clone(), groups);
     let a = unheads(out.clone().reshape([b, nh, t, hd]), nh);
     let x2 = x + linear(&attn.o_proj, a.clone());
     let (norm2, n2) = Norm::new(&layer.post_attention_layernorm, x2);
@@ -208,6 +209,7 @@ fn layer_backward<B: ModelBackend>(
         groups,
         f32(out),
         f32(d_out),
+        lse.map(|l| l.cast(DType::F32)),
     );
     let (dq, dk, dv) = (dq.cast(dtype), dk.cast(dtype), dv.cast(dtype));
     // RoPE is a rotation: its adjoint rotates by -θ.
