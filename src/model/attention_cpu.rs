@@ -8,14 +8,17 @@
 //! burn-flex uses, with its AVX-512 kernels):
 //!
 //! - forward, per block of query rows: `S = Q Kᵀ` over the visible key prefix, masked softmax,
-//!   `O = P V`;
-//! - backward pass 1, per block of query rows: `P` from `S` (and each row's log-sum-exp),
-//!   `dS = P ∘ (dO Vᵀ − rowsum(dO ∘ O))`, `dQ = dS K / √d`;
-//! - backward pass 2, per block of keys over the query rows that can see them:
-//!   `P = exp(S − lse)`, `dV += Pᵀ dO`, `dK += dSᵀ Q / √d` (FlashAttention-2's split, so no two
-//!   threads write the same rows).
+//!   `O = P V`, and each row's log-sum-exp (kept by the autodiff node);
+//! - backward with the log-sum-exp, in one pass per (head, query group) over blocks of keys:
+//!   `P = exp(S − lse)`, `dS = P ∘ (dO Vᵀ − rowsum(dO ∘ O))`, `dV += Pᵀ dO`,
+//!   `dK += dSᵀ Q / √d`, `dQ += dS K / √d` (FlashAttention-2's backward; the groups' partial
+//!   `dK`, `dV` are summed at the end);
+//! - backward without it, in two passes: per block of query rows (`P` from the full row, `dQ`),
+//!   then per block of keys (`dK`, `dV`), so no two threads write the same rows.
 //!
-//! Blocks run in parallel on rayon's pool. Memory: one `[rows, keys]` tile pair per thread.
+//! Blocks run in parallel on rayon's pool. Memory: one `[rows, keys]` tile pair per thread (and
+//! per-group partial key gradients, linear in the length). Decoding uses these kernels too: even
+//! with the copy of the cache to host vectors they beat flex's fused attention fed a dense mask.
 
 use burn::backend::Flex;
 use burn::tensor::{Bool, DType, Tensor, TensorData};
