@@ -120,7 +120,9 @@ pub fn chunked_backward<B: Backend>(
     d_out: Tensor<B, 2>,
 ) -> (Tensor<B, 2>, Tensor<B, 2>) {
     let [rows, h] = hidden.dims();
-    let mut d_weight = weight.zeros_like();
+    // The first chunk's product starts the sum: a zero-filled `[vocab, hidden]` buffer would
+    // be one more weight-sized allocation per call.
+    let mut d_weight: Option<Tensor<B, 2>> = None;
     let mut d_hidden = Vec::new();
     for (s, e) in chunks(rows, chunk) {
         let hc = hidden.clone().slice([s..e, 0..h]);
@@ -141,15 +143,24 @@ pub fn chunked_backward<B: Backend>(
             HeadLayout::HiddenVocab => {
                 // z = h W: dh = dz Wᵀ = (W dzᵀ)ᵀ, dW = hᵀ dz.
                 d_hidden.push(weight.clone().matmul(dz.clone().transpose()).transpose());
-                d_weight = d_weight + hc.transpose().matmul(dz);
+                let part = hc.transpose().matmul(dz);
+                d_weight = Some(match d_weight {
+                    Some(acc) => acc + part,
+                    None => part,
+                });
             }
             HeadLayout::VocabHidden => {
                 // z = h Wᵀ: dh = dz W, dW = dzᵀ h.
                 d_hidden.push(dz.clone().matmul(weight.clone()));
-                d_weight = d_weight + dz.transpose().matmul(hc);
+                let part = dz.transpose().matmul(hc);
+                d_weight = Some(match d_weight {
+                    Some(acc) => acc + part,
+                    None => part,
+                });
             }
         }
     }
+    let d_weight = d_weight.unwrap_or_else(|| weight.zeros_like());
     (Tensor::cat(d_hidden, 0), d_weight)
 }
 
