@@ -31,7 +31,7 @@ use burn::tensor::module::attention;
 use burn::tensor::ops::{AttentionModuleOptions, BoolTensor, FloatTensor};
 use burn::tensor::{Bool, DType, Int, Tensor, TensorPrimitive};
 
-use super::backend::ModelBackend;
+use super::backend::{float, ModelBackend};
 
 /// Most attention scores (per batch row and KV head) one block may hold: 4M f32 = 16 MB.
 pub(super) const BLOCK_SCORES: usize = 1 << 22;
@@ -310,10 +310,6 @@ pub fn naive_attention<B: Backend>(
         .mul_scalar(dims.scale())
         .mask_fill(dims.blocked(&key_valid, 0, dims.q_len), f32::NEG_INFINITY);
     softmax(scores, 3).matmul(v)
-}
-
-fn float<B: Backend, const D: usize>(t: FloatTensor<B>) -> Tensor<B, D> {
-    Tensor::from_primitive(TensorPrimitive::Float(t))
 }
 
 /// The autodiff node of [`ModelBackend::causal_attention`]: saves `q`, `k`, `v` and the output.

@@ -10,7 +10,8 @@
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::Autodiff;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{Bool, Int, Tensor};
+use burn::tensor::ops::FloatTensor;
+use burn::tensor::{Bool, Int, Tensor, TensorPrimitive};
 
 use super::attention::{self, BLOCK_SCORES};
 use super::head::{self, HeadLayout};
@@ -154,4 +155,9 @@ impl<B: ModelBackend, C: CheckpointStrategy> ModelBackend for Autodiff<B, C> {
     ) -> Tensor<Self, 3> {
         recompute::checkpointed_layer(layer, x, cos, sin, key_valid)
     }
+}
+
+/// A float primitive back as a tensor (autodiff nodes save and receive primitives).
+pub(super) fn float<B: Backend, const D: usize>(t: FloatTensor<B>) -> Tensor<B, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(t))
 }

@@ -20,7 +20,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::ops::{FloatTensor, IntTensor};
 use burn::tensor::{DType, IndexingUpdateOp, Int, Tensor, TensorPrimitive};
 
-use super::backend::ModelBackend;
+use super::backend::{float, ModelBackend};
 
 /// How the output projection is stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -176,10 +176,6 @@ type HeadState<B> = (
     f32,
     usize,
 );
-
-fn float<B: Backend, const D: usize>(t: FloatTensor<B>) -> Tensor<B, D> {
-    Tensor::from_primitive(TensorPrimitive::Float(t))
-}
 
 impl<B: Backend> Backward<B, 2> for HeadBackward {
     type State = HeadState<B>;

@@ -160,9 +160,7 @@ impl<B: Backend> Attention<B> {
             head_dim: c.head_dim,
         }
     }
-}
 
-impl<B: Backend> Attention<B> {
     /// `(heads, kv_heads, head_dim)`.
     pub(crate) fn heads(&self) -> (usize, usize, usize) {
         (self.num_heads, self.num_kv_heads, self.head_dim)

@@ -20,7 +20,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::ops::{BoolTensor, FloatTensor};
 use burn::tensor::{Bool, DType, Tensor, TensorMetadata, TensorPrimitive};
 
-use super::backend::ModelBackend;
+use super::backend::{float, ModelBackend};
 use super::qwen2::{DecoderLayer, RmsNorm};
 use super::rope::apply_rotary;
 
@@ -29,10 +29,6 @@ use super::rope::apply_rotary;
 const PARAMS: usize = 12;
 /// Graph parents of a checkpointed layer: its input, then its parameters.
 const NODES: usize = PARAMS + 1;
-
-fn float<B: Backend, const D: usize>(t: FloatTensor<B>) -> Tensor<B, D> {
-    Tensor::from_primitive(TensorPrimitive::Float(t))
-}
 
 /// The layer's parameters as primitives, in [`PARAMS`] order.
 fn params<B: Backend>(layer: &DecoderLayer<B>) -> [FloatTensor<B>; PARAMS] {
