@@ -13,8 +13,7 @@
 //!   `P = exp(S − lse)`, `dS = P ∘ (dO Vᵀ − rowsum(dO ∘ O))`, `dV += Pᵀ dO`,
 //!   `dK += dSᵀ Q / √d`, `dQ += dS K / √d` (FlashAttention-2's backward; the groups' partial
 //!   `dK`, `dV` are summed at the end);
-//! - backward without it, in two passes: per block of query rows (`P` from the full row, `dQ`),
-//!   then per block of keys (`dK`, `dV`), so no two threads write the same rows.
+//! - a caller without the log-sum-exp gets it recomputed by the forward first.
 //!
 //! Blocks run in parallel on rayon's pool. Memory: one `[rows, keys]` tile pair per thread (and
 //! per-group partial key gradients, linear in the length). Decoding uses these kernels too: even
@@ -94,11 +93,12 @@ impl ModelBackend for Flex {
         let device = q.device();
         let p = Problem::new(q, k, v, key_valid, groups);
         let (out, d_out) = (host(out), host(d_out));
-        let lse = lse.map(|l| l.into_data().into_vec::<f32>().expect("f32 log-sum-exp"));
-        let (dq, dk, dv) = match lse {
-            Some(lse) => p.backward_one_pass(&out, &d_out, &lse),
-            None => p.backward(out, d_out),
+        // Without the forward's log-sum-exp (a caller that did not keep it), recompute it.
+        let lse = match lse {
+            Some(l) => l.into_data().into_vec::<f32>().expect("f32 log-sum-exp"),
+            None => p.forward().1,
         };
+        let (dq, dk, dv) = p.backward(&out, &d_out, &lse);
         (
             Tensor::from_data(TensorData::new(dq, q_shape), &device),
             Tensor::from_data(TensorData::new(dk, k_shape), &device),
@@ -186,13 +186,10 @@ impl Problem {
         if p + 1 < j0 + w {
             row[(p + 1).saturating_sub(j0)..].fill(fill);
         }
-        for &j in self.padding(bh) {
-            if j >= p.min(j0 + w) {
-                break;
-            }
-            if j >= j0 {
-                row[j - j0] = fill;
-            }
+        let padding = self.padding(bh);
+        let first = padding.partition_point(|&j| j < j0);
+        for &j in padding[first..].iter().take_while(|&&j| j < p.min(j0 + w)) {
+            row[j - j0] = fill;
         }
     }
 
@@ -206,30 +203,17 @@ impl Problem {
         let d = self.d;
         let q = &self.q[(bh * self.rows + r0) * d..];
         let k = &self.k[bh * self.k_len * d..];
-        // SAFETY: q holds n rows of d, k holds kend rows of d, s holds n x kend.
-        unsafe {
-            gemm(
-                n,
-                kend,
-                d,
-                s.as_mut_ptr(),
-                1,
-                kend as isize,
-                false,
-                q.as_ptr(),
-                1,
-                d as isize,
-                k.as_ptr(),
-                d as isize,
-                1,
-                0.0,
-                self.scale,
-                false,
-                false,
-                false,
-                Parallelism::None,
-            );
-        }
+        matmul(
+            n,
+            kend,
+            d,
+            s,
+            kend,
+            false,
+            View::rows(q, d),
+            View::cols(k, d),
+            self.scale,
+        );
         for i in 0..n {
             let row = &mut s[i * kend..(i + 1) * kend];
             self.mask_row(bh, self.pos(r0 + i), 0, row, f32::NEG_INFINITY);
@@ -254,30 +238,17 @@ impl Problem {
                     lse[i] = softmax_in_place(row);
                 }
                 let v = &self.v[bh * self.k_len * d..];
-                // SAFETY: s is n x kend, v holds kend rows of d, out is n x d.
-                unsafe {
-                    gemm(
-                        n,
-                        d,
-                        kend,
-                        out.as_mut_ptr(),
-                        1,
-                        d as isize,
-                        false,
-                        s.as_ptr(),
-                        1,
-                        kend as isize,
-                        v.as_ptr(),
-                        1,
-                        d as isize,
-                        0.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        Parallelism::None,
-                    );
-                }
+                matmul(
+                    n,
+                    d,
+                    kend,
+                    out,
+                    d,
+                    false,
+                    View::rows(&s, kend),
+                    View::rows(v, d),
+                    1.0,
+                );
             });
         (out, lse)
     }
@@ -307,77 +278,6 @@ impl Problem {
         pieces
     }
 
-    /// `(dq, dk, dv)` given the forward's output and its gradient.
-    fn backward(&self, out: Vec<f32>, d_out: Vec<f32>) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-        let (d, rows) = (self.d, self.rows);
-        let delta = self.deltas(&out, &d_out);
-        let mut dq = vec![0f32; self.bh * rows * d];
-        let mut lse = vec![0f32; self.bh * rows];
-        dq.par_chunks_mut(ROWS * d)
-            .zip(lse.par_chunks_mut(ROWS))
-            .enumerate()
-            .flat_map_iter(|(i, c)| self.split_rows(i, c))
-            .for_each(|(bh, r0, (dq, lse))| {
-                let n = dq.len() / d;
-                let kend = self.key_end(r0, r0 + n);
-                let base = bh * rows + r0;
-                let mut s = scratch(0, n * kend);
-                self.scores(bh, r0, n, kend, &mut s);
-                let mut dp = scratch(1, n * kend);
-                self.dp(bh, base, n, 0, kend, &d_out, &mut dp);
-                for i in 0..n {
-                    let dl = delta[base + i];
-                    let (srow, dprow) = (
-                        &mut s[i * kend..(i + 1) * kend],
-                        &dp[i * kend..(i + 1) * kend],
-                    );
-                    lse[i] = softmax_in_place(srow);
-                    simd::shifted_times(srow, dprow, dl);
-                }
-                let k = &self.k[bh * self.k_len * d..];
-                // SAFETY: dS is n x kend, k holds kend rows of d, dq is n x d.
-                unsafe {
-                    gemm(
-                        n,
-                        d,
-                        kend,
-                        dq.as_mut_ptr(),
-                        1,
-                        d as isize,
-                        false,
-                        s.as_ptr(),
-                        1,
-                        kend as isize,
-                        k.as_ptr(),
-                        1,
-                        d as isize,
-                        0.0,
-                        self.scale,
-                        false,
-                        false,
-                        false,
-                        Parallelism::None,
-                    );
-                }
-            });
-        let mut dk = vec![0f32; self.bh * self.k_len * d];
-        let mut dv = vec![0f32; self.bh * self.k_len * d];
-        dk.par_chunks_mut(self.k_len * d)
-            .zip(dv.par_chunks_mut(self.k_len * d))
-            .enumerate()
-            .flat_map_iter(|(bh, (dk, dv))| {
-                dk.chunks_mut(KEYS * d)
-                    .zip(dv.chunks_mut(KEYS * d))
-                    .enumerate()
-                    .map(move |(kb, c)| (bh, kb, c))
-                    .collect::<Vec<_>>()
-            })
-            .for_each(|(bh, kb, (dk, dv))| {
-                self.key_block(bh, kb * KEYS, dk, dv, &d_out, &lse, &delta);
-            });
-        (dq, dk, dv)
-    }
-
     /// `D_r = dO_r · O_r` of every row.
     fn deltas(&self, out: &[f32], d_out: &[f32]) -> Vec<f32> {
         d_out
@@ -388,14 +288,9 @@ impl Problem {
     }
 
     /// `(dq, dk, dv)` in one pass over the key blocks, given each row's log-sum-exp from the
-    /// forward: one exponential per visible score instead of two. One task per (head, query
-    /// group) owns its rows of `dq` and partial `dk`, `dv`, summed over the groups at the end.
-    fn backward_one_pass(
-        &self,
-        out: &[f32],
-        d_out: &[f32],
-        lse: &[f32],
-    ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    /// forward, so one exponential per visible score. One task per (head, query group) owns its
+    /// rows of `dq` and partial `dk`, `dv`, summed over the groups at the end.
+    fn backward(&self, out: &[f32], d_out: &[f32], lse: &[f32]) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
         let (d, rows, t) = (self.d, self.rows, self.q_len);
         let groups = rows / t;
         let delta = self.deltas(out, d_out);
@@ -431,7 +326,7 @@ impl Problem {
         (dq, sum_groups(dk_parts), sum_groups(dv_parts))
     }
 
-    /// One (head, query group) task of [`Self::backward_one_pass`]: `dq` holds the group's
+    /// One (head, query group) task of [`Self::backward`]: `dq` holds the group's
     /// `q_len` rows, `dk`, `dv` its partial key gradients.
     #[allow(clippy::too_many_arguments)]
     fn group_backward(
@@ -462,53 +357,9 @@ impl Problem {
                 let (s, dp) = (&mut s[..n * w], &mut dp[..n * w]);
                 let q = &self.q[base * d..];
                 let dob = &d_out[base * d..];
-                // SAFETY (all products below): every operand holds the rows and columns its
-                // strides address: q, dO n x d; k, v blocks w x d; s, dp n x w; dq n x d at i0;
-                // dk, dv w x d at j0.
-                unsafe {
-                    gemm(
-                        n,
-                        w,
-                        d,
-                        s.as_mut_ptr(),
-                        1,
-                        w as isize,
-                        false,
-                        q.as_ptr(),
-                        1,
-                        d as isize,
-                        kb.as_ptr(),
-                        d as isize,
-                        1,
-                        0.0,
-                        self.scale,
-                        false,
-                        false,
-                        false,
-                        Parallelism::None,
-                    );
-                    gemm(
-                        n,
-                        w,
-                        d,
-                        dp.as_mut_ptr(),
-                        1,
-                        w as isize,
-                        false,
-                        dob.as_ptr(),
-                        1,
-                        d as isize,
-                        vb.as_ptr(),
-                        d as isize,
-                        1,
-                        0.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        Parallelism::None,
-                    );
-                }
+                let (kb_v, vb_v) = (View::rows(kb, d), View::rows(vb, d));
+                matmul(n, w, d, s, w, false, View::rows(q, d), kb_v.t(), self.scale);
+                matmul(n, w, d, dp, w, false, View::rows(dob, d), vb_v.t(), 1.0);
                 for i in 0..n {
                     let (l, dl) = (lse[base + i], delta[base + i]);
                     let (srow, dprow) = (&mut s[i * w..(i + 1) * w], &mut dp[i * w..(i + 1) * w]);
@@ -516,232 +367,120 @@ impl Problem {
                     simd::exp_sum(srow, l);
                     simd::times_shifted(dprow, srow, dl);
                 }
-                let dqb = &mut dq[i0 * d..];
-                let (dkb, dvb) = (&mut dk[j0 * d..], &mut dv[j0 * d..]);
-                unsafe {
-                    gemm(
-                        w,
-                        d,
-                        n,
-                        dvb.as_mut_ptr(),
-                        1,
-                        d as isize,
-                        true,
-                        s.as_ptr(),
-                        w as isize,
-                        1,
-                        dob.as_ptr(),
-                        1,
-                        d as isize,
-                        1.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        Parallelism::None,
-                    );
-                    gemm(
-                        w,
-                        d,
-                        n,
-                        dkb.as_mut_ptr(),
-                        1,
-                        d as isize,
-                        true,
-                        dp.as_ptr(),
-                        w as isize,
-                        1,
-                        q.as_ptr(),
-                        1,
-                        d as isize,
-                        1.0,
-                        self.scale,
-                        false,
-                        false,
-                        false,
-                        Parallelism::None,
-                    );
-                    gemm(
-                        n,
-                        d,
-                        w,
-                        dqb.as_mut_ptr(),
-                        1,
-                        d as isize,
-                        true,
-                        dp.as_ptr(),
-                        1,
-                        w as isize,
-                        kb.as_ptr(),
-                        1,
-                        d as isize,
-                        1.0,
-                        self.scale,
-                        false,
-                        false,
-                        false,
-                        Parallelism::None,
-                    );
-                }
+                let (p, ds) = (View::rows(s, w), View::rows(dp, w));
+                // dV += Pᵀ dO, dK += dSᵀ Q / √d, dQ += dS K / √d.
+                matmul(
+                    w,
+                    d,
+                    n,
+                    &mut dv[j0 * d..],
+                    d,
+                    true,
+                    p.t(),
+                    View::rows(dob, d),
+                    1.0,
+                );
+                matmul(
+                    w,
+                    d,
+                    n,
+                    &mut dk[j0 * d..],
+                    d,
+                    true,
+                    ds.t(),
+                    View::rows(q, d),
+                    self.scale,
+                );
+                matmul(n, d, w, &mut dq[i0 * d..], d, true, ds, kb_v, self.scale);
                 i0 += n;
             }
         }
     }
+}
 
-    /// `dp[n, j1 - j0] = dO[base..base+n] v[j0..j1]ᵀ` for head `bh`.
-    #[allow(clippy::too_many_arguments)]
-    fn dp(
-        &self,
-        bh: usize,
-        base: usize,
-        n: usize,
-        j0: usize,
-        j1: usize,
-        d_out: &[f32],
-        dp: &mut [f32],
-    ) {
-        let d = self.d;
-        let w = j1 - j0;
-        let v = &self.v[(bh * self.k_len + j0) * d..];
-        // SAFETY: d_out holds n rows of d from base, v holds w rows of d, dp is n x w.
-        unsafe {
-            gemm(
-                n,
-                w,
-                d,
-                dp.as_mut_ptr(),
-                1,
-                w as isize,
-                false,
-                d_out[base * d..].as_ptr(),
-                1,
-                d as isize,
-                v.as_ptr(),
-                d as isize,
-                1,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                Parallelism::None,
-            );
+/// A matrix operand in a slice: element `(i, j)` at `i * rs + j * cs`.
+#[derive(Clone, Copy)]
+struct View<'a> {
+    data: &'a [f32],
+    rs: usize,
+    cs: usize,
+}
+
+impl<'a> View<'a> {
+    /// Row-major rows of `ld` elements.
+    fn rows(data: &'a [f32], ld: usize) -> Self {
+        Self {
+            data,
+            rs: ld,
+            cs: 1,
         }
     }
 
-    /// `dk`, `dv` of keys `j0..j0 + dk.len() / d` of head `bh`, over every query row that can
-    /// see them.
-    #[allow(clippy::too_many_arguments)]
-    fn key_block(
-        &self,
-        bh: usize,
-        j0: usize,
-        dk: &mut [f32],
-        dv: &mut [f32],
-        d_out: &[f32],
-        lse: &[f32],
-        delta: &[f32],
-    ) {
-        let d = self.d;
-        let w = dk.len() / d;
-        let j1 = j0 + w;
-        let offset = self.k_len - self.q_len;
-        let groups = self.rows / self.q_len;
-        // Rows of each group whose position is at least j0 (earlier ones see none of these keys).
-        let first = j0.saturating_sub(offset);
-        let mut s = scratch(0, ROWS * w);
-        let mut dp = scratch(1, ROWS * w);
-        let k = &self.k[(bh * self.k_len + j0) * d..];
-        for g in 0..groups {
-            let mut r0 = g * self.q_len + first;
-            let end = (g + 1) * self.q_len;
-            while r0 < end {
-                let n = ROWS.min(end - r0);
-                let base = bh * self.rows + r0;
-                let q = &self.q[base * d..];
-                let (s, dp) = (&mut s[..n * w], &mut dp[..n * w]);
-                // SAFETY: q holds n rows of d, k holds w rows of d, s is n x w.
-                unsafe {
-                    gemm(
-                        n,
-                        w,
-                        d,
-                        s.as_mut_ptr(),
-                        1,
-                        w as isize,
-                        false,
-                        q.as_ptr(),
-                        1,
-                        d as isize,
-                        k.as_ptr(),
-                        d as isize,
-                        1,
-                        0.0,
-                        self.scale,
-                        false,
-                        false,
-                        false,
-                        Parallelism::None,
-                    );
-                }
-                self.dp(bh, base, n, j0, j1, d_out, dp);
-                for i in 0..n {
-                    let (l, dl) = (lse[base + i], delta[base + i]);
-                    let (srow, dprow) = (&mut s[i * w..(i + 1) * w], &mut dp[i * w..(i + 1) * w]);
-                    self.mask_row(bh, self.pos(r0 + i), j0, srow, f32::NEG_INFINITY);
-                    simd::exp_sum(srow, l);
-                    simd::times_shifted(dprow, srow, dl);
-                }
-                let dob = &d_out[base * d..];
-                // SAFETY: dv, dk are w x d; s (P) and dp (dS) are n x w; dO and q hold n rows of
-                // d. Pᵀ and dSᵀ are read through their strides.
-                unsafe {
-                    gemm(
-                        w,
-                        d,
-                        n,
-                        dv.as_mut_ptr(),
-                        1,
-                        d as isize,
-                        true,
-                        s.as_ptr(),
-                        w as isize,
-                        1,
-                        dob.as_ptr(),
-                        1,
-                        d as isize,
-                        1.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        Parallelism::None,
-                    );
-                    gemm(
-                        w,
-                        d,
-                        n,
-                        dk.as_mut_ptr(),
-                        1,
-                        d as isize,
-                        true,
-                        dp.as_ptr(),
-                        w as isize,
-                        1,
-                        q.as_ptr(),
-                        1,
-                        d as isize,
-                        1.0,
-                        self.scale,
-                        false,
-                        false,
-                        false,
-                        Parallelism::None,
-                    );
-                }
-                r0 += n;
-            }
+    /// Row-major rows of `ld` elements, read transposed.
+    fn cols(data: &'a [f32], ld: usize) -> Self {
+        Self {
+            data,
+            rs: 1,
+            cs: ld,
         }
+    }
+
+    /// The transpose.
+    fn t(self) -> Self {
+        Self {
+            rs: self.cs,
+            cs: self.rs,
+            ..self
+        }
+    }
+
+    /// Whether an `m x n` matrix fits.
+    fn holds(&self, m: usize, n: usize) -> bool {
+        m == 0 || n == 0 || (m - 1) * self.rs + (n - 1) * self.cs < self.data.len()
+    }
+}
+
+/// `dst[m x n]` (row-major, rows of `ld`) `= scale · a[m x k] · b[k x n]`, added to `dst` when
+/// `accumulate`: `gemm`, with every operand's extent checked.
+#[allow(clippy::too_many_arguments)]
+fn matmul(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    ld: usize,
+    accumulate: bool,
+    a: View<'_>,
+    b: View<'_>,
+    scale: f32,
+) {
+    assert!(
+        a.holds(m, k) && b.holds(k, n) && View::rows(dst, ld).holds(m, n),
+        "attention matmul out of bounds"
+    );
+    // SAFETY: the assertion keeps every element gemm reads or writes inside its slice.
+    unsafe {
+        gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            ld as isize,
+            accumulate,
+            a.data.as_ptr(),
+            a.cs as isize,
+            a.rs as isize,
+            b.data.as_ptr(),
+            b.cs as isize,
+            b.rs as isize,
+            if accumulate { 1.0 } else { 0.0 },
+            scale,
+            false,
+            false,
+            false,
+            Parallelism::None,
+        );
     }
 }
 
@@ -898,16 +637,8 @@ mod simd {
         }
     }
 
-    /// `a ← a (b − delta)`: with `a` the probabilities and `b` their upstream gradients, the
-    /// softmax backward `dS = P (dP − D)`.
-    #[inline(always)]
-    fn shifted_times_generic(a: &mut [f32], b: &[f32], delta: f32) {
-        for (x, y) in a.iter_mut().zip(b) {
-            *x *= *y - delta;
-        }
-    }
-
-    /// `a ← b (a − delta)`: the same product with the roles of the buffers swapped.
+    /// `a ← b (a − delta)`: with `a` the upstream gradients of probabilities `b`, the softmax
+    /// backward `dS = P (dP − D)`.
     #[inline(always)]
     fn times_shifted_generic(a: &mut [f32], b: &[f32], delta: f32) {
         for (x, y) in a.iter_mut().zip(b) {
@@ -918,7 +649,6 @@ mod simd {
     dispatch!(max, max_generic, (row: &[f32]) -> f32);
     dispatch!(exp_sum, exp_sum_generic, (row: &mut [f32], shift: f32) -> f32);
     dispatch!(scale, scale_generic, (row: &mut [f32], factor: f32) -> ());
-    dispatch!(shifted_times, shifted_times_generic, (a: &mut [f32], b: &[f32], delta: f32) -> ());
     dispatch!(times_shifted, times_shifted_generic, (a: &mut [f32], b: &[f32], delta: f32) -> ());
 }
 
@@ -927,10 +657,10 @@ mod tests {
     use super::*;
     use burn::tensor::Distribution;
 
-    /// The one-pass backward (with the forward's log-sum-exp) and the two-pass one (without)
-    /// give the same gradients, with left padding, grouped queries and a cache offset.
+    /// The backward gives the same gradients with the forward's log-sum-exp and without it
+    /// (recomputed), with left padding, grouped queries and a cache offset.
     #[test]
-    fn one_pass_and_two_pass_backward_agree() {
+    fn backward_with_and_without_the_forward_lse_agree() {
         let device = Default::default();
         let (b, h, g, t, l, d) = (2, 2, 3, 70, 75, 8);
         let normal = Distribution::Normal(0.0, 1.0);
