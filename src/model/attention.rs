@@ -202,6 +202,17 @@ impl Dims {
         x.clone().slice([0..b, 0..h, 0..kend, 0..d])
     }
 
+    /// `acc + part` where `part` covers keys `0..kend` of `acc`'s `k_len`.
+    fn add_keys<B: Backend>(&self, acc: Tensor<B, 4>, part: Tensor<B, 4>) -> Tensor<B, 4> {
+        let kend = part.dims()[2];
+        if kend == self.k_len {
+            return acc + part;
+        }
+        let range = [0..self.batch, 0..self.kv_heads, 0..kend, 0..self.head_dim];
+        let sum = acc.clone().slice(range.clone()) + part;
+        acc.slice_assign(range, sum)
+    }
+
     fn scale(&self) -> f64 {
         1.0 / (self.head_dim as f64).sqrt()
     }
@@ -252,7 +263,6 @@ pub fn blockwise_backward<B: Backend>(
     d_out: Tensor<B, 4>,
 ) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
     let dims = Dims::new(&q, &k, &v, &key_valid, groups, block_scores);
-    let (b, h, d) = (dims.batch, dims.kv_heads, dims.head_dim);
     let scale = dims.scale();
     let mut dk = Tensor::<B, 4>::zeros(k.dims(), &k.device());
     let mut dv = Tensor::<B, 4>::zeros(v.dims(), &v.device());
@@ -278,19 +288,8 @@ pub fn blockwise_backward<B: Backend>(
         let ds = p.mul(dp.sub(delta)).mul_scalar(scale);
         dq_parts.push(ds.clone().matmul(kb));
         let dk_block = ds.transpose().matmul(qb);
-        let range = [0..b, 0..h, 0..kend, 0..d];
-        dk = if kend == dims.k_len {
-            dk + dk_block
-        } else {
-            let sum = dk.clone().slice(range.clone()) + dk_block;
-            dk.slice_assign(range.clone(), sum)
-        };
-        dv = if kend == dims.k_len {
-            dv + dv_block
-        } else {
-            let sum = dv.clone().slice(range.clone()) + dv_block;
-            dv.slice_assign(range, sum)
-        };
+        dk = dims.add_keys(dk, dk_block);
+        dv = dims.add_keys(dv, dv_block);
     }
     (dims.assemble(dq_parts), dk, dv)
 }

@@ -69,9 +69,8 @@ pub trait ModelBackend: Backend {
         groups: usize,
         out: Tensor<Self, 4>,
         d_out: Tensor<Self, 4>,
-        lse: Option<Tensor<Self, 3>>,
+        _lse: Option<Tensor<Self, 3>>,
     ) -> (Tensor<Self, 4>, Tensor<Self, 4>, Tensor<Self, 4>) {
-        let _ = lse;
         attention::blockwise_backward(q, k, v, key_valid, groups, BLOCK_SCORES, out, d_out)
     }
 

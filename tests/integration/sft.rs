@@ -113,15 +113,17 @@ fn losses(dir: &Path) -> Vec<f64> {
         .collect()
 }
 
-#[test]
-fn gradient_checkpointing_follows_the_same_loss_curve() {
+/// Per-step training losses of two 6-step runs on the same data, the second with `variant`
+/// applied to the config, and the second run's directory.
+fn paired_losses(
+    variant: impl Fn(SftConfig) -> SftConfig,
+) -> (Vec<f64>, Vec<f64>, tempfile::TempDir) {
     let data = tempfile::tempdir().unwrap();
-    let (plain, recomputed) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    for (out, on) in [(&plain, false), (&recomputed, true)] {
-        let config = SftConfig {
-            gradient_checkpointing: on,
-            ..config(data.path(), 6)
-        };
+    let (base, other) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    for (out, config) in [
+        (&base, config(data.path(), 6)),
+        (&other, variant(config(data.path(), 6))),
+    ] {
         sft::train::<B>(
             &model(),
             &run(out.path(), 0),
@@ -131,9 +133,18 @@ fn gradient_checkpointing_follows_the_same_loss_curve() {
         )
         .unwrap();
     }
-    let (a, b) = (losses(plain.path()), losses(recomputed.path()));
+    let (a, b) = (losses(base.path()), losses(other.path()));
     assert_eq!(a.len(), 6);
     assert_eq!(a.len(), b.len());
+    (a, b, other)
+}
+
+#[test]
+fn gradient_checkpointing_follows_the_same_loss_curve() {
+    let (a, b, _) = paired_losses(|c| SftConfig {
+        gradient_checkpointing: true,
+        ..c
+    });
     for (step, (x, y)) in a.iter().zip(&b).enumerate() {
         assert!(
             (x - y).abs() <= 1e-4 * x.abs().max(1.0),
@@ -145,25 +156,7 @@ fn gradient_checkpointing_follows_the_same_loss_curve() {
 
 #[test]
 fn bf16_mixed_precision_follows_the_f32_loss_curve() {
-    let data = tempfile::tempdir().unwrap();
-    let (f32_run, bf16_run) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    for (out, bf16) in [(&f32_run, false), (&bf16_run, true)] {
-        let config = SftConfig {
-            bf16,
-            ..config(data.path(), 6)
-        };
-        sft::train::<B>(
-            &model(),
-            &run(out.path(), 0),
-            &config,
-            false,
-            Default::default(),
-        )
-        .unwrap();
-    }
-    let (a, b) = (losses(f32_run.path()), losses(bf16_run.path()));
-    assert_eq!(a.len(), 6);
-    assert_eq!(a.len(), b.len());
+    let (a, b, bf16_run) = paired_losses(|c| SftConfig { bf16: true, ..c });
     for (step, (x, y)) in a.iter().zip(&b).enumerate() {
         assert!(
             (x - y).abs() <= 0.03 * x.abs(),
@@ -171,7 +164,7 @@ fn bf16_mixed_precision_follows_the_f32_loss_curve() {
             step + 1
         );
     }
-    // The saved weights stay f32 (master weights), and the run moved them.
+    // The final model of the bf16 run is saved and loads.
     let reloaded =
         longrl::model::load_model::<Flex>(&bf16_run.path().join("final"), &Default::default());
     assert!(reloaded.is_ok());
