@@ -54,6 +54,9 @@ pub enum Error {
     /// An invalid argument or request (e.g. a sequence longer than the model allows).
     #[error("{0}")]
     Invalid(String),
+    /// A data-parallel run stopped: a worker failed or a collective operation timed out.
+    #[error("data-parallel run: {0}")]
+    Distributed(String),
 }
 
 impl Error {

@@ -19,6 +19,7 @@ use crate::data::curriculum::{
 };
 use crate::data::synthetic::{self, SyntheticConfig};
 use crate::data::{load_rl_any, load_sft, RlSample, SftRecord};
+use crate::distributed::Worker;
 use crate::error::{Error, Result};
 use crate::eval::{evaluate, EvalItem, EvalOptions, EvalReport};
 use crate::generate::{pad_token_id, stop_token_ids};
@@ -99,6 +100,9 @@ pub struct PipelineFile {
     /// `[eval]`: the held-out evaluation after each phase.
     #[serde(default)]
     pub eval: EvalOptions,
+    /// `[distributed]`: data parallelism (devices, machines).
+    #[serde(default)]
+    pub distributed: crate::distributed::DistributedSection,
 }
 
 /// One finished phase.
@@ -162,7 +166,13 @@ fn chat_ids(tokenizer: &Tokenizer, text: &str) -> Result<Vec<u32>> {
     tokenizer.encode_chat(&[Message::new("user", text)], true)
 }
 
-fn prepare_data(file: &PipelineFile, tokenizer: &Tokenizer, data_dir: &Path) -> Result<Data> {
+/// The pipeline's data; the synthetic sets are written to `data_dir` when `write` (rank 0).
+fn prepare_data(
+    file: &PipelineFile,
+    tokenizer: &Tokenizer,
+    data_dir: &Path,
+    write: bool,
+) -> Result<Data> {
     let d = &file.data;
     let stages = &file.stages;
     let max_tokens = stages.last().map_or(1024, |s| s.max_input_tokens);
@@ -193,8 +203,10 @@ fn prepare_data(file: &PipelineFile, tokenizer: &Tokenizer, data_dir: &Path) -> 
         )?;
         let sft_max = stages[0].max_input_tokens;
         let sft = make(seed.wrapping_mul(3).wrapping_add(3), d.sft_count, sft_max)?;
-        synthetic::write_jsonl(&train, &data_dir.join("train.jsonl"))?;
-        synthetic::write_jsonl(&eval, &data_dir.join("eval.jsonl"))?;
+        if write {
+            synthetic::write_jsonl(&train, &data_dir.join("train.jsonl"))?;
+            synthetic::write_jsonl(&eval, &data_dir.join("eval.jsonl"))?;
+        }
         let sft: Vec<SftRecord> = sft.iter().map(|s| s.sft_record(d.think)).collect();
         (
             train.into_iter().map(|s| s.sample).collect::<Vec<_>>(),
@@ -366,7 +378,21 @@ pub fn run<B: TrainBackend>(
     resume: bool,
     device: B::Device,
 ) -> Result<PipelineSummary> {
+    let worker = Worker::single(crate::DeviceSpec::best_available());
+    run_with::<B>(file, rewarder, resume, device, &worker)
+}
+
+/// [`run`] as one worker of a data-parallel run: every phase trains data-parallel (see
+/// [`crate::distributed`]); rank 0 evaluates the phases and writes the pipeline's files.
+pub fn run_with<B: TrainBackend>(
+    file: &PipelineFile,
+    rewarder: Option<Arc<dyn Rewarder>>,
+    resume: bool,
+    device: B::Device,
+    worker: &Worker,
+) -> Result<PipelineSummary> {
     validate_stages(&file.stages)?;
+    let leader = worker.is_leader();
     let root = file.run.run_dir.clone();
     std::fs::create_dir_all(&root).map_err(|e| Error::io(&root, e))?;
     let state_path = root.join(STATE_FILE);
@@ -388,7 +414,7 @@ pub fn run<B: TrainBackend>(
     let tokenizer = load_tokenizer(&file.model)?;
     let data_dir = root.join("data");
     std::fs::create_dir_all(&data_dir).map_err(|e| Error::io(&data_dir, e))?;
-    let data = prepare_data(file, &tokenizer, &data_dir)?;
+    let data = prepare_data(file, &tokenizer, &data_dir, leader)?;
     let lengths: Vec<usize> = data.train_ids.iter().map(Vec::len).collect();
     state.too_long = lengths
         .iter()
@@ -407,6 +433,13 @@ pub fn run<B: TrainBackend>(
     };
     let done = |state: &PipelineState, name: &str| state.phases.iter().any(|p| p.name == name);
     let report_phase = |state: &mut PipelineState, name: &str, dir: &Path| -> Result<()> {
+        if !leader {
+            // Other workers only track where each phase's model is.
+            state
+                .phases
+                .push(phase_result(name, dir, EvalReport::default()));
+            return Ok(());
+        }
         let report = eval_dir::<B::InnerBackend>(
             dir,
             &tokenizer,
@@ -443,7 +476,10 @@ pub fn run<B: TrainBackend>(
                 ));
             }
             let sft_file = data_dir.join("sft.jsonl");
-            write_sft(&data.sft, &sft_file)?;
+            if leader {
+                write_sft(&data.sft, &sft_file)?;
+            }
+            worker.barrier::<B::InnerBackend>("waiting for the SFT data", &device)?;
             let mut cfg = sft_cfg.clone();
             cfg.train_file = sft_file;
             let run = phase_run(&file.run, &root, "sft");
@@ -451,7 +487,7 @@ pub fn run<B: TrainBackend>(
                 path: current.clone(),
                 ..file.model.clone()
             };
-            let summary = sft::train::<B>(&model, &run, &cfg, true, device.clone())?;
+            let summary = sft::train_with::<B>(&model, &run, &cfg, true, device.clone(), worker)?;
             report_phase(&mut state, "sft", &summary.final_dir)?;
         }
         current = state
@@ -533,17 +569,19 @@ pub fn run<B: TrainBackend>(
         let run = phase_run(&file.run, &root, &name);
         let carried_path = run.run_dir.join("carried.json");
         std::fs::create_dir_all(&run.run_dir).map_err(|e| Error::io(&run.run_dir, e))?;
-        write_atomic(
-            &carried_path,
-            serde_json::to_string_pretty(&state.carried[k])
-                .unwrap_or_default()
-                .as_bytes(),
-        )?;
+        if leader {
+            write_atomic(
+                &carried_path,
+                serde_json::to_string_pretty(&state.carried[k])
+                    .unwrap_or_default()
+                    .as_bytes(),
+            )?;
+        }
         let model = ModelSection {
             path: current.clone(),
             ..file.model.clone()
         };
-        let summary = rl::train_prompts::<B>(
+        let summary = rl::train_prompts_with::<B>(
             &model,
             &run,
             &cfg,
@@ -554,6 +592,7 @@ pub fn run<B: TrainBackend>(
             },
             true,
             device.clone(),
+            worker,
         )?;
         report_phase(&mut state, &name, &summary.final_dir)?;
         current = summary.final_dir;
@@ -563,6 +602,9 @@ pub fn run<B: TrainBackend>(
         phases: state.phases.clone(),
         too_long: state.too_long,
     };
+    if !leader {
+        return Ok(summary);
+    }
     let json = serde_json::to_vec_pretty(&summary)
         .map_err(|e| Error::Invalid(format!("summary cannot be serialised: {e}")))?;
     write_atomic(&root.join("summary.json"), &json)?;

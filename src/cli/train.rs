@@ -7,6 +7,7 @@ use clap::Args;
 
 use crate::config::{load_toml, resolve_path, Overrides};
 use crate::device::{AutodiffBackendFn, DeviceSpec};
+use crate::distributed::{launch, DistributedSection, Plan, Worker};
 use crate::error::Result;
 use crate::rl::{self, RlFile};
 use crate::sft::{self, SftFile};
@@ -32,9 +33,45 @@ pub struct TrainArgs {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
+    /// Data parallelism: this machine's devices, one worker each, comma-separated
+    /// (`cuda:0,cuda:1`; `flex,flex` runs two workers on one CPU). Overrides
+    /// `[distributed] devices`.
+    #[arg(long, value_delimiter = ',')]
+    pub devices: Vec<String>,
+    /// Machines in a multi-machine run (overrides `[distributed] nodes`).
+    #[arg(long)]
+    pub nodes: Option<usize>,
+    /// This machine's rank, 0-based; rank 0 hosts the orchestrator (`[distributed] node_rank`).
+    #[arg(long)]
+    pub node_rank: Option<usize>,
+    /// `HOST:PORT` of node rank 0's orchestrator (`[distributed] coordinator`).
+    #[arg(long)]
+    pub coordinator: Option<String>,
+    /// The address other machines reach this one at (`[distributed] node_host`).
+    #[arg(long)]
+    pub node_host: Option<String>,
 }
 
 impl TrainArgs {
+    /// Applies the data-parallel flags to a `[distributed]` section.
+    fn apply_distributed(&self, d: &mut DistributedSection) {
+        if !self.devices.is_empty() {
+            d.devices = self.devices.clone();
+        }
+        if let Some(n) = self.nodes {
+            d.nodes = n;
+        }
+        if let Some(r) = self.node_rank {
+            d.node_rank = r;
+        }
+        if let Some(c) = &self.coordinator {
+            d.coordinator = Some(c.clone());
+        }
+        if let Some(h) = &self.node_host {
+            d.node_host = Some(h.clone());
+        }
+    }
+
     fn overrides(&self) -> Overrides {
         Overrides {
             run_dir: self.run_dir.clone(),
@@ -54,17 +91,65 @@ fn pick_device(cli: Option<DeviceSpec>, config: Option<&str>) -> Result<DeviceSp
     }
 }
 
-/// Picks the device and records the resolved configuration as `RUN_DIR/config.toml`.
+/// Resolves the devices (one, or the `[distributed]` set) and records the resolved configuration
+/// as `RUN_DIR/config.toml` (node rank 0 only).
 fn start_run<T: serde::Serialize>(
     file: &T,
     run: &crate::config::RunSection,
+    distributed: &DistributedSection,
     device: Option<DeviceSpec>,
-) -> Result<DeviceSpec> {
+) -> Result<Plan> {
     let device = pick_device(device, run.device.as_deref())?;
+    let plan = distributed.plan(device)?;
     std::fs::create_dir_all(&run.run_dir).map_err(|e| crate::error::Error::io(&run.run_dir, e))?;
-    let text = toml::to_string_pretty(file).unwrap_or_default();
-    crate::model::checkpoint::write_atomic(&run.run_dir.join("config.toml"), text.as_bytes())?;
-    Ok(device)
+    if distributed.node_rank == 0 {
+        let text = toml::to_string_pretty(file).unwrap_or_default();
+        crate::model::checkpoint::write_atomic(&run.run_dir.join("config.toml"), text.as_bytes())?;
+    }
+    if plan.world() > 1 {
+        log::info!(
+            "data parallel: {} workers ({} on this machine: {})",
+            plan.world(),
+            plan.devices.len(),
+            plan.devices
+                .iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    Ok(plan)
+}
+
+/// A training job that one worker of a (possibly data-parallel) run executes on its device.
+trait Job: Clone + Send + Sync + 'static {
+    type Output: Send + 'static;
+    fn run<B: TrainBackend>(&self, device: B::Device, worker: &Worker) -> Result<Self::Output>;
+}
+
+/// One worker's share of a [`Job`]: joins the run's collective, runs, leaves.
+struct WorkerTask<J: Job> {
+    job: J,
+    worker: Worker,
+}
+
+impl<J: Job> AutodiffBackendFn for WorkerTask<J> {
+    type Output = Result<J::Output>;
+
+    fn call<B: TrainBackend>(self, device: B::Device) -> Self::Output {
+        let worker = &self.worker;
+        worker.run::<B::InnerBackend, _>(&device.clone(), || self.job.run::<B>(device, worker))
+    }
+}
+
+/// Runs `job` on every device of `plan` (one device: in this thread) and returns rank 0's output.
+fn run_job<J: Job>(plan: &Plan, job: J) -> Result<J::Output> {
+    launch(plan, move |worker: Worker| {
+        worker.device.run_autodiff(WorkerTask {
+            job: job.clone(),
+            worker: worker.clone(),
+        })?
+    })
 }
 
 /// Reads an SFT config, resolving its paths and applying the overrides.
@@ -80,17 +165,18 @@ pub fn load_sft_file(path: &Path, overrides: &Overrides) -> Result<SftFile> {
     Ok(file)
 }
 
+#[derive(Clone)]
 struct SftTask {
     file: SftFile,
     resume: bool,
 }
 
-impl AutodiffBackendFn for SftTask {
-    type Output = Result<sft::SftSummary>;
+impl Job for SftTask {
+    type Output = sft::SftSummary;
 
-    fn call<B: TrainBackend>(self, device: B::Device) -> Self::Output {
-        let f = self.file;
-        sft::train::<B>(&f.model, &f.run, &f.sft, self.resume, device)
+    fn run<B: TrainBackend>(&self, device: B::Device, worker: &Worker) -> Result<Self::Output> {
+        let f = &self.file;
+        sft::train_with::<B>(&f.model, &f.run, &f.sft, self.resume, device, worker)
     }
 }
 
@@ -100,11 +186,15 @@ pub fn run_sft(args: TrainArgs, device: Option<DeviceSpec>) -> Result<()> {
     if args.quiet {
         file.run.progress = false;
     }
-    let device = start_run(&file, &file.run, device)?;
-    let summary = device.run_autodiff(SftTask {
-        file,
-        resume: args.resume,
-    })??;
+    args.apply_distributed(&mut file.distributed);
+    let plan = start_run(&file, &file.run, &file.distributed, device)?;
+    let summary = run_job(
+        &plan,
+        SftTask {
+            file,
+            resume: args.resume,
+        },
+    )?;
     println!("{}", serde_json::to_string(&summary).unwrap_or_default());
     Ok(())
 }
@@ -127,17 +217,18 @@ pub fn load_rl_file(path: &Path, overrides: &Overrides) -> Result<RlFile> {
     Ok(file)
 }
 
+#[derive(Clone)]
 struct RlTask {
     file: RlFile,
     resume: bool,
 }
 
-impl AutodiffBackendFn for RlTask {
-    type Output = Result<rl::RlSummary>;
+impl Job for RlTask {
+    type Output = rl::RlSummary;
 
-    fn call<B: TrainBackend>(self, device: B::Device) -> Self::Output {
-        let f = self.file;
-        rl::train::<B>(&f.model, &f.run, &f.rl, None, self.resume, device)
+    fn run<B: TrainBackend>(&self, device: B::Device, worker: &Worker) -> Result<Self::Output> {
+        let f = &self.file;
+        rl::train_with::<B>(&f.model, &f.run, &f.rl, None, self.resume, device, worker)
     }
 }
 
@@ -147,11 +238,15 @@ pub fn run_rl(args: TrainArgs, device: Option<DeviceSpec>) -> Result<()> {
     if args.quiet {
         file.run.progress = false;
     }
-    let device = start_run(&file, &file.run, device)?;
-    let summary = device.run_autodiff(RlTask {
-        file,
-        resume: args.resume,
-    })??;
+    args.apply_distributed(&mut file.distributed);
+    let plan = start_run(&file, &file.run, &file.distributed, device)?;
+    let summary = run_job(
+        &plan,
+        RlTask {
+            file,
+            resume: args.resume,
+        },
+    )?;
     println!("{}", serde_json::to_string(&summary).unwrap_or_default());
     Ok(())
 }
@@ -183,16 +278,17 @@ pub fn load_pipeline_file(
     Ok(file)
 }
 
+#[derive(Clone)]
 struct PipelineTask {
     file: crate::pipeline::PipelineFile,
     resume: bool,
 }
 
-impl AutodiffBackendFn for PipelineTask {
-    type Output = Result<crate::pipeline::PipelineSummary>;
+impl Job for PipelineTask {
+    type Output = crate::pipeline::PipelineSummary;
 
-    fn call<B: TrainBackend>(self, device: B::Device) -> Self::Output {
-        crate::pipeline::run::<B>(&self.file, None, self.resume, device)
+    fn run<B: TrainBackend>(&self, device: B::Device, worker: &Worker) -> Result<Self::Output> {
+        crate::pipeline::run_with::<B>(&self.file, None, self.resume, device, worker)
     }
 }
 
@@ -202,12 +298,16 @@ pub fn run_pipeline(args: TrainArgs, device: Option<DeviceSpec>) -> Result<()> {
     if args.quiet {
         file.run.progress = false;
     }
-    let device = start_run(&file, &file.run, device)?;
+    args.apply_distributed(&mut file.distributed);
+    let plan = start_run(&file, &file.run, &file.distributed, device)?;
     let run_dir = file.run.run_dir.clone();
-    let summary = device.run_autodiff(PipelineTask {
-        file,
-        resume: args.resume,
-    })??;
+    let summary = run_job(
+        &plan,
+        PipelineTask {
+            file,
+            resume: args.resume,
+        },
+    )?;
     print!("{}", crate::pipeline::summary_table(&summary.phases));
     println!("summary: {}", run_dir.join("summary.json").display());
     Ok(())

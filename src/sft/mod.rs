@@ -16,6 +16,7 @@ use serde_json::json;
 
 use crate::config::{ModelSection, RunSection};
 use crate::data::{load_sft, EpochSampler, SamplerState, SftRecord};
+use crate::distributed::Worker;
 use crate::error::{Error, Result};
 use crate::generate::stop_token_ids;
 use crate::model::{load_model, Qwen2ForCausalLM};
@@ -116,6 +117,9 @@ pub struct SftFile {
     pub run: RunSection,
     /// `[sft]`.
     pub sft: SftConfig,
+    /// `[distributed]`: data parallelism (devices, machines).
+    #[serde(default)]
+    pub distributed: crate::distributed::DistributedSection,
 }
 
 /// A tokenised example.
@@ -180,7 +184,7 @@ pub fn end_of_turn_id(
         })
 }
 
-/// Sum of `-log p` over response tokens and their count, for a set of examples (no gradient).
+/// Mean `-log p` over the response tokens of a set of examples (no gradient).
 pub fn eval_loss<B: ModelBackend>(
     model: &Qwen2ForCausalLM<B>,
     data: &[Tokenized],
@@ -189,8 +193,20 @@ pub fn eval_loss<B: ModelBackend>(
     chunk: usize,
     device: &B::Device,
 ) -> Result<f64> {
+    let (sum, count) = eval_sums(model, data.iter(), pad, budget, chunk, device)?;
+    Ok(sum / count.max(1.0))
+}
+
+/// Sum of `-log p` over the response tokens of `data` and their count (no gradient).
+fn eval_sums<'a, B: ModelBackend>(
+    model: &Qwen2ForCausalLM<B>,
+    data: impl Iterator<Item = &'a Tokenized>,
+    pad: u32,
+    budget: usize,
+    chunk: usize,
+    device: &B::Device,
+) -> Result<(f64, f64)> {
     let seqs: Vec<Sequence<'_>> = data
-        .iter()
         .map(|t| Sequence {
             prompt: &t.prompt,
             response: &t.response,
@@ -209,7 +225,7 @@ pub fn eval_loss<B: ModelBackend>(
             .unwrap_or(0.0);
         count += packed.response_lens.iter().sum::<usize>() as f64;
     }
-    Ok(sum / count.max(1.0))
+    Ok((sum, count))
 }
 
 /// What a checkpoint of an SFT run remembers besides the weights and the optimiser.
@@ -252,7 +268,24 @@ pub fn train<B: TrainBackend>(
     resume: bool,
     device: B::Device,
 ) -> Result<SftSummary> {
+    let worker = Worker::single(crate::DeviceSpec::best_available());
+    train_with::<B>(model_section, run, config, resume, device, &worker)
+}
+
+/// [`train`] as one worker of a data-parallel run (see [`crate::distributed`]): each step's
+/// examples are dealt round-robin to the workers, whose gradients (each scaled by the step's
+/// global token count) are summed before clipping and the update, so every replica takes the
+/// step one device would take over the same batch. Rank 0 writes the run directory.
+pub fn train_with<B: TrainBackend>(
+    model_section: &ModelSection,
+    run: &RunSection,
+    config: &SftConfig,
+    resume: bool,
+    device: B::Device,
+    worker: &Worker,
+) -> Result<SftSummary> {
     config.validate()?;
+    let leader = worker.is_leader();
     let run_dir = RunDir::open(&run.run_dir)?;
     let resume_from = run_dir.resume_point(resume)?;
     let tokenizer = model_section.load_tokenizer()?;
@@ -307,18 +340,30 @@ pub fn train<B: TrainBackend>(
     let mut optim = AdamWOptimizer::<B, Qwen2ForCausalLM<B>>::new(&config.optim);
     if let Some(ckpt) = &resume_from {
         optim.load(&ckpt.join(crate::train::run_dir::OPTIMIZER_FILE), &device)?;
-        run_dir.truncate_metrics_after(start)?;
+        if leader {
+            run_dir.truncate_metrics_after(start)?;
+        }
     }
+    // The held-out loss: each worker scores its share of the examples.
     let valid = |m: &Qwen2ForCausalLM<B>| -> Result<Option<f64>> {
         match &valid_set {
-            Some(v) if !v.is_empty() => Ok(Some(eval_loss(
-                &m.valid(),
-                v,
-                pad,
-                config.micro_batch_tokens,
-                config.logits_chunk,
-                &device,
-            )?)),
+            Some(v) if !v.is_empty() => {
+                let mine = v.iter().enumerate().filter(|(i, _)| worker.owns(*i));
+                let (sum, count) = eval_sums(
+                    &m.valid(),
+                    mine.map(|(_, t)| t),
+                    pad,
+                    config.micro_batch_tokens,
+                    config.logits_chunk,
+                    &device,
+                )?;
+                let total = worker.sum_f64::<B::InnerBackend>(
+                    "summing the held-out loss",
+                    vec![sum, count],
+                    &device,
+                )?;
+                Ok(Some(total[0] / total[1].max(1.0)))
+            }
             _ => Ok(None),
         }
     };
@@ -327,10 +372,15 @@ pub fn train<B: TrainBackend>(
     } else {
         None
     };
-    if let Some(l) = initial_valid_loss {
+    if let (Some(l), true) = (initial_valid_loss, leader) {
         run_dir.log_metrics(&json!({"step": 0, "eval/loss": l}))?;
     }
-    let bar = crate::metrics::progress_bar(total_steps as u64, start as u64, run.progress, "sft");
+    let bar = crate::metrics::progress_bar(
+        total_steps as u64,
+        start as u64,
+        run.progress && leader,
+        "sft",
+    );
     let mut last_loss = f64::NAN;
     for step in start..total_steps {
         let t0 = Instant::now();
@@ -342,11 +392,18 @@ pub fn train<B: TrainBackend>(
                 response: &train_set[i].response,
             })
             .collect();
+        // The loss is a mean over the step's tokens on all workers.
         let tokens: usize = seqs.iter().map(|s| s.response.len()).sum();
+        let mine: Vec<Sequence<'_>> = seqs
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| worker.owns(*i))
+            .map(|(_, s)| *s)
+            .collect();
         let mut acc = GradientsAccumulator::<Qwen2ForCausalLM<B>>::new();
         let mut loss_sum = 0.0;
-        for mb in token_budget_batches(&seqs, config.micro_batch_tokens) {
-            let part: Vec<Sequence<'_>> = mb.iter().map(|&i| seqs[i]).collect();
+        for mb in token_budget_batches(&mine, config.micro_batch_tokens) {
+            let part: Vec<Sequence<'_>> = mb.iter().map(|&i| mine[i]).collect();
             let packed = Packed::<B>::new(&part, pad, &device);
             let (logp, _) = packed.logprobs(&model, 1.0, config.logits_chunk, false)?;
             let loss = (logp * packed.mask.clone())
@@ -356,7 +413,14 @@ pub fn train<B: TrainBackend>(
             loss_sum += loss.clone().into_data().iter::<f64>().next().unwrap_or(0.0);
             acc.accumulate(&model, GradientsParams::from_grads(loss.backward(), &model));
         }
+        // A worker with no example this step sends zeros (see `Worker::sum_grads`).
         let mut grads = acc.grads();
+        if worker.world > 1 {
+            let what = format!("step {}: summing gradients", step + 1);
+            grads = worker.sum_grads::<B, _>(&what, &model, grads, &device)?;
+            let what = format!("step {}: summing the loss", step + 1);
+            loss_sum = worker.sum_f64::<B::InnerBackend>(&what, vec![loss_sum], &device)?[0];
+        }
         let grad_norm = clip_grad_norm::<B, _>(&model, &mut grads, config.optim.max_grad_norm);
         let lr = config.optim.lr_at(step, total_steps);
         let failed = !grad_norm.is_finite() || !loss_sum.is_finite();
@@ -387,10 +451,12 @@ pub fn train<B: TrainBackend>(
                 record["eval/loss"] = json!(l);
             }
         }
-        run_dir.log_metrics(&record)?;
+        if leader {
+            run_dir.log_metrics(&record)?;
+        }
         bar.set_message(format!("loss {loss_sum:.4}"));
         bar.inc(1);
-        if (run.save_steps > 0 && done % run.save_steps == 0) || last {
+        if leader && ((run.save_steps > 0 && done % run.save_steps == 0) || last) {
             let state = SftState {
                 step: done,
                 total_steps,
@@ -408,10 +474,23 @@ pub fn train<B: TrainBackend>(
     }
     bar.finish_and_clear();
     let final_valid_loss = valid(&model)?;
+    if !leader {
+        // The final model is read by whatever comes next (a pipeline's next phase).
+        worker.barrier::<B::InnerBackend>("waiting for the final model", &device)?;
+        return Ok(SftSummary {
+            steps: total_steps,
+            initial_valid_loss,
+            final_valid_loss,
+            last_train_loss: last_loss,
+            skipped,
+            final_dir: run_dir.final_dir(),
+        });
+    }
     if let Some(l) = final_valid_loss {
         run_dir.log_metrics(&json!({"step": total_steps, "eval/loss": l, "final": true}))?;
     }
     let final_dir = run_dir.save_final(&model, &model_section.path, model_section.save_dtype()?)?;
+    worker.barrier::<B::InnerBackend>("waiting for the final model", &device)?;
     Ok(SftSummary {
         steps: total_steps,
         initial_valid_loss,

@@ -5,6 +5,7 @@ mod common;
 
 mod checkpoint;
 mod cli;
+mod distributed;
 mod eval;
 mod generate;
 mod judge_http;

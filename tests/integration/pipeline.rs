@@ -14,7 +14,7 @@ use serde_json::Value;
 
 type B = Autodiff<Flex>;
 
-const CONFIG: &str = r#"
+pub const CONFIG: &str = r#"
 [model]
 path = "MODEL"
 
@@ -66,7 +66,7 @@ temperature = 0.0
 max_new_tokens = 6
 "#;
 
-fn file(run_dir: &Path) -> PipelineFile {
+pub fn file(run_dir: &Path) -> PipelineFile {
     let text = CONFIG
         .replace("MODEL", model_dir("tiny-qwen2-chatml").to_str().unwrap())
         .replace("RUN", run_dir.to_str().unwrap());
