@@ -11,6 +11,7 @@ use burn::optim::GradientsParams;
 use burn::tensor::{Int, Tensor, TensorData};
 use serde::Serialize;
 
+use crate::distributed::Worker;
 use crate::error::{Error, Result};
 use crate::generate::{sample_seed, Engine, EngineOptions, GenerateRequest, SamplingParams};
 use crate::model::{checkpoint, load_model, Qwen2Config, Qwen2ForCausalLM, DEFAULT_LOGITS_CHUNK};
@@ -153,6 +154,88 @@ pub fn bench_train<B: TrainBackend>(
     let secs = start.elapsed().as_secs_f64() / steps as f64;
     drop(model);
     Ok((secs, peak_memory_bytes()))
+}
+
+/// What one data-parallel training step costs in communication (`longrl bench allreduce`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AllReduceReport {
+    /// `allreduce`.
+    pub bench: String,
+    /// This machine's devices.
+    pub devices: String,
+    /// Workers in the run (all machines).
+    pub world: usize,
+    /// Machines in the run.
+    pub nodes: usize,
+    /// The model folder or config file.
+    pub model: String,
+    /// Parameters of the model.
+    pub parameters: usize,
+    /// Gradient bytes each worker sends into the all-reduce per optimiser step (f32).
+    pub bytes_per_step: u64,
+    /// All-reduces per optimiser step (gradient buckets).
+    pub allreduces_per_step: usize,
+    /// Mean seconds of the gradient all-reduce per step.
+    pub allreduce_s: f64,
+    /// Mean seconds of a whole step per worker (forward, backward, all-reduce, AdamW).
+    pub seconds_per_step: f64,
+    /// Gradient bytes per second of all-reduce.
+    pub bytes_per_s: f64,
+    /// Trained tokens per second over all workers.
+    pub tokens_per_s: f64,
+    /// Sequences per worker per step.
+    pub batch: usize,
+    /// Tokens per sequence.
+    pub seq_len: usize,
+    /// Timed steps.
+    pub steps: usize,
+}
+
+/// Times `steps` data-parallel training steps of `worker` (after one warm-up step): each worker
+/// trains `batch` sequences of `seq_len` tokens, its gradients are summed over all workers
+/// ([`Worker::sum_grads`]) and AdamW steps. Returns the mean seconds of the all-reduce and of the
+/// whole step.
+pub fn bench_allreduce<B: TrainBackend>(
+    mut model: Qwen2ForCausalLM<B>,
+    worker: &Worker,
+    batch: usize,
+    seq_len: usize,
+    steps: usize,
+    device: &B::Device,
+) -> Result<(f64, f64)> {
+    if seq_len < 2 || batch == 0 || steps == 0 {
+        return Err(Error::Invalid(
+            "--seq-len must be at least 2, --batch and --steps at least 1".into(),
+        ));
+    }
+    let vocab = model.config().vocab_size;
+    let ids = bench_ids(batch, seq_len, vocab);
+    let mut optim = AdamWOptimizer::<B, Qwen2ForCausalLM<B>>::new(&OptimConfig::default());
+    let sync = || B::sync(device).map_err(|e| Error::Invalid(format!("device sync failed: {e:?}")));
+    let mut step = |model: Qwen2ForCausalLM<B>| -> Result<(Qwen2ForCausalLM<B>, f64)> {
+        let x =
+            Tensor::<B, 2, Int>::from_data(TensorData::new(ids.clone(), [batch, seq_len]), device);
+        let loss = mean_nll(&model, x)?;
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        sync()?;
+        let t = Instant::now();
+        let grads = worker.sum_grads::<B, _>("bench: summing gradients", &model, grads, device)?;
+        sync()?;
+        let reduce = t.elapsed().as_secs_f64();
+        let model = optim.step(1e-6, model, grads);
+        sync()?;
+        Ok((model, reduce))
+    };
+    model = step(model)?.0;
+    let start = Instant::now();
+    let mut reduce = 0.0;
+    for _ in 0..steps {
+        let (m, r) = step(model)?;
+        model = m;
+        reduce += r;
+    }
+    let secs = start.elapsed().as_secs_f64() / steps as f64;
+    Ok((reduce / steps as f64, secs))
 }
 
 /// Times rollout decoding: `batch` prompts of `seq_len` tokens, `n` samples each sharing the

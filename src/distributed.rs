@@ -759,9 +759,11 @@ where
             Ok((i, Ok(Err(e)))) => {
                 supervisor.set(i, PeerState::Done);
                 // A worker released because another failed reports that failure, not its own.
-                break supervisor
-                    .failure()
-                    .unwrap_or_else(|| format!("{} failed: {e}", describe(i)));
+                break supervisor.failure().unwrap_or_else(|| match e {
+                    // A collective's own error already names the worker.
+                    Error::Distributed(message) => message,
+                    e => format!("{} failed: {e}", describe(i)),
+                });
             }
             Ok((i, Err(panic))) => {
                 supervisor.set(i, PeerState::Done);

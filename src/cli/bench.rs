@@ -5,8 +5,12 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 
-use crate::bench::{bench_generate, bench_model, bench_train, parameters, report, BenchReport};
+use crate::bench::{
+    bench_allreduce, bench_generate, bench_model, bench_train, parameters, report, AllReduceReport,
+    BenchReport,
+};
 use crate::device::{AutodiffBackendFn, BackendFn, DeviceSpec};
+use crate::distributed::{launch, DistributedSection, Worker, BUCKET_ELEMENTS};
 use crate::error::Result;
 
 /// Arguments of `longrl bench`.
@@ -24,6 +28,41 @@ pub enum BenchCommand {
     Train(BenchTrainArgs),
     /// Rollout decoding: `--batch` prompts of `--seq-len` tokens, `--n` samples each.
     Generate(BenchGenerateArgs),
+    /// Data-parallel training steps: the gradient all-reduce's time and bytes per optimiser step
+    /// across `--devices` (and `--nodes`), and the whole step's time.
+    Allreduce(BenchAllReduceArgs),
+}
+
+/// Options of `longrl bench allreduce`.
+#[derive(Debug, Clone, Args)]
+pub struct BenchAllReduceArgs {
+    /// Model folder, or a `config.json` file for random weights of that shape.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// This machine's devices, one worker each (`flex,flex`, `cuda:0,cuda:1`).
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub devices: Vec<String>,
+    /// Machines in the run.
+    #[arg(long, default_value_t = 1)]
+    pub nodes: usize,
+    /// This machine's rank.
+    #[arg(long, default_value_t = 0)]
+    pub node_rank: usize,
+    /// `HOST:PORT` of node rank 0's orchestrator.
+    #[arg(long)]
+    pub coordinator: Option<String>,
+    /// Tokens per sequence.
+    #[arg(long, default_value_t = 64)]
+    pub seq_len: usize,
+    /// Sequences per worker per step.
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// Timed steps (after one warm-up step).
+    #[arg(long, default_value_t = 3)]
+    pub steps: usize,
+    /// Print one JSON line instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Options of `longrl bench train`.
@@ -96,6 +135,7 @@ pub fn run(args: BenchArgs, device: DeviceSpec) -> Result<()> {
             let json = a.json;
             (device.run(GenerateTask(a, name))??, json)
         }
+        BenchCommand::Allreduce(a) => return run_allreduce(a, device),
     };
     if json {
         println!(
@@ -120,6 +160,89 @@ pub fn run(args: BenchArgs, device: DeviceSpec) -> Result<()> {
         );
     }
     Ok(())
+}
+
+fn run_allreduce(a: BenchAllReduceArgs, device: DeviceSpec) -> Result<()> {
+    let section = DistributedSection {
+        devices: a.devices.clone(),
+        nodes: a.nodes,
+        node_rank: a.node_rank,
+        coordinator: a.coordinator.clone(),
+        ..DistributedSection::default()
+    };
+    let plan = section.plan(device)?;
+    let names = plan
+        .devices
+        .iter()
+        .map(|d| d.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let (world, nodes) = (plan.world(), a.nodes);
+    let task = a.clone();
+    let (params, allreduce_s, step_s) = launch(&plan, move |worker: Worker| {
+        worker
+            .device
+            .run_autodiff(AllReduceTask(task.clone(), worker.clone()))?
+    })?;
+    let bytes = 4 * params as u64;
+    let report = AllReduceReport {
+        bench: "allreduce".into(),
+        devices: names,
+        world,
+        nodes,
+        model: a.model.display().to_string(),
+        parameters: params,
+        bytes_per_step: bytes,
+        allreduces_per_step: params.div_ceil(BUCKET_ELEMENTS),
+        allreduce_s,
+        seconds_per_step: step_s,
+        bytes_per_s: bytes as f64 / allreduce_s.max(1e-12),
+        tokens_per_s: (world * a.batch * a.seq_len) as f64 / step_s,
+        batch: a.batch,
+        seq_len: a.seq_len,
+        steps: a.steps,
+    };
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string(&report).expect("a report serialises")
+        );
+    } else {
+        println!(
+            "allreduce over {} workers ({} per machine: {}): {:.1} MB of gradients per step in {:.4} s ({:.2} GB/s); step {:.3} s, {:.1} tokens/s ({} parameters, batch {} x {} tokens per worker)",
+            report.world,
+            plan.devices.len(),
+            report.devices,
+            bytes as f64 / 1e6,
+            report.allreduce_s,
+            report.bytes_per_s / 1e9,
+            report.seconds_per_step,
+            report.tokens_per_s,
+            report.parameters,
+            report.batch,
+            report.seq_len,
+        );
+    }
+    Ok(())
+}
+
+/// One worker of `longrl bench allreduce`: (parameters, all-reduce seconds, step seconds).
+struct AllReduceTask(BenchAllReduceArgs, Worker);
+
+impl AutodiffBackendFn for AllReduceTask {
+    type Output = Result<(usize, f64, f64)>;
+
+    fn call<B: TrainBackend>(self, device: B::Device) -> Self::Output {
+        let (a, worker) = (self.0, self.1);
+        worker.run::<B::InnerBackend, _>(&device.clone(), || {
+            let (model, _) = bench_model::<B>(&a.model, &device)?;
+            let model = crate::train::stable_param_ids(model);
+            let params = parameters(&model);
+            let (reduce, step) =
+                bench_allreduce(model, &worker, a.batch, a.seq_len, a.steps, &device)?;
+            Ok((params, reduce, step))
+        })
+    }
 }
 
 struct TrainTask(BenchTrainArgs, String);
