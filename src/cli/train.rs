@@ -53,10 +53,13 @@ pub struct TrainArgs {
 }
 
 impl TrainArgs {
-    /// Applies the data-parallel flags to a `[distributed]` section.
-    fn apply_distributed(&self, d: &mut DistributedSection) {
+    /// Applies the data-parallel flags to a `[distributed]` section; a `--device` given on the
+    /// command line (without `--devices`) replaces the section's devices.
+    fn apply_distributed(&self, d: &mut DistributedSection, device: Option<DeviceSpec>) {
         if !self.devices.is_empty() {
             d.devices = self.devices.clone();
+        } else if device.is_some() {
+            d.devices.clear();
         }
         if let Some(n) = self.nodes {
             d.nodes = n;
@@ -186,7 +189,7 @@ pub fn run_sft(args: TrainArgs, device: Option<DeviceSpec>) -> Result<()> {
     if args.quiet {
         file.run.progress = false;
     }
-    args.apply_distributed(&mut file.distributed);
+    args.apply_distributed(&mut file.distributed, device);
     let plan = start_run(&file, &file.run, &file.distributed, device)?;
     let summary = run_job(
         &plan,
@@ -238,7 +241,7 @@ pub fn run_rl(args: TrainArgs, device: Option<DeviceSpec>) -> Result<()> {
     if args.quiet {
         file.run.progress = false;
     }
-    args.apply_distributed(&mut file.distributed);
+    args.apply_distributed(&mut file.distributed, device);
     let plan = start_run(&file, &file.run, &file.distributed, device)?;
     let summary = run_job(
         &plan,
@@ -298,7 +301,7 @@ pub fn run_pipeline(args: TrainArgs, device: Option<DeviceSpec>) -> Result<()> {
     if args.quiet {
         file.run.progress = false;
     }
-    args.apply_distributed(&mut file.distributed);
+    args.apply_distributed(&mut file.distributed, device);
     let plan = start_run(&file, &file.run, &file.distributed, device)?;
     let run_dir = file.run.run_dir.clone();
     let summary = run_job(
