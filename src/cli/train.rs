@@ -2,6 +2,7 @@
 
 use crate::model::TrainBackend;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use clap::Args;
 
@@ -9,7 +10,8 @@ use crate::config::{load_toml, resolve_path, Overrides};
 use crate::device::{AutodiffBackendFn, DeviceSpec};
 use crate::distributed::{launch, DistributedSection, Plan, Worker};
 use crate::error::Result;
-use crate::rl::{self, RlFile};
+use crate::reward::Rewarder;
+use crate::rl::{self, RlConfig, RlFile};
 use crate::sft::{self, SftFile};
 
 /// Options shared by the training commands.
@@ -220,10 +222,32 @@ pub fn load_rl_file(path: &Path, overrides: &Overrides) -> Result<RlFile> {
     Ok(file)
 }
 
+/// The reward of a run, built once by the first worker that needs it and shared by the
+/// process's workers, so the judge's concurrency bound holds for the whole process.
+#[derive(Clone, Default)]
+struct SharedRewarder(Arc<Mutex<Option<Arc<dyn Rewarder>>>>);
+
+impl SharedRewarder {
+    fn get<B: TrainBackend>(
+        &self,
+        config: &RlConfig,
+        device: &B::Device,
+    ) -> Result<Arc<dyn Rewarder>> {
+        let mut slot = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(r) = slot.as_ref() {
+            return Ok(r.clone());
+        }
+        let r = rl::trainer::build_rewarder::<B::InnerBackend>(config, device)?;
+        *slot = Some(r.clone());
+        Ok(r)
+    }
+}
+
 #[derive(Clone)]
 struct RlTask {
     file: RlFile,
     resume: bool,
+    rewarder: SharedRewarder,
 }
 
 impl Job for RlTask {
@@ -231,7 +255,16 @@ impl Job for RlTask {
 
     fn run<B: TrainBackend>(&self, device: B::Device, worker: &Worker) -> Result<Self::Output> {
         let f = &self.file;
-        rl::train_with::<B>(&f.model, &f.run, &f.rl, None, self.resume, device, worker)
+        let rewarder = self.rewarder.get::<B>(&f.rl, &device)?;
+        rl::train_with::<B>(
+            &f.model,
+            &f.run,
+            &f.rl,
+            Some(rewarder),
+            self.resume,
+            device,
+            worker,
+        )
     }
 }
 
@@ -248,6 +281,7 @@ pub fn run_rl(args: TrainArgs, device: Option<DeviceSpec>) -> Result<()> {
         RlTask {
             file,
             resume: args.resume,
+            rewarder: SharedRewarder::default(),
         },
     )?;
     println!("{}", serde_json::to_string(&summary).unwrap_or_default());
@@ -285,13 +319,15 @@ pub fn load_pipeline_file(
 struct PipelineTask {
     file: crate::pipeline::PipelineFile,
     resume: bool,
+    rewarder: SharedRewarder,
 }
 
 impl Job for PipelineTask {
     type Output = crate::pipeline::PipelineSummary;
 
     fn run<B: TrainBackend>(&self, device: B::Device, worker: &Worker) -> Result<Self::Output> {
-        crate::pipeline::run_with::<B>(&self.file, None, self.resume, device, worker)
+        let rewarder = self.rewarder.get::<B>(&self.file.rl, &device)?;
+        crate::pipeline::run_with::<B>(&self.file, Some(rewarder), self.resume, device, worker)
     }
 }
 
@@ -309,9 +345,38 @@ pub fn run_pipeline(args: TrainArgs, device: Option<DeviceSpec>) -> Result<()> {
         PipelineTask {
             file,
             resume: args.resume,
+            rewarder: SharedRewarder::default(),
         },
     )?;
     print!("{}", crate::pipeline::summary_table(&summary.phases));
     println!("summary: {}", run_dir.join("summary.json").display());
     Ok(())
+}
+
+#[cfg(all(test, feature = "flex"))]
+mod tests {
+    use super::*;
+
+    type B = burn::backend::Autodiff<burn::backend::Flex>;
+
+    #[test]
+    fn workers_share_one_rewarder() {
+        // One judge client (and so one concurrency bound) for all the workers of a process.
+        let shared = SharedRewarder::default();
+        let config = RlConfig::default();
+        let first = shared.get::<B>(&config, &Default::default()).unwrap();
+        let other = shared.clone();
+        let second = std::thread::spawn(move || {
+            other
+                .get::<B>(&RlConfig::default(), &Default::default())
+                .unwrap()
+        })
+        .join()
+        .unwrap();
+        assert!(Arc::ptr_eq(&first, &second));
+        let fresh = SharedRewarder::default()
+            .get::<B>(&config, &Default::default())
+            .unwrap();
+        assert!(!Arc::ptr_eq(&first, &fresh));
+    }
 }
