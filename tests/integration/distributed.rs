@@ -2,7 +2,8 @@
 //! steps as one worker over the same global batch (token-mean and seq-mean-token-mean, dynamic
 //! sampling on); a 2-worker run resumed on 1 worker ends where an uninterrupted 2-worker run
 //! does; a failing worker stops the run with an error naming it; two processes on loopback
-//! (node ranks 0 and 1) train like one, and a killed peer stops the other within its timeout.
+//! (node ranks 0 and 1) train like one, and a killed peer stops the other within its timeout;
+//! `longrl sft|rl|pipeline --devices flex,flex` run from the command line.
 
 use crate::common;
 
@@ -579,4 +580,59 @@ fn the_pipeline_on_two_workers_matches_one() {
         1e-5,
     );
     assert!(two.path().join("summary.json").exists());
+}
+
+#[test]
+fn rl_and_pipeline_commands_take_devices() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = rl_config(dir.path(), 1, LossAggMode::TokenMean);
+    let rl_toml = dir.path().join("rl.toml");
+    std::fs::write(
+        &rl_toml,
+        format!(
+            "[model]\npath = {:?}\n\n[run]\nseed = 5\n\n[rl]\ntrain_file = {:?}\nmax_steps = 2\n\
+             train_batch_size = 2\nnum_generations = 2\nmax_response_length = 4\n\
+             ppo_mini_batch_size = 2\ndynamic_sampling = false\n\n[rl.reward.rule]\n\
+             require_think = false\n",
+            model_dir("tiny-qwen2-chatml"),
+            cfg.train_file,
+        ),
+    )
+    .unwrap();
+    let pipeline_toml = dir.path().join("pipeline.toml");
+    let text = crate::pipeline::CONFIG
+        .replace("MODEL", model_dir("tiny-qwen2-chatml").to_str().unwrap())
+        .replace("RUN", dir.path().join("unused").to_str().unwrap());
+    std::fs::write(&pipeline_toml, text).unwrap();
+    for (command, config) in [("rl", &rl_toml), ("pipeline", &pipeline_toml)] {
+        let run = dir.path().join(command);
+        let out = Command::new(env!("CARGO_BIN_EXE_longrl"))
+            .args([
+                "--device",
+                "flex",
+                command,
+                "--quiet",
+                "--devices",
+                "flex,flex",
+            ])
+            .arg("--config")
+            .arg(config)
+            .arg("--run-dir")
+            .arg(&run)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{command}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let final_dir = match command {
+            "rl" => run.join("final"),
+            _ => run.join("stage2/final"),
+        };
+        assert!(final_dir.join("model.safetensors").exists(), "{command}");
+    }
+    // The pipeline's rank 0 wrote its summary; the RL run its two steps of metrics, once.
+    assert!(dir.path().join("pipeline/summary.json").exists());
+    assert_eq!(metrics(&dir.path().join("rl")).len(), 2);
 }
