@@ -1,7 +1,8 @@
 //! Data parallelism on CPU (seeded): two `flex` workers in one process take the same SFT and RL
 //! steps as one worker over the same global batch (token-mean and seq-mean-token-mean, dynamic
 //! sampling on); a 2-worker run resumed on 1 worker ends where an uninterrupted 2-worker run
-//! does; a failing worker stops the run with an error naming it; two processes on loopback
+//! does; a failing, panicking or silent worker stops the run with an error naming it; two
+//! processes on loopback
 //! (node ranks 0 and 1) train like one, and a killed peer stops the other within its timeout;
 //! `longrl sft|rl|pipeline --devices flex,flex` run from the command line.
 
@@ -342,6 +343,31 @@ fn a_failing_worker_stops_the_run_and_is_named() {
         err.contains("worker 0 (flex) panicked: out of memory"),
         "{err}"
     );
+    // A worker that goes silent: the other gives up after timeout_s and names it.
+    let quick = DistributedSection {
+        devices: vec!["flex".into(); 2],
+        timeout_s: 1.0,
+        ..DistributedSection::default()
+    }
+    .plan(DeviceSpec::Flex)
+    .unwrap();
+    let t0 = Instant::now();
+    let err = launch(&quick, |w: Worker| {
+        w.run::<Flex, _>(&Default::default(), || {
+            if w.rank == 1 {
+                std::thread::sleep(Duration::from_secs(4));
+            }
+            w.barrier::<Flex>("step 7: summing gradients", &Default::default())
+        })
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("worker 0 waited 1 s in step 7: summing gradients")
+            && err.contains("worker 1 never reached it"),
+        "{err}"
+    );
+    assert!(t0.elapsed() < Duration::from_secs(20), "{:?}", t0.elapsed());
     let ranks = launch(&plan(2), |w: Worker| {
         w.run::<Flex, _>(&Default::default(), || {
             w.sum::<Flex>("ranks", vec![w.rank as f32], &Default::default())
