@@ -2,9 +2,8 @@
 //! steps as one worker over the same global batch (token-mean and seq-mean-token-mean, dynamic
 //! sampling on); a 2-worker run resumed on 1 worker ends where an uninterrupted 2-worker run
 //! does; a failing, panicking or silent worker stops the run with an error naming it; two
-//! processes on loopback
-//! (node ranks 0 and 1) train like one, and a killed peer stops the other within its timeout;
-//! `longrl sft|rl|pipeline --devices flex,flex` run from the command line.
+//! processes on loopback (node ranks 0 and 1) train like one, and a killed peer stops the other
+//! within its timeout; `longrl sft|rl|pipeline --devices flex,flex` run from the command line.
 
 use crate::common;
 
