@@ -20,7 +20,7 @@
 //! with the copy of the cache to host vectors they beat flex's fused attention fed a dense mask.
 
 use burn::backend::Flex;
-use burn::tensor::{Bool, DType, Tensor, TensorData};
+use burn::tensor::{Bool, DType, Int, Tensor, TensorData};
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
@@ -33,6 +33,18 @@ const ROWS: usize = 64;
 const KEYS: usize = 64;
 
 impl ModelBackend for Flex {
+    fn head_chunk_stats(z: Tensor<Self, 2>, targets: Tensor<Self, 1, Int>) -> Tensor<Self, 2> {
+        flex_head_chunk_stats(z, targets)
+    }
+
+    fn head_chunk_grad(
+        z: Tensor<Self, 2>,
+        targets: Tensor<Self, 1, Int>,
+        g: Tensor<Self, 2>,
+    ) -> Tensor<Self, 2> {
+        flex_head_chunk_grad(z, targets, g)
+    }
+
     fn causal_attention(
         q: Tensor<Self, 4>,
         k: Tensor<Self, 4>,
@@ -105,6 +117,82 @@ impl ModelBackend for Flex {
             Tensor::from_data(TensorData::new(dv, k_shape), &device),
         )
     }
+}
+
+/// The LM head's softmax part on the host ([`ModelBackend::head_chunk_stats`] and
+/// [`ModelBackend::head_chunk_grad`]): each row in one pass with the vectorised exp, where the
+/// tensor-op version materialises about eight `[rows, vocab]` temporaries. Returns the logits,
+/// the targets and the vocabulary size.
+fn head_rows(z: Tensor<Flex, 2>, targets: Tensor<Flex, 1, Int>) -> (Vec<f32>, Vec<usize>, usize) {
+    let [_, vocab] = z.dims();
+    let z = z.into_data().into_vec::<f32>().expect("f32 logits");
+    let targets = targets
+        .into_data()
+        .iter::<i64>()
+        .map(|t| t as usize)
+        .collect();
+    (z, targets, vocab)
+}
+
+/// One row's softmax: `e = exp(z - max z)` written to `e`; returns `(Σ e, lse, Σ p z)`.
+fn row_softmax(z: &[f32], e: &mut [f32]) -> (f32, f32, f32) {
+    let max = simd::max(z);
+    e.copy_from_slice(z);
+    let sum = simd::exp_sum(e, max);
+    let mean = simd::dot(e, z) / sum;
+    (sum, max + sum.ln(), mean)
+}
+
+thread_local! {
+    static ROW: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn flex_head_chunk_stats(z: Tensor<Flex, 2>, targets: Tensor<Flex, 1, Int>) -> Tensor<Flex, 2> {
+    if z.dtype() != DType::F32 {
+        return super::head::chunk_stats_ops(z, targets);
+    }
+    let device = z.device();
+    let (z, targets, vocab) = head_rows(z, targets);
+    let n = targets.len();
+    let mut out = vec![0f32; 2 * n];
+    out.par_chunks_mut(2)
+        .zip(z.par_chunks(vocab))
+        .zip(targets.par_iter())
+        .for_each(|((o, row), &t)| {
+            ROW.with(|e| {
+                let mut e = e.borrow_mut();
+                e.resize(vocab, 0.0);
+                let (_, lse, mean) = row_softmax(row, &mut e);
+                o[0] = row[t] - lse;
+                o[1] = lse - mean;
+            })
+        });
+    Tensor::from_data(TensorData::new(out, [n, 2]), &device)
+}
+
+fn flex_head_chunk_grad(
+    z: Tensor<Flex, 2>,
+    targets: Tensor<Flex, 1, Int>,
+    g: Tensor<Flex, 2>,
+) -> Tensor<Flex, 2> {
+    if z.dtype() != DType::F32 {
+        return super::head::chunk_grad_ops(z, targets, g);
+    }
+    let g = g.into_data().into_vec::<f32>().expect("f32 gradients");
+    let device = z.device();
+    let (z, targets, vocab) = head_rows(z, targets);
+    let n = targets.len();
+    let mut dz = vec![0f32; n * vocab];
+    dz.par_chunks_mut(vocab)
+        .zip(z.par_chunks(vocab))
+        .zip(targets.par_iter().zip(g.par_chunks(2)))
+        .for_each(|((d, row), (&t, g))| {
+            let (sum, _, mean) = row_softmax(row, d);
+            // d = e; dz = -(e / sum) (g_H (z - mean) + g_logp), plus g_logp at the target.
+            simd::head_grad(d, row, 1.0 / sum, g[1], g[0] - g[1] * mean);
+            d[t] += g[0];
+        });
+    Tensor::from_data(TensorData::new(dz, [n, vocab]), &device)
 }
 
 fn host(t: Tensor<Flex, 4>) -> Vec<f32> {
@@ -646,9 +734,38 @@ mod simd {
         }
     }
 
+    #[inline(always)]
+    fn dot_generic(a: &[f32], b: &[f32]) -> f32 {
+        let mut acc = [0f32; LANES];
+        let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+        let tail: f32 = ca
+            .remainder()
+            .iter()
+            .zip(cb.remainder())
+            .map(|(x, y)| x * y)
+            .sum();
+        for (x, y) in ca.zip(cb) {
+            for i in 0..LANES {
+                acc[i] += x[i] * y[i];
+            }
+        }
+        acc.iter().sum::<f32>() + tail
+    }
+
+    /// `e ← −(e · inv_sum) (g_h z + c)`: the LM head's `∂/∂z` from a row's exponentials `e`
+    /// (`c = g_logp − g_h Σ p z`).
+    #[inline(always)]
+    fn head_grad_generic(e: &mut [f32], z: &[f32], inv_sum: f32, g_h: f32, c: f32) {
+        for (x, z) in e.iter_mut().zip(z) {
+            *x = -(*x * inv_sum) * (g_h * z + c);
+        }
+    }
+
     dispatch!(max, max_generic, (row: &[f32]) -> f32);
     dispatch!(exp_sum, exp_sum_generic, (row: &mut [f32], shift: f32) -> f32);
     dispatch!(scale, scale_generic, (row: &mut [f32], factor: f32) -> ());
+    dispatch!(dot, dot_generic, (a: &[f32], b: &[f32]) -> f32);
+    dispatch!(head_grad, head_grad_generic, (e: &mut [f32], z: &[f32], inv_sum: f32, g_h: f32, c: f32) -> ());
     dispatch!(times_shifted, times_shifted_generic, (a: &mut [f32], b: &[f32], delta: f32) -> ());
 }
 

@@ -93,6 +93,23 @@ pub trait ModelBackend: Backend {
         head::chunked_forward(hidden, weight, layout, targets, temperature, chunk)
     }
 
+    /// `[n, 2]`: each row's log-prob of its target and entropy, from one chunk of tempered f32
+    /// logits `z` `[n, vocab]` and `targets` `[n]` (the softmax part of
+    /// [`Self::head_logprobs`]).
+    fn head_chunk_stats(z: Tensor<Self, 2>, targets: Tensor<Self, 1, Int>) -> Tensor<Self, 2> {
+        head::chunk_stats_ops(z, targets)
+    }
+
+    /// `∂/∂z` `[n, vocab]` of [`Self::head_chunk_stats`] given its output's gradient `g`
+    /// `[n, 2]` (the softmax part of the head's backward).
+    fn head_chunk_grad(
+        z: Tensor<Self, 2>,
+        targets: Tensor<Self, 1, Int>,
+        g: Tensor<Self, 2>,
+    ) -> Tensor<Self, 2> {
+        head::chunk_grad_ops(z, targets, g)
+    }
+
     /// A decoder layer whose activations are recomputed in the backward pass (see
     /// [`super::recompute`]); without a graph, the plain forward.
     ///

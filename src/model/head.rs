@@ -48,40 +48,59 @@ fn chunks(rows: usize, chunk: usize) -> impl Iterator<Item = (usize, usize)> {
         .map(move |s| (s, (s + chunk).min(rows)))
 }
 
-/// One chunk's tempered logits `z`, their log-sum-exp and probabilities.
-struct ChunkSoftmax<B: Backend> {
-    z: Tensor<B, 2>,
-    lse: Tensor<B, 2>,
-    p: Tensor<B, 2>,
+/// `[n, 2]`: each row's log-prob of its target and entropy, from tempered f32 logits `z`
+/// `[n, vocab]` (the tensor-op version of [`ModelBackend::head_chunk_stats`]).
+pub fn chunk_stats_ops<B: Backend>(z: Tensor<B, 2>, targets: Tensor<B, 1, Int>) -> Tensor<B, 2> {
+    let max = z.clone().max_dim(1);
+    let e = (z.clone() - max.clone()).exp();
+    let sum = e.clone().sum_dim(1);
+    let lse = sum.clone().log() + max;
+    let mean_logit = (e * z.clone()).sum_dim(1) / sum;
+    let logp = z.gather(1, targets.unsqueeze_dim::<2>(1)) - lse.clone();
+    Tensor::cat(vec![logp, lse - mean_logit], 1)
 }
 
-impl<B: Backend> ChunkSoftmax<B> {
-    fn new(h: Tensor<B, 2>, w: &Tensor<B, 2>, layout: HeadLayout, temperature: f32) -> Self {
-        // The projection runs in the weights' dtype (bf16 under mixed precision); the softmax in
-        // f32.
-        let z = project(h, w, layout).cast(DType::F32);
-        let z = if temperature != 1.0 {
-            z.div_scalar(temperature)
-        } else {
-            z
-        };
-        let max = z.clone().max_dim(1);
-        let shifted = z.clone() - max.clone();
-        let e = shifted.exp();
-        let sum = e.clone().sum_dim(1);
-        let p = e / sum.clone();
-        let lse = sum.log() + max;
-        Self { z, lse, p }
-    }
+/// `∂/∂z` `[n, vocab]` of the rows' (log-prob, entropy) given their gradients `g` `[n, 2]`:
+/// `g_logp (onehot_t − p) − g_H p (z − Σ p z)` (the tensor-op version of
+/// [`ModelBackend::head_chunk_grad`]).
+pub fn chunk_grad_ops<B: Backend>(
+    z: Tensor<B, 2>,
+    targets: Tensor<B, 1, Int>,
+    g: Tensor<B, 2>,
+) -> Tensor<B, 2> {
+    let [n, _] = z.dims();
+    let max = z.clone().max_dim(1);
+    let e = (z.clone() - max).exp();
+    let p = e.clone() / e.sum_dim(1);
+    let mean_logit = (p.clone() * z.clone()).sum_dim(1);
+    let (g_logp, g_entropy) = (g.clone().slice([0..n, 0..1]), g.slice([0..n, 1..2]));
+    let dz = (p * (g_entropy * (z - mean_logit) + g_logp.clone())).neg();
+    dz.scatter(
+        1,
+        targets.unsqueeze_dim::<2>(1),
+        g_logp,
+        IndexingUpdateOp::Add,
+    )
+}
 
-    /// `Σ p z` per row, `[n, 1]`.
-    fn mean_logit(&self) -> Tensor<B, 2> {
-        (self.p.clone() * self.z.clone()).sum_dim(1)
+/// A chunk's tempered logits in f32: the projection runs in the weights' dtype (bf16 under
+/// mixed precision), the softmax in f32.
+fn tempered_logits<B: Backend>(
+    h: Tensor<B, 2>,
+    w: &Tensor<B, 2>,
+    layout: HeadLayout,
+    temperature: f32,
+) -> Tensor<B, 2> {
+    let z = project(h, w, layout).cast(DType::F32);
+    if temperature != 1.0 {
+        z.div_scalar(temperature)
+    } else {
+        z
     }
 }
 
 /// The forward without a graph: `[rows, 2]` (log-prob of the target, entropy) by chunks.
-pub fn chunked_forward<B: Backend>(
+pub fn chunked_forward<B: ModelBackend>(
     hidden: Tensor<B, 2>,
     weight: Tensor<B, 2>,
     layout: HeadLayout,
@@ -93,16 +112,13 @@ pub fn chunked_forward<B: Backend>(
     assert_eq!(targets.dims(), [rows], "head_logprobs: one target per row");
     let parts = chunks(rows, chunk)
         .map(|(s, e)| {
-            let sm = ChunkSoftmax::new(
+            let z = tempered_logits(
                 hidden.clone().slice([s..e, 0..h]),
                 &weight,
                 layout,
                 temperature,
             );
-            let idx = targets.clone().slice(s..e).unsqueeze_dim::<2>(1);
-            let logp = sm.z.clone().gather(1, idx) - sm.lse.clone();
-            let entropy = sm.lse.clone() - sm.mean_logit();
-            Tensor::cat(vec![logp, entropy], 1)
+            B::head_chunk_stats(z, targets.clone().slice(s..e))
         })
         .collect();
     Tensor::cat(parts, 0)
@@ -110,7 +126,7 @@ pub fn chunked_forward<B: Backend>(
 
 /// Gradients `(d hidden, d weight)` of [`chunked_forward`] given the gradient `d_out` `[rows, 2]`
 /// of its output, recomputing each chunk's logits.
-pub fn chunked_backward<B: Backend>(
+pub fn chunked_backward<B: ModelBackend>(
     hidden: Tensor<B, 2>,
     weight: Tensor<B, 2>,
     layout: HeadLayout,
@@ -126,13 +142,12 @@ pub fn chunked_backward<B: Backend>(
     let mut d_hidden = Vec::new();
     for (s, e) in chunks(rows, chunk) {
         let hc = hidden.clone().slice([s..e, 0..h]);
-        let sm = ChunkSoftmax::new(hc.clone(), &weight, layout, temperature);
-        let g = d_out.clone().slice([s..e, 0..2]);
-        let (g_logp, g_entropy) = (g.clone().slice([0..e - s, 0..1]), g.slice([0..e - s, 1..2]));
-        let centred = sm.z.clone() - sm.mean_logit();
-        let dz = (sm.p * (g_entropy * centred + g_logp.clone())).neg();
-        let idx = targets.clone().slice(s..e).unsqueeze_dim::<2>(1);
-        let dz = dz.scatter(1, idx, g_logp, IndexingUpdateOp::Add);
+        let z = tempered_logits(hc.clone(), &weight, layout, temperature);
+        let dz = B::head_chunk_grad(
+            z,
+            targets.clone().slice(s..e),
+            d_out.clone().slice([s..e, 0..2]),
+        );
         let dz = if temperature != 1.0 {
             dz.div_scalar(temperature)
         } else {
@@ -177,7 +192,7 @@ type HeadState<B> = (
     usize,
 );
 
-impl<B: Backend> Backward<B, 2> for HeadBackward {
+impl<B: ModelBackend> Backward<B, 2> for HeadBackward {
     type State = HeadState<B>;
 
     fn backward(
