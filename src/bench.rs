@@ -122,37 +122,14 @@ pub fn parameters<B: ModelBackend>(model: &Qwen2ForCausalLM<B>) -> usize {
 /// Times `steps` training steps (forward, backward of the mean NLL, AdamW update) of `batch`
 /// sequences of `seq_len` tokens after one warm-up step; the peak memory covers the timed steps.
 pub fn bench_train<B: TrainBackend>(
-    mut model: Qwen2ForCausalLM<B>,
+    model: Qwen2ForCausalLM<B>,
     batch: usize,
     seq_len: usize,
     steps: usize,
     device: &B::Device,
 ) -> Result<(f64, Option<u64>)> {
-    if seq_len < 2 || batch == 0 || steps == 0 {
-        return Err(Error::Invalid(
-            "--seq-len must be at least 2, --batch and --steps at least 1".into(),
-        ));
-    }
-    let vocab = model.config().vocab_size;
-    let ids = bench_ids(batch, seq_len, vocab);
-    let mut optim = AdamWOptimizer::<B, Qwen2ForCausalLM<B>>::new(&OptimConfig::default());
-    let mut step = |model: Qwen2ForCausalLM<B>| -> Result<Qwen2ForCausalLM<B>> {
-        let x =
-            Tensor::<B, 2, Int>::from_data(TensorData::new(ids.clone(), [batch, seq_len]), device);
-        let loss = mean_nll(&model, x)?;
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
-        let model = optim.step(1e-6, model, grads);
-        B::sync(device).map_err(|e| Error::Invalid(format!("device sync failed: {e:?}")))?;
-        Ok(model)
-    };
-    model = step(model)?;
-    reset_peak_memory();
-    let start = Instant::now();
-    for _ in 0..steps {
-        model = step(model)?;
-    }
-    let secs = start.elapsed().as_secs_f64() / steps as f64;
-    drop(model);
+    let worker = Worker::single(crate::DeviceSpec::best_available());
+    let (secs, _) = timed_steps(model, &worker, batch, seq_len, steps, device)?;
     Ok((secs, peak_memory_bytes()))
 }
 
@@ -196,6 +173,21 @@ pub struct AllReduceReport {
 /// ([`Worker::sum_grads`]) and AdamW steps. Returns the mean seconds of the all-reduce and of the
 /// whole step.
 pub fn bench_allreduce<B: TrainBackend>(
+    model: Qwen2ForCausalLM<B>,
+    worker: &Worker,
+    batch: usize,
+    seq_len: usize,
+    steps: usize,
+    device: &B::Device,
+) -> Result<(f64, f64)> {
+    let (secs, reduce) = timed_steps(model, worker, batch, seq_len, steps, device)?;
+    Ok((reduce, secs))
+}
+
+/// The training steps behind [`bench_train`] and [`bench_allreduce`]: one warm-up step, then
+/// `steps` timed ones (the peak-memory mark is reset in between). Returns the mean seconds of a
+/// step and of its gradient all-reduce (zero with a single worker).
+fn timed_steps<B: TrainBackend>(
     mut model: Qwen2ForCausalLM<B>,
     worker: &Worker,
     batch: usize,
@@ -212,21 +204,26 @@ pub fn bench_allreduce<B: TrainBackend>(
     let ids = bench_ids(batch, seq_len, vocab);
     let mut optim = AdamWOptimizer::<B, Qwen2ForCausalLM<B>>::new(&OptimConfig::default());
     let sync = || B::sync(device).map_err(|e| Error::Invalid(format!("device sync failed: {e:?}")));
+    let distributed = worker.world > 1;
     let mut step = |model: Qwen2ForCausalLM<B>| -> Result<(Qwen2ForCausalLM<B>, f64)> {
         let x =
             Tensor::<B, 2, Int>::from_data(TensorData::new(ids.clone(), [batch, seq_len]), device);
         let loss = mean_nll(&model, x)?;
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
-        sync()?;
-        let t = Instant::now();
-        let grads = worker.sum_grads::<B, _>("bench: summing gradients", &model, grads, device)?;
-        sync()?;
-        let reduce = t.elapsed().as_secs_f64();
+        let mut grads = GradientsParams::from_grads(loss.backward(), &model);
+        let mut reduce = 0.0;
+        if distributed {
+            sync()?;
+            let t = Instant::now();
+            grads = worker.sum_grads::<B, _>("bench: summing gradients", &model, grads, device)?;
+            sync()?;
+            reduce = t.elapsed().as_secs_f64();
+        }
         let model = optim.step(1e-6, model, grads);
         sync()?;
         Ok((model, reduce))
     };
     model = step(model)?.0;
+    reset_peak_memory();
     let start = Instant::now();
     let mut reduce = 0.0;
     for _ in 0..steps {
@@ -235,7 +232,8 @@ pub fn bench_allreduce<B: TrainBackend>(
         reduce += r;
     }
     let secs = start.elapsed().as_secs_f64() / steps as f64;
-    Ok((reduce / steps as f64, secs))
+    drop(model);
+    Ok((secs, reduce / steps as f64))
 }
 
 /// Times rollout decoding: `batch` prompts of `seq_len` tokens, `n` samples each sharing the

@@ -100,7 +100,7 @@ impl Plan {
         Self {
             devices: vec![device],
             global: None,
-            timeout: Duration::from_secs(1800),
+            timeout: Duration::from_secs_f64(DistributedSection::default().timeout_s),
         }
     }
 

@@ -143,10 +143,6 @@ fn row_softmax(z: &[f32], e: &mut [f32]) -> (f32, f32, f32) {
     (sum, max + sum.ln(), mean)
 }
 
-thread_local! {
-    static ROW: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
 fn flex_head_chunk_stats(z: Tensor<Flex, 2>, targets: Tensor<Flex, 1, Int>) -> Tensor<Flex, 2> {
     if z.dtype() != DType::F32 {
         return super::head::chunk_stats_ops(z, targets);
@@ -159,13 +155,10 @@ fn flex_head_chunk_stats(z: Tensor<Flex, 2>, targets: Tensor<Flex, 1, Int>) -> T
         .zip(z.par_chunks(vocab))
         .zip(targets.par_iter())
         .for_each(|((o, row), &t)| {
-            ROW.with(|e| {
-                let mut e = e.borrow_mut();
-                e.resize(vocab, 0.0);
-                let (_, lse, mean) = row_softmax(row, &mut e);
-                o[0] = row[t] - lse;
-                o[1] = lse - mean;
-            })
+            let mut e = scratch(0, vocab);
+            let (_, lse, mean) = row_softmax(row, &mut e);
+            o[0] = row[t] - lse;
+            o[1] = lse - mean;
         });
     Tensor::from_data(TensorData::new(out, [n, 2]), &device)
 }
