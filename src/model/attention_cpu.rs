@@ -20,12 +20,14 @@
 //! with the copy of the cache to host vectors they beat flex's fused attention fed a dense mask.
 
 use burn::backend::Flex;
-use burn::tensor::{Bool, DType, Int, Tensor, TensorData};
+use burn::tensor::{Bool, DType, Int, Tensor, TensorData, TensorPrimitive};
+use burn_flex::FlexTensor;
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
 use super::attention::{blockwise_backward, blockwise_forward, BLOCK_SCORES};
 use super::backend::ModelBackend;
+use crate::train::optim::AdamWHyper;
 
 /// Query rows per block (forward and backward pass 1) and per tile (pass 2).
 const ROWS: usize = 64;
@@ -33,6 +35,15 @@ const ROWS: usize = 64;
 const KEYS: usize = 64;
 
 impl ModelBackend for Flex {
+    fn adamw_update<const D: usize>(
+        param: Tensor<Self, D>,
+        grad: Tensor<Self, D>,
+        moments: Option<(Tensor<Self, D>, Tensor<Self, D>)>,
+        hyper: &AdamWHyper,
+    ) -> (Tensor<Self, D>, Tensor<Self, D>, Tensor<Self, D>) {
+        flex_adamw(param, grad, moments, hyper)
+    }
+
     fn head_chunk_stats(z: Tensor<Self, 2>, targets: Tensor<Self, 1, Int>) -> Tensor<Self, 2> {
         flex_head_chunk_stats(z, targets)
     }
@@ -186,6 +197,60 @@ fn flex_head_chunk_grad(
             d[t] += g[0];
         });
     Tensor::from_data(TensorData::new(dz, [n, vocab]), &device)
+}
+
+/// AdamW on the host ([`ModelBackend::adamw_update`]): one pass reads `p`, `g`, `m`, `v` and
+/// writes `p`, `m`, `v` in place (copying first only a buffer that is shared), where the tensor-op
+/// version makes about fourteen passes with a fresh buffer each. Same f32 operations in the same
+/// order, so the results are burn's.
+#[allow(clippy::type_complexity)]
+fn flex_adamw<const D: usize>(
+    param: Tensor<Flex, D>,
+    grad: Tensor<Flex, D>,
+    moments: Option<(Tensor<Flex, D>, Tensor<Flex, D>)>,
+    h: &AdamWHyper,
+) -> (Tensor<Flex, D>, Tensor<Flex, D>, Tensor<Flex, D>) {
+    let f32s = [Some(&param), Some(&grad)]
+        .into_iter()
+        .chain(moments.iter().flat_map(|(m, v)| [Some(m), Some(v)]))
+        .flatten()
+        .all(|t| t.dtype() == DType::F32);
+    if !f32s {
+        return crate::train::optim::adamw_update_ops(param, grad, moments, h);
+    }
+    let shape = param.shape();
+    let owned = |t: Tensor<Flex, D>| t.into_primitive().tensor().to_contiguous();
+    let mut p = owned(param);
+    let g = owned(grad);
+    let (mut m, mut v) = match moments {
+        Some((m, v)) => (owned(m), owned(v)),
+        None => (
+            FlexTensor::zeros(shape.clone(), DType::F32),
+            FlexTensor::zeros(shape, DType::F32),
+        ),
+    };
+    let (bc1, bc2) = h.bias_corrections();
+    let k = simd::AdamW {
+        beta_1: h.beta_1,
+        beta_2: h.beta_2,
+        f1: 1.0 - h.beta_1,
+        f2: 1.0 - h.beta_2,
+        bc1,
+        bc2,
+        epsilon: h.epsilon,
+        keep: (1.0 - h.lr * h.weight_decay as f64) as f32,
+        lr: h.lr as f32,
+    };
+    const CHUNK: usize = 1 << 15;
+    let gs = g.as_slice::<f32>().expect("contiguous f32 gradient");
+    p.storage_mut::<f32>()
+        .par_chunks_mut(CHUNK)
+        .zip(m.storage_mut::<f32>().par_chunks_mut(CHUNK))
+        .zip(v.storage_mut::<f32>().par_chunks_mut(CHUNK))
+        .zip(gs.par_chunks(CHUNK))
+        .for_each(|(((p, m), v), g)| simd::adamw(p, m, v, g, &k));
+    let wrap = |t: FlexTensor| Tensor::from_primitive(TensorPrimitive::Float(t));
+    (wrap(p), wrap(m), wrap(v))
 }
 
 fn host(t: Tensor<Flex, 4>) -> Vec<f32> {
@@ -754,6 +819,33 @@ mod simd {
         }
     }
 
+    /// The constants of [`adamw`]: `f1 = 1 - beta_1`, `f2 = 1 - beta_2`, `bc1`/`bc2` the bias
+    /// corrections, `keep = 1 - lr · weight_decay`.
+    pub struct AdamW {
+        pub beta_1: f32,
+        pub beta_2: f32,
+        pub f1: f32,
+        pub f2: f32,
+        pub bc1: f32,
+        pub bc2: f32,
+        pub epsilon: f32,
+        pub keep: f32,
+        pub lr: f32,
+    }
+
+    /// One AdamW update of a slice, in burn's order of f32 operations (no fused multiply-add:
+    /// Rust does not contract `a * b + c`).
+    #[inline(always)]
+    fn adamw_generic(p: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32], k: &AdamW) {
+        for (((p, m), v), &g) in p.iter_mut().zip(m.iter_mut()).zip(v.iter_mut()).zip(g) {
+            *m = *m * k.beta_1 + g * k.f1;
+            *v = *v * k.beta_2 + g * g * k.f2;
+            let delta = (*m / k.bc1) / ((*v / k.bc2).sqrt() + k.epsilon);
+            *p = *p * k.keep - delta * k.lr;
+        }
+    }
+
+    dispatch!(adamw, adamw_generic, (p: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32], k: &AdamW) -> ());
     dispatch!(max, max_generic, (row: &[f32]) -> f32);
     dispatch!(exp_sum, exp_sum_generic, (row: &mut [f32], shift: f32) -> f32);
     dispatch!(scale, scale_generic, (row: &mut [f32], factor: f32) -> ());
@@ -800,6 +892,38 @@ mod tests {
             x.into_data()
                 .assert_approx_eq::<f32>(&y.into_data(), burn::tensor::Tolerance::absolute(1e-5));
         }
+    }
+
+    /// The fused AdamW gives burn's tensor-op results bit for bit (first step and later, with
+    /// weight decay), and a buffer that something else still holds is copied, not overwritten.
+    #[test]
+    fn fused_adamw_is_burns_adamw() {
+        let device = Default::default();
+        let normal = Distribution::Normal(0.0, 1.0);
+        let shape = [37, 1029];
+        let h = |time| AdamWHyper {
+            lr: 3e-3,
+            beta_1: 0.9,
+            beta_2: 0.999,
+            epsilon: 1e-8,
+            weight_decay: 0.1,
+            time,
+        };
+        let p0 = Tensor::<Flex, 2>::random(shape, normal, &device);
+        let kept = p0.clone().into_data();
+        let (mut pf, mut pt) = (p0.clone(), p0.clone());
+        let (mut sf, mut st) = (None, None);
+        for time in 1..=3 {
+            let g = Tensor::<Flex, 2>::random(shape, normal, &device).mul_scalar(time as f32);
+            let (p, m, v) = Flex::adamw_update(pf, g.clone(), sf, &h(time));
+            let (q, m2, v2) = crate::train::optim::adamw_update_ops(pt, g, st, &h(time));
+            for (a, b) in [(&p, &q), (&m, &m2), (&v, &v2)] {
+                assert_eq!(a.clone().into_data(), b.clone().into_data(), "step {time}");
+            }
+            (pf, sf, pt, st) = (p, Some((m, v)), q, Some((m2, v2)));
+        }
+        assert_ne!(pf.into_data(), kept);
+        assert_eq!(p0.into_data(), kept, "a shared parameter buffer was written");
     }
 
     #[test]

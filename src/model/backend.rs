@@ -17,6 +17,7 @@ use super::attention::{self, BLOCK_SCORES};
 use super::head::{self, HeadLayout};
 use super::qwen2::DecoderLayer;
 use super::recompute;
+use crate::train::optim::AdamWHyper;
 
 /// A backend the Qwen2 model runs on: burn's [`Backend`] plus the memory-bounded kernels.
 ///
@@ -108,6 +109,20 @@ pub trait ModelBackend: Backend {
         g: Tensor<Self, 2>,
     ) -> Tensor<Self, 2> {
         head::chunk_grad_ops(z, targets, g)
+    }
+
+    /// One AdamW update of one parameter (`moments` the previous `(m, v)`, `None` on the first
+    /// step); returns `(param, m, v)`. The training optimiser ([`crate::train::FusedAdamW`])
+    /// calls it on the inner backend; the default is burn's arithmetic in tensor ops
+    /// ([`crate::train::optim::adamw_update_ops`]), which a backend may fuse into one pass.
+    #[allow(clippy::type_complexity)]
+    fn adamw_update<const D: usize>(
+        param: Tensor<Self, D>,
+        grad: Tensor<Self, D>,
+        moments: Option<(Tensor<Self, D>, Tensor<Self, D>)>,
+        hyper: &AdamWHyper,
+    ) -> (Tensor<Self, D>, Tensor<Self, D>, Tensor<Self, D>) {
+        crate::train::optim::adamw_update_ops(param, grad, moments, hyper)
     }
 
     /// A decoder layer whose activations are recomputed in the backward pass (see
