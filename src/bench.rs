@@ -1,5 +1,6 @@
 //! Sizing runs on one's own hardware (`longrl bench train` / `longrl bench generate`): tokens per
-//! second of a full training step (forward, backward, AdamW) or of rollout decoding, and the peak
+//! second of a full training step (forward, backward, gradient clipping, AdamW) or of rollout
+//! decoding, and the peak
 //! memory they reach, for a model folder or a bare `config.json` (random weights of that shape, so
 //! a 1.5B or 32B shape can be measured without downloading it).
 
@@ -15,7 +16,7 @@ use crate::distributed::Worker;
 use crate::error::{Error, Result};
 use crate::generate::{sample_seed, Engine, EngineOptions, GenerateRequest, SamplingParams};
 use crate::model::{checkpoint, load_model, Qwen2Config, Qwen2ForCausalLM, DEFAULT_LOGITS_CHUNK};
-use crate::train::optim::{AdamWOptimizer, OptimConfig};
+use crate::train::optim::{clip_grad_norm, AdamWOptimizer, OptimConfig};
 
 /// A model to measure: `path` is a model folder (its weights when it has some, else random ones)
 /// or a `config.json` file (random weights). Returns the model and whether its weights are random.
@@ -119,7 +120,11 @@ pub fn parameters<B: ModelBackend>(model: &Qwen2ForCausalLM<B>) -> usize {
     model.num_params()
 }
 
-/// Times `steps` training steps (forward, backward of the mean NLL, AdamW update) of `batch`
+/// The gradient-norm clip of a benchmarked step (the trainers' default `max_grad_norm`).
+pub const MAX_GRAD_NORM: f64 = 1.0;
+
+/// Times `steps` training steps (forward, backward of the mean NLL, global-norm clipping at
+/// [`MAX_GRAD_NORM`], AdamW update) of `batch`
 /// sequences of `seq_len` tokens after one warm-up step; the peak memory covers the timed steps.
 pub fn bench_train<B: TrainBackend>(
     model: Qwen2ForCausalLM<B>,
@@ -218,6 +223,7 @@ fn timed_steps<B: TrainBackend>(
             sync()?;
             reduce = t.elapsed().as_secs_f64();
         }
+        clip_grad_norm::<B, _>(&model, &mut grads, MAX_GRAD_NORM);
         let model = optim.step(1e-6, model, grads);
         sync()?;
         Ok((model, reduce))

@@ -35,6 +35,21 @@ const ROWS: usize = 64;
 const KEYS: usize = 64;
 
 impl ModelBackend for Flex {
+    fn rotary(x: Tensor<Self, 4>, cos: Tensor<Self, 4>, sin: Tensor<Self, 4>) -> Tensor<Self, 4> {
+        flex_rotary(x, cos, sin)
+    }
+
+    fn sum_squares<const D: usize>(t: Tensor<Self, D>) -> Tensor<Self, 1> {
+        if t.dtype() != DType::F32 {
+            return t.square().sum();
+        }
+        let device = t.device();
+        let t = t.into_primitive().tensor().to_contiguous();
+        let xs = t.as_slice::<f32>().expect("contiguous f32 tensor");
+        let sum: f64 = xs.par_chunks(1 << 15).map(|c| simd::dot(c, c) as f64).sum();
+        Tensor::from_data(TensorData::new(vec![sum as f32], [1]), &device)
+    }
+
     fn adamw_update<const D: usize>(
         param: Tensor<Self, D>,
         grad: Tensor<Self, D>,
@@ -251,6 +266,42 @@ fn flex_adamw<const D: usize>(
         .for_each(|(((p, m), v), g)| simd::adamw(p, m, v, g, &k));
     let wrap = |t: FlexTensor| Tensor::from_primitive(TensorPrimitive::Float(t));
     (wrap(p), wrap(m), wrap(v))
+}
+
+/// RoPE on the host ([`ModelBackend::rotary`]): one pass that reads each row of `x` where it
+/// lies (the head-major view of the projection's output is not contiguous) and writes the
+/// rotated rows contiguously, where the tensor-op version slices, negates, concatenates and makes
+/// three broadcast element-wise passes over strided memory.
+fn flex_rotary(x: Tensor<Flex, 4>, cos: Tensor<Flex, 4>, sin: Tensor<Flex, 4>) -> Tensor<Flex, 4> {
+    let [b, h, s, d] = x.dims();
+    let table_ok = |t: &Tensor<Flex, 4>| t.dims() == [b, 1, s, d] && t.dtype() == DType::F32;
+    if x.dtype() != DType::F32 || d % 2 != 0 || !table_ok(&cos) || !table_ok(&sin) {
+        return super::rope::apply_rotary(x, cos, sin);
+    }
+    let device = x.device();
+    let mut xt = x.into_primitive().tensor();
+    if xt.layout().strides()[3] != 1 || !xt.layout().has_positive_strides() {
+        xt = xt.to_contiguous();
+    }
+    let strides: Vec<usize> = xt.layout().strides().iter().map(|&v| v as usize).collect();
+    let offset = xt.layout().start_offset();
+    let xs = xt.storage::<f32>();
+    let (cos, sin) = (
+        cos.into_data().into_vec::<f32>().expect("f32 cos table"),
+        sin.into_data().into_vec::<f32>().expect("f32 sin table"),
+    );
+    let half = d / 2;
+    let mut out = vec![0f32; b * h * s * d];
+    out.par_chunks_mut(s * d).enumerate().for_each(|(bh, o)| {
+        let (bi, hi) = (bh / h, bh % h);
+        for (si, o) in o.chunks_exact_mut(d).enumerate() {
+            let at = offset + bi * strides[0] + hi * strides[1] + si * strides[2];
+            let row = &xs[at..at + d];
+            let t = (bi * s + si) * d;
+            simd::rotate_half(o, row, &cos[t..t + d], &sin[t..t + d], half);
+        }
+    });
+    Tensor::from_data(TensorData::new(out, [b, h, s, d]), &device)
 }
 
 fn host(t: Tensor<Flex, 4>) -> Vec<f32> {
@@ -845,6 +896,20 @@ mod simd {
         }
     }
 
+    /// `o = x cos + [-x₂, x₁] sin` for one row split in halves at `half`.
+    #[inline(always)]
+    fn rotate_half_generic(o: &mut [f32], x: &[f32], cos: &[f32], sin: &[f32], half: usize) {
+        let (o1, o2) = o.split_at_mut(half);
+        let (x1, x2) = x.split_at(half);
+        let (c1, c2) = cos.split_at(half);
+        let (s1, s2) = sin.split_at(half);
+        for i in 0..half {
+            o1[i] = x1[i] * c1[i] + -x2[i] * s1[i];
+            o2[i] = x2[i] * c2[i] + x1[i] * s2[i];
+        }
+    }
+
+    dispatch!(rotate_half, rotate_half_generic, (o: &mut [f32], x: &[f32], cos: &[f32], sin: &[f32], half: usize) -> ());
     dispatch!(adamw, adamw_generic, (p: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32], k: &AdamW) -> ());
     dispatch!(max, max_generic, (row: &[f32]) -> f32);
     dispatch!(exp_sum, exp_sum_generic, (row: &mut [f32], shift: f32) -> f32);
@@ -894,6 +959,19 @@ mod tests {
         }
     }
 
+    /// The host sum of squares (the gradient-norm clip's parts) is burn's `square().sum()`, also
+    /// on a non-contiguous view.
+    #[test]
+    fn sum_squares_matches_ops() {
+        let device = Default::default();
+        let t = Tensor::<Flex, 2>::random([300, 517], Distribution::Normal(0.0, 2.0), &device);
+        for t in [t.clone(), t.transpose()] {
+            let want = t.clone().square().sum().into_scalar() as f64;
+            let got = Flex::sum_squares(t).into_scalar() as f64;
+            assert!((got - want).abs() < 1e-5 * want, "{got} vs {want}");
+        }
+    }
+
     /// The fused AdamW gives burn's tensor-op results bit for bit (first step and later, with
     /// weight decay), and a buffer that something else still holds is copied, not overwritten.
     #[test]
@@ -923,7 +1001,11 @@ mod tests {
             (pf, sf, pt, st) = (p, Some((m, v)), q, Some((m2, v2)));
         }
         assert_ne!(pf.into_data(), kept);
-        assert_eq!(p0.into_data(), kept, "a shared parameter buffer was written");
+        assert_eq!(
+            p0.into_data(),
+            kept,
+            "a shared parameter buffer was written"
+        );
     }
 
     #[test]

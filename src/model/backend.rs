@@ -111,6 +111,19 @@ pub trait ModelBackend: Backend {
         head::chunk_grad_ops(z, targets, g)
     }
 
+    /// Rotary position embedding of `x` `[batch, heads, seq, head_dim]` with the tables `cos`,
+    /// `sin` `[batch, 1, seq, head_dim]` of [`super::RopeParams::cos_sin`]: `x cos + rot(x) sin`
+    /// (HF's "rotate half"). The default is [`super::rope::apply_rotary`] in tensor ops.
+    fn rotary(x: Tensor<Self, 4>, cos: Tensor<Self, 4>, sin: Tensor<Self, 4>) -> Tensor<Self, 4> {
+        super::rope::apply_rotary(x, cos, sin)
+    }
+
+    /// `Σ x²` over all of `t`, as a one-element tensor: a gradient's part of the global norm
+    /// that clipping measures ([`crate::train::grad_norm`]).
+    fn sum_squares<const D: usize>(t: Tensor<Self, D>) -> Tensor<Self, 1> {
+        t.square().sum()
+    }
+
     /// One AdamW update of one parameter (`moments` the previous `(m, v)`, `None` on the first
     /// step); returns `(param, m, v)`. The training optimiser ([`crate::train::FusedAdamW`])
     /// calls it on the inner backend; the default is burn's arithmetic in tensor ops
@@ -185,6 +198,10 @@ impl<B: ModelBackend, C: CheckpointStrategy> ModelBackend for Autodiff<B, C> {
         key_valid: Tensor<Self, 2, Bool>,
     ) -> Tensor<Self, 3> {
         recompute::checkpointed_layer(layer, x, cos, sin, key_valid)
+    }
+
+    fn rotary(x: Tensor<Self, 4>, cos: Tensor<Self, 4>, sin: Tensor<Self, 4>) -> Tensor<Self, 4> {
+        super::rope::tracked_rotary(x, cos, sin)
     }
 }
 

@@ -11,7 +11,7 @@ use super::backend::ModelBackend;
 use super::cache::{KvCache, LayerKv};
 use super::config::Qwen2Config;
 use super::head::HeadLayout;
-use super::rope::{apply_rotary, RopeParams};
+use super::rope::RopeParams;
 use crate::error::{Error, Result};
 
 /// Root-mean-square layer norm with a learned scale (`weight`, as HF names it).
@@ -184,8 +184,8 @@ impl<B: ModelBackend> Attention<B> {
         let q = split(linear_3d(&self.q_proj, x.clone()), nh);
         let k = split(linear_3d(&self.k_proj, x.clone()), nkv);
         let v = split(linear_3d(&self.v_proj, x), nkv);
-        let q = apply_rotary(q, cos.clone(), sin.clone());
-        let k = apply_rotary(k, cos, sin);
+        let q = B::rotary(q, cos.clone(), sin.clone());
+        let k = B::rotary(k, cos, sin);
         // The cache is moved in and out (not cloned) so that backends can write it in place.
         let (k, v, cache) = match cache {
             None => (k, v, None),

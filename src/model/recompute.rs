@@ -22,7 +22,6 @@ use burn::tensor::{Bool, DType, Tensor, TensorMetadata, TensorPrimitive};
 
 use super::backend::{float, ModelBackend};
 use super::qwen2::{DecoderLayer, RmsNorm};
-use super::rope::apply_rotary;
 
 /// Parameters of a decoder layer, in the order [`layer_backward`] returns their gradients: input
 /// norm; q, k, v weight and bias; o weight; post-attention norm; gate, up, down weights.
@@ -159,12 +158,12 @@ fn layer_backward<B: ModelBackend>(
     // Forward, keeping this layer's intermediates.
     let x = rows(x);
     let (norm1, n1) = Norm::new(&layer.input_layernorm, x.clone());
-    let q = apply_rotary(
+    let q = B::rotary(
         heads(linear(&attn.q_proj, n1.clone()), nh),
         cos.clone(),
         sin.clone(),
     );
-    let k = apply_rotary(
+    let k = B::rotary(
         heads(linear(&attn.k_proj, n1.clone()), nkv),
         cos.clone(),
         sin.clone(),
@@ -211,7 +210,7 @@ fn layer_backward<B: ModelBackend>(
     // RoPE is a rotation: its adjoint rotates by -θ.
     let unrotate = |d: Tensor<B, 4>, k: usize| {
         unheads(
-            apply_rotary(d.reshape([b, k, t, hd]), cos.clone(), sin.clone().neg()),
+            B::rotary(d.reshape([b, k, t, hd]), cos.clone(), sin.clone().neg()),
             k,
         )
     };

@@ -180,15 +180,15 @@ pub fn stable_param_ids<B: Backend, M: Module<B>>(module: M) -> M {
     module.map(&mut StableIds { path: Vec::new() })
 }
 
-struct NormParts<'a, B: AutodiffBackend> {
+struct NormParts<'a, B: TrainBackend> {
     grads: &'a GradientsParams,
     sum_sq: Vec<Tensor<B::InnerBackend, 1>>,
 }
 
-impl<B: AutodiffBackend> ModuleVisitor<B> for NormParts<'_, B> {
+impl<B: TrainBackend> ModuleVisitor<B> for NormParts<'_, B> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
         if let Some(g) = self.grads.get::<B::InnerBackend, D>(param.id) {
-            self.sum_sq.push(g.square().sum());
+            self.sum_sq.push(B::InnerBackend::sum_squares(g));
         }
     }
 }
@@ -208,7 +208,7 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for ScaleGrads<'_> {
 }
 
 /// The global L2 norm of all gradients of `module`.
-pub fn grad_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
+pub fn grad_norm<B: TrainBackend, M: AutodiffModule<B>>(
     module: &M,
     grads: &GradientsParams,
 ) -> f64 {
@@ -240,7 +240,7 @@ pub fn scale_grads<B: AutodiffBackend, M: AutodiffModule<B>>(
 
 /// `torch.nn.utils.clip_grad_norm_`: scales all gradients by `max_norm / (norm + 1e-6)` when that
 /// is below 1; returns the norm before clipping. `max_norm = 0` only measures.
-pub fn clip_grad_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
+pub fn clip_grad_norm<B: TrainBackend, M: AutodiffModule<B>>(
     module: &M,
     grads: &mut GradientsParams,
     max_norm: f64,
@@ -424,7 +424,7 @@ impl<B: TrainBackend, M: AutodiffModule<B>> AdamWOptimizer<B, M> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::nn::{Linear, LinearConfig};
+    use burn::nn::Linear;
     use burn::optim::AdamWConfig;
     use burn::tensor::Distribution;
 
@@ -435,7 +435,9 @@ mod tests {
     }
 
     fn loss<B: AutodiffBackend>(m: &Two<B>, x: &Tensor<B, 2>) -> Tensor<B, 1> {
-        m.b.forward(m.a.forward(x.clone()).tanh()).powf_scalar(2.0).mean()
+        m.b.forward(m.a.forward(x.clone()).tanh())
+            .powf_scalar(2.0)
+            .mean()
     }
 
     /// [`AdamWOptimizer`] takes burn's `AdamW` steps exactly (the backend's kernel: on `flex` the
@@ -450,7 +452,12 @@ mod tests {
             weight: Param::from_data(w[i].clone(), &device),
             bias: Some(Param::from_data(b[i].clone(), &device)),
         };
-        let copy = || stable_param_ids(Two::<B> { a: linear(0), b: linear(1) });
+        let copy = || {
+            stable_param_ids(Two::<B> {
+                a: linear(0),
+                b: linear(1),
+            })
+        };
         let x = Tensor::<B, 2>::random([6, 12], Distribution::Normal(0.0, 1.0), &device);
         let config = OptimConfig {
             weight_decay: 0.05,
