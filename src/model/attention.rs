@@ -13,7 +13,7 @@
 //!   query block seeing its whole key row, so no running rescale is needed).
 //!
 //! These blockwise tensor-op versions are the defaults of [`ModelBackend`]; burn-flex replaces
-//! both with host kernels of its own (`super::attention_cpu`).
+//! both with host kernels of its own (`super::flex`).
 //!
 //! Grouped-query attention runs without repeating keys and values: the `groups` query heads that
 //! share a KV head are stacked along the query axis (group-major), `[batch, kv_heads, groups *

@@ -118,6 +118,21 @@ pub trait ModelBackend: Backend {
         super::rope::apply_rotary(x, cos, sin)
     }
 
+    /// The SwiGLU MLP's element-wise part `silu(gate) ∘ up`, `[rows, intermediate]` both (see
+    /// [`super::swiglu`]).
+    fn swiglu(gate: Tensor<Self, 2>, up: Tensor<Self, 2>) -> Tensor<Self, 2> {
+        super::swiglu::swiglu_ops(gate, up)
+    }
+
+    /// `(d gate, d up)` of [`Self::swiglu`] given the output's gradient `d`.
+    fn swiglu_backward(
+        gate: Tensor<Self, 2>,
+        up: Tensor<Self, 2>,
+        d: Tensor<Self, 2>,
+    ) -> (Tensor<Self, 2>, Tensor<Self, 2>) {
+        super::swiglu::swiglu_backward_ops(gate, up, d)
+    }
+
     /// `Σ x²` over all of `t`, as a one-element tensor: a gradient's part of the global norm
     /// that clipping measures ([`crate::train::grad_norm`]).
     fn sum_squares<const D: usize>(t: Tensor<Self, D>) -> Tensor<Self, 1> {
@@ -160,7 +175,7 @@ pub trait TrainBackend: AutodiffBackend<InnerBackend: ModelBackend> + ModelBacke
 
 impl<B> TrainBackend for B where B: AutodiffBackend<InnerBackend: ModelBackend> + ModelBackend {}
 
-// burn-flex implements the trait with its own kernels, in `super::attention_cpu`.
+// burn-flex implements the trait with its own kernels, in `super::flex`.
 #[cfg(feature = "ndarray")]
 impl ModelBackend for burn::backend::NdArray {}
 #[cfg(feature = "wgpu")]
@@ -202,6 +217,10 @@ impl<B: ModelBackend, C: CheckpointStrategy> ModelBackend for Autodiff<B, C> {
 
     fn rotary(x: Tensor<Self, 4>, cos: Tensor<Self, 4>, sin: Tensor<Self, 4>) -> Tensor<Self, 4> {
         super::rope::tracked_rotary(x, cos, sin)
+    }
+
+    fn swiglu(gate: Tensor<Self, 2>, up: Tensor<Self, 2>) -> Tensor<Self, 2> {
+        super::swiglu::tracked_swiglu(gate, up)
     }
 }
 

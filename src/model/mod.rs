@@ -1,16 +1,17 @@
 //! The Qwen2 model family: configuration, layers, rotary embeddings, KV cache and checkpoint I/O.
 
 pub mod attention;
-#[cfg(feature = "flex")]
-mod attention_cpu;
 pub mod backend;
 pub mod cache;
 pub mod checkpoint;
 pub mod config;
+#[cfg(feature = "flex")]
+mod flex;
 pub mod head;
 pub mod qwen2;
 pub mod recompute;
 pub mod rope;
+pub mod swiglu;
 
 pub use backend::{ModelBackend, TrainBackend};
 pub use cache::KvCache;

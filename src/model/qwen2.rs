@@ -4,7 +4,6 @@
 
 use burn::module::{Module, Param};
 use burn::nn::{Embedding, EmbeddingConfig, Initializer, Linear, LinearConfig};
-use burn::tensor::activation::silu;
 use burn::tensor::{backend::Backend, Bool, DType, FloatDType, Int, Tensor};
 
 use super::backend::ModelBackend;
@@ -222,10 +221,16 @@ impl<B: Backend> Mlp<B> {
             down_proj: linear(c.intermediate_size, c.hidden_size, false, device),
         }
     }
+}
 
+impl<B: ModelBackend> Mlp<B> {
     fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let gate = silu(linear_3d(&self.gate_proj, x.clone()));
-        linear_3d(&self.down_proj, gate * linear_3d(&self.up_proj, x))
+        let [b, t, h] = x.dims();
+        let x = x.reshape([b * t, h]);
+        let gate = self.gate_proj.forward(x.clone());
+        let up = self.up_proj.forward(x);
+        let y = self.down_proj.forward(B::swiglu(gate, up));
+        y.reshape([b, t, h])
     }
 }
 

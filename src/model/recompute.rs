@@ -15,7 +15,6 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::Autodiff;
 use burn::module::AutodiffModule;
 use burn::nn::Linear;
-use burn::tensor::activation::{sigmoid, silu};
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::{BoolTensor, FloatTensor};
 use burn::tensor::{Bool, DType, Tensor, TensorMetadata, TensorPrimitive};
@@ -177,16 +176,12 @@ fn layer_backward<B: ModelBackend>(
     let (norm2, n2) = Norm::new(&layer.post_attention_layernorm, x2);
     let gate = linear(&layer.mlp.gate_proj, n2.clone());
     let up = linear(&layer.mlp.up_proj, n2.clone());
-    let act = silu(gate.clone());
-    let mlp_in = act.clone() * up.clone();
+    let mlp_in = B::swiglu(gate.clone(), up.clone());
 
     // Backward.
     let dy = rows(dy);
     let (d_mlp_in, d_down) = linear_backward(&layer.mlp.down_proj, mlp_in, dy.clone());
-    let d_up = d_mlp_in.clone() * act;
-    let sig = sigmoid(gate.clone());
-    // silu'(g) = σ(g) (1 + g (1 - σ(g))).
-    let d_gate = d_mlp_in * up * sig.clone() * (gate * sig.neg().add_scalar(1.0)).add_scalar(1.0);
+    let (d_gate, d_up) = B::swiglu_backward(gate, up, d_mlp_in);
     let (dn2_gate, d_gate_w) = linear_backward(&layer.mlp.gate_proj, n2.clone(), d_gate);
     let (dn2_up, d_up_w) = linear_backward(&layer.mlp.up_proj, n2, d_up);
     let (dx2_norm, d_norm2) = norm2.backward(&layer.post_attention_layernorm, dn2_gate + dn2_up);

@@ -1,5 +1,12 @@
-//! burn-flex's attention kernels: the forward and the backward of
-//! [`ModelBackend::causal_attention`] on f32 host memory, tile by tile.
+//! burn-flex's implementation of [`ModelBackend`]: host kernels on f32 memory where burn's
+//! decomposed ops make many passes (each with a fresh buffer) over the same data. Besides the
+//! attention below: the LM head's softmax part (one pass per row), RoPE (one pass that reads the
+//! head-major view in place), AdamW (one in-place pass over parameter, gradient and moments) and
+//! the gradient's sum of squares. Every kernel falls back to the tensor-op version on other
+//! dtypes.
+//!
+//! The attention kernels: the forward and the backward of [`ModelBackend::causal_attention`],
+//! tile by tile.
 //!
 //! The generic blockwise path builds each block's `[rows, keys]` mask as a tensor and runs a
 //! dozen tensor ops over the scores; on a CPU those passes, not the matrix products, dominate
@@ -35,6 +42,44 @@ const ROWS: usize = 64;
 const KEYS: usize = 64;
 
 impl ModelBackend for Flex {
+    fn swiglu(gate: Tensor<Self, 2>, up: Tensor<Self, 2>) -> Tensor<Self, 2> {
+        if gate.dtype() != DType::F32 || up.dtype() != DType::F32 {
+            return super::swiglu::swiglu_ops(gate, up);
+        }
+        let shape = gate.dims();
+        let device = gate.device();
+        let (g, u) = (host2(gate), host2(up));
+        let mut out = vec![0f32; g.len()];
+        out.par_chunks_mut(CHUNK)
+            .zip(g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK)))
+            .for_each(|(o, (g, u))| simd::swiglu(o, g, u));
+        Tensor::from_data(TensorData::new(out, shape), &device)
+    }
+
+    fn swiglu_backward(
+        gate: Tensor<Self, 2>,
+        up: Tensor<Self, 2>,
+        d: Tensor<Self, 2>,
+    ) -> (Tensor<Self, 2>, Tensor<Self, 2>) {
+        if [&gate, &up, &d].iter().any(|t| t.dtype() != DType::F32) {
+            return super::swiglu::swiglu_backward_ops(gate, up, d);
+        }
+        let shape = gate.dims();
+        let device = gate.device();
+        let (g, u, d) = (host2(gate), host2(up), host2(d));
+        let (mut dg, mut du) = (vec![0f32; g.len()], vec![0f32; g.len()]);
+        dg.par_chunks_mut(CHUNK)
+            .zip(du.par_chunks_mut(CHUNK))
+            .zip(
+                g.par_chunks(CHUNK)
+                    .zip(u.par_chunks(CHUNK))
+                    .zip(d.par_chunks(CHUNK)),
+            )
+            .for_each(|((dg, du), ((g, u), d))| simd::swiglu_grad(dg, du, g, u, d));
+        let wrap = |v: Vec<f32>| Tensor::from_data(TensorData::new(v, shape), &device);
+        (wrap(dg), wrap(du))
+    }
+
     fn rotary(x: Tensor<Self, 4>, cos: Tensor<Self, 4>, sin: Tensor<Self, 4>) -> Tensor<Self, 4> {
         flex_rotary(x, cos, sin)
     }
@@ -302,6 +347,13 @@ fn flex_rotary(x: Tensor<Flex, 4>, cos: Tensor<Flex, 4>, sin: Tensor<Flex, 4>) -
         }
     });
     Tensor::from_data(TensorData::new(out, [b, h, s, d]), &device)
+}
+
+/// Elements per parallel task of the element-wise kernels.
+const CHUNK: usize = 1 << 14;
+
+fn host2(t: Tensor<Flex, 2>) -> Vec<f32> {
+    t.into_data().into_vec::<f32>().expect("f32 tensor")
 }
 
 fn host(t: Tensor<Flex, 4>) -> Vec<f32> {
@@ -909,6 +961,38 @@ mod simd {
         }
     }
 
+    /// `σ(x)` through the vectorised `exp` of a non-positive argument.
+    #[inline(always)]
+    fn sigmoid(x: f32) -> f32 {
+        let e = exp(-x.abs());
+        let r = 1.0 / (1.0 + e);
+        if x >= 0.0 {
+            r
+        } else {
+            e * r
+        }
+    }
+
+    /// `o = silu(g) u`.
+    #[inline(always)]
+    fn swiglu_generic(o: &mut [f32], g: &[f32], u: &[f32]) {
+        for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
+            *o = g * sigmoid(g) * u;
+        }
+    }
+
+    /// `du = d silu(g)`, `dg = d u σ(g) (1 + g (1 − σ(g)))`.
+    #[inline(always)]
+    fn swiglu_grad_generic(dg: &mut [f32], du: &mut [f32], g: &[f32], u: &[f32], d: &[f32]) {
+        for ((((dg, du), &g), &u), &d) in dg.iter_mut().zip(du.iter_mut()).zip(g).zip(u).zip(d) {
+            let s = sigmoid(g);
+            *du = d * g * s;
+            *dg = d * u * s * (1.0 + g * (1.0 - s));
+        }
+    }
+
+    dispatch!(swiglu, swiglu_generic, (o: &mut [f32], g: &[f32], u: &[f32]) -> ());
+    dispatch!(swiglu_grad, swiglu_grad_generic, (dg: &mut [f32], du: &mut [f32], g: &[f32], u: &[f32], d: &[f32]) -> ());
     dispatch!(rotate_half, rotate_half_generic, (o: &mut [f32], x: &[f32], cos: &[f32], sin: &[f32], half: usize) -> ());
     dispatch!(adamw, adamw_generic, (p: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32], k: &AdamW) -> ());
     dispatch!(max, max_generic, (row: &[f32]) -> f32);
