@@ -203,9 +203,12 @@ fn rl_config(dir: &Path, steps: usize, mode: LossAggMode) -> RlConfig {
         micro_batch_tokens: 64,
         mask_truncated_completions: false,
         // Large enough that a wrong weighting of the workers' gradients shows in the weights
-        // (Adam's update barely depends on the gradient's scale).
+        // (Adam's update barely depends on the gradient's scale). Adam's epsilon is far above
+        // the rounding noise of a sum (which differs between one and two workers): with 1e-8,
+        // an element whose exact gradient is zero moves by a full step of the noise's sign.
         optim: OptimConfig {
             lr: 1e-2,
+            adam_epsilon: 1e-4,
             ..OptimConfig::default()
         },
         ..RlConfig::default()
