@@ -118,6 +118,22 @@ pub trait ModelBackend: Backend {
         super::rope::apply_rotary(x, cos, sin)
     }
 
+    /// RMSNorm of each row of `x` `[rows, hidden]` with `weight` `[hidden]` (see
+    /// [`super::norm`]).
+    fn rms_norm(x: Tensor<Self, 2>, weight: Tensor<Self, 1>, eps: f64) -> Tensor<Self, 2> {
+        super::norm::rms_norm_ops(x, weight, eps)
+    }
+
+    /// `(dx, dweight)` of [`Self::rms_norm`] given the output's gradient `d`.
+    fn rms_norm_backward(
+        x: Tensor<Self, 2>,
+        weight: Tensor<Self, 1>,
+        eps: f64,
+        d: Tensor<Self, 2>,
+    ) -> (Tensor<Self, 2>, Tensor<Self, 1>) {
+        super::norm::rms_norm_backward_ops(x, weight, eps, d)
+    }
+
     /// The SwiGLU MLP's element-wise part `silu(gate) ∘ up`, `[rows, intermediate]` both (see
     /// [`super::swiglu`]).
     fn swiglu(gate: Tensor<Self, 2>, up: Tensor<Self, 2>) -> Tensor<Self, 2> {
@@ -221,6 +237,10 @@ impl<B: ModelBackend, C: CheckpointStrategy> ModelBackend for Autodiff<B, C> {
 
     fn swiglu(gate: Tensor<Self, 2>, up: Tensor<Self, 2>) -> Tensor<Self, 2> {
         super::swiglu::tracked_swiglu(gate, up)
+    }
+
+    fn rms_norm(x: Tensor<Self, 2>, weight: Tensor<Self, 1>, eps: f64) -> Tensor<Self, 2> {
+        super::norm::tracked_rms_norm(x, weight, eps)
     }
 }
 

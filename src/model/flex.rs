@@ -42,6 +42,79 @@ const ROWS: usize = 64;
 const KEYS: usize = 64;
 
 impl ModelBackend for Flex {
+    fn rms_norm(x: Tensor<Self, 2>, weight: Tensor<Self, 1>, eps: f64) -> Tensor<Self, 2> {
+        if x.dtype() != DType::F32 || weight.dtype() != DType::F32 {
+            return super::norm::rms_norm_ops(x, weight, eps);
+        }
+        let [rows, h] = x.dims();
+        let device = x.device();
+        let (x, w) = (host2(x), host1(weight));
+        let mut out = vec![0f32; rows * h];
+        out.par_chunks_mut(h)
+            .zip(x.par_chunks(h))
+            .for_each(|(o, x)| {
+                let inv = inv_rms(x, eps);
+                for ((o, &x), &w) in o.iter_mut().zip(x).zip(&w) {
+                    *o = x * inv * w;
+                }
+            });
+        Tensor::from_data(TensorData::new(out, [rows, h]), &device)
+    }
+
+    fn rms_norm_backward(
+        x: Tensor<Self, 2>,
+        weight: Tensor<Self, 1>,
+        eps: f64,
+        d: Tensor<Self, 2>,
+    ) -> (Tensor<Self, 2>, Tensor<Self, 1>) {
+        if [x.dtype(), weight.dtype(), d.dtype()]
+            .iter()
+            .any(|t| *t != DType::F32)
+        {
+            return super::norm::rms_norm_backward_ops(x, weight, eps, d);
+        }
+        let [rows, h] = x.dims();
+        let device = x.device();
+        let (x, w, d) = (host2(x), host1(weight), host2(d));
+        let mut dx = vec![0f32; rows * h];
+        // Fixed blocks of rows, each with its partial `dw`, summed in order: the result does not
+        // depend on how rayon schedules the blocks.
+        const BLOCK: usize = 64;
+        let partials: Vec<Vec<f32>> = dx
+            .par_chunks_mut(BLOCK * h)
+            .zip(x.par_chunks(BLOCK * h).zip(d.par_chunks(BLOCK * h)))
+            .map(|(dx, (x, d))| {
+                let mut dw = vec![0f32; h];
+                let mut g = vec![0f32; h];
+                for ((dx, x), d) in dx.chunks_mut(h).zip(x.chunks(h)).zip(d.chunks(h)) {
+                    let inv = inv_rms(x, eps);
+                    let mut proj = 0f32;
+                    for i in 0..h {
+                        let xhat = x[i] * inv;
+                        dw[i] += d[i] * xhat;
+                        g[i] = d[i] * w[i];
+                        proj += g[i] * xhat;
+                    }
+                    let proj = proj / h as f32;
+                    for i in 0..h {
+                        dx[i] = (g[i] - x[i] * inv * proj) * inv;
+                    }
+                }
+                dw
+            })
+            .collect();
+        let mut dw = vec![0f32; h];
+        for p in &partials {
+            for (a, b) in dw.iter_mut().zip(p) {
+                *a += b;
+            }
+        }
+        (
+            Tensor::from_data(TensorData::new(dx, [rows, h]), &device),
+            Tensor::from_data(TensorData::new(dw, [h]), &device),
+        )
+    }
+
     fn swiglu(gate: Tensor<Self, 2>, up: Tensor<Self, 2>) -> Tensor<Self, 2> {
         if gate.dtype() != DType::F32 || up.dtype() != DType::F32 {
             return super::swiglu::swiglu_ops(gate, up);
@@ -351,6 +424,16 @@ fn flex_rotary(x: Tensor<Flex, 4>, cos: Tensor<Flex, 4>, sin: Tensor<Flex, 4>) -
 
 /// Elements per parallel task of the element-wise kernels.
 const CHUNK: usize = 1 << 14;
+
+/// `1 / sqrt(mean(x²) + eps)` of one row.
+fn inv_rms(x: &[f32], eps: f64) -> f32 {
+    let ms = simd::dot(x, x) / x.len() as f32;
+    1.0 / (ms + eps as f32).sqrt()
+}
+
+fn host1(t: Tensor<Flex, 1>) -> Vec<f32> {
+    t.into_data().into_vec::<f32>().expect("f32 tensor")
+}
 
 fn host2(t: Tensor<Flex, 2>) -> Vec<f32> {
     t.into_data().into_vec::<f32>().expect("f32 tensor")

@@ -8,6 +8,7 @@ pub mod config;
 #[cfg(feature = "flex")]
 mod flex;
 pub mod head;
+pub mod norm;
 pub mod qwen2;
 pub mod recompute;
 pub mod rope;

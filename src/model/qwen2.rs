@@ -34,20 +34,16 @@ impl<B: Backend> RmsNorm<B> {
     pub(crate) fn eps(&self) -> f64 {
         self.eps
     }
+}
 
+impl<B: ModelBackend> RmsNorm<B> {
     /// Normalises the last dimension of `x` `[.., hidden]`, in f32 whatever the input's dtype
-    /// (as transformers does), then scales in the input's dtype.
+    /// (as transformers does), then scales in the input's dtype ([`ModelBackend::rms_norm`]).
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        let dtype = x.dtype();
-        let x = x.cast(DType::F32);
-        let rms = x
-            .clone()
-            .square()
-            .mean_dim(D - 1)
-            .add_scalar(self.eps)
-            .sqrt();
-        let weight = self.weight.val().unsqueeze::<D>();
-        x.div(rms).cast(dtype).mul(weight)
+        let dims = x.dims();
+        let hidden = dims[D - 1];
+        let rows = x.shape().num_elements() / hidden.max(1);
+        B::rms_norm(x.reshape([rows, hidden]), self.weight.val(), self.eps).reshape(dims)
     }
 }
 

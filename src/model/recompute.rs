@@ -62,47 +62,6 @@ fn params<B: Backend>(layer: &DecoderLayer<B>) -> [FloatTensor<B>; PARAMS] {
     ]
 }
 
-/// RMSNorm's forward keeping what its backward needs: `x̂ = x / rms(x)` and `1 / rms(x)` in
-/// f32 (as [`RmsNorm::forward`] computes them), and the input's dtype.
-struct Norm<B: Backend> {
-    xhat: Tensor<B, 2>,
-    inv_rms: Tensor<B, 2>,
-    dtype: DType,
-}
-
-impl<B: Backend> Norm<B> {
-    fn new(norm: &RmsNorm<B>, x: Tensor<B, 2>) -> (Self, Tensor<B, 2>) {
-        let dtype = x.dtype();
-        let x = x.cast(DType::F32);
-        let inv_rms = x
-            .clone()
-            .square()
-            .mean_dim(1)
-            .add_scalar(norm.eps())
-            .sqrt()
-            .recip();
-        let xhat = x * inv_rms.clone();
-        let out = xhat.clone().cast(dtype) * norm.weight.val().unsqueeze::<2>();
-        (
-            Self {
-                xhat,
-                inv_rms,
-                dtype,
-            },
-            out,
-        )
-    }
-
-    /// `(dx, dweight)` from `dout`.
-    fn backward(&self, norm: &RmsNorm<B>, dout: Tensor<B, 2>) -> (Tensor<B, 2>, Tensor<B, 2>) {
-        let dweight = (dout.clone() * self.xhat.clone().cast(self.dtype)).sum_dim(0);
-        let dxhat = (dout * norm.weight.val().unsqueeze::<2>()).cast(DType::F32);
-        let proj = (dxhat.clone() * self.xhat.clone()).mean_dim(1);
-        let dx = (dxhat - self.xhat.clone() * proj) * self.inv_rms.clone();
-        (dx.cast(self.dtype), dweight)
-    }
-}
-
 /// `x W (+ b)` on rows `[n, in]`.
 fn linear<B: Backend>(l: &Linear<B>, x: Tensor<B, 2>) -> Tensor<B, 2> {
     l.forward(x)
@@ -156,7 +115,12 @@ fn layer_backward<B: ModelBackend>(
 
     // Forward, keeping this layer's intermediates.
     let x = rows(x);
-    let (norm1, n1) = Norm::new(&layer.input_layernorm, x.clone());
+    let norm = |n: &RmsNorm<B>, x: Tensor<B, 2>| B::rms_norm(x, n.weight.val(), n.eps());
+    let norm_backward = |n: &RmsNorm<B>, x: Tensor<B, 2>, d: Tensor<B, 2>| {
+        let (dx, dw) = B::rms_norm_backward(x, n.weight.val(), n.eps(), d);
+        (dx, dw.unsqueeze::<2>())
+    };
+    let n1 = norm(&layer.input_layernorm, x.clone());
     let q = B::rotary(
         heads(linear(&attn.q_proj, n1.clone()), nh),
         cos.clone(),
@@ -172,8 +136,8 @@ fn layer_backward<B: ModelBackend>(
     let (out, lse) =
         B::causal_attention_lse(q.clone(), k.clone(), v.clone(), key_valid.clone(), groups);
     let a = unheads(out.clone().reshape([b, nh, t, hd]), nh);
-    let x2 = x + linear(&attn.o_proj, a.clone());
-    let (norm2, n2) = Norm::new(&layer.post_attention_layernorm, x2);
+    let x2 = x.clone() + linear(&attn.o_proj, a.clone());
+    let n2 = norm(&layer.post_attention_layernorm, x2.clone());
     let gate = linear(&layer.mlp.gate_proj, n2.clone());
     let up = linear(&layer.mlp.up_proj, n2.clone());
     let mlp_in = B::swiglu(gate.clone(), up.clone());
@@ -184,7 +148,7 @@ fn layer_backward<B: ModelBackend>(
     let (d_gate, d_up) = B::swiglu_backward(gate, up, d_mlp_in);
     let (dn2_gate, d_gate_w) = linear_backward(&layer.mlp.gate_proj, n2.clone(), d_gate);
     let (dn2_up, d_up_w) = linear_backward(&layer.mlp.up_proj, n2, d_up);
-    let (dx2_norm, d_norm2) = norm2.backward(&layer.post_attention_layernorm, dn2_gate + dn2_up);
+    let (dx2_norm, d_norm2) = norm_backward(&layer.post_attention_layernorm, x2, dn2_gate + dn2_up);
     let dx2 = dy + dx2_norm;
     let (da, d_o) = linear_backward(&attn.o_proj, a, dx2.clone());
     let d_out = heads(da, nh).reshape([b, nkv, groups * t, hd]);
@@ -215,7 +179,7 @@ fn layer_backward<B: ModelBackend>(
     let (dn1_q, d_qw) = linear_backward(&attn.q_proj, n1.clone(), dq);
     let (dn1_k, d_kw) = linear_backward(&attn.k_proj, n1.clone(), dk);
     let (dn1_v, d_vw) = linear_backward(&attn.v_proj, n1, dv);
-    let (dx_norm, d_norm1) = norm1.backward(&layer.input_layernorm, dn1_q + dn1_k + dn1_v);
+    let (dx_norm, d_norm1) = norm_backward(&layer.input_layernorm, x, dn1_q + dn1_k + dn1_v);
     let dx = (dx2 + dx_norm).reshape([b, t, h]);
     (
         dx,
