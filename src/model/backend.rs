@@ -6,6 +6,12 @@
 //! compute by blocks and, under `Autodiff`, register one graph node each whose backward
 //! recomputes the blocks, so memory stays linear in the sequence length; a third makes a whole
 //! decoder layer one recomputing node ([`super::recompute`], gradient checkpointing).
+//!
+//! RoPE, SwiGLU and RMSNorm are one graph node each too ([`super::rope`], [`super::swiglu`],
+//! [`super::norm`]: fewer saved activations and passes than burn's decomposed ops, as Liger's
+//! kernels do for PyTorch trainers), and the optimiser's per-parameter AdamW update is a method
+//! here, so that a backend can fuse it. Every method has a tensor-op default; burn-flex overrides
+//! them with host kernels (`src/model/flex.rs`).
 
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::Autodiff;
