@@ -120,11 +120,8 @@ pub fn parameters<B: ModelBackend>(model: &Qwen2ForCausalLM<B>) -> usize {
     model.num_params()
 }
 
-/// The gradient-norm clip of a benchmarked step (the trainers' default `max_grad_norm`).
-pub const MAX_GRAD_NORM: f64 = 1.0;
-
-/// Times `steps` training steps (forward, backward of the mean NLL, global-norm clipping at
-/// [`MAX_GRAD_NORM`], AdamW update) of `batch`
+/// Times `steps` training steps (forward, backward of the mean NLL, global-norm clipping and
+/// AdamW update with the trainers' defaults, [`OptimConfig::default`]) of `batch`
 /// sequences of `seq_len` tokens after one warm-up step; the peak memory covers the timed steps.
 pub fn bench_train<B: TrainBackend>(
     model: Qwen2ForCausalLM<B>,
@@ -175,8 +172,8 @@ pub struct AllReduceReport {
 
 /// Times `steps` data-parallel training steps of `worker` (after one warm-up step): each worker
 /// trains `batch` sequences of `seq_len` tokens, its gradients are summed over all workers
-/// ([`Worker::sum_grads`]) and AdamW steps. Returns the mean seconds of the all-reduce and of the
-/// whole step.
+/// ([`Worker::sum_grads`]), clipped and applied by AdamW. Returns the mean seconds of the
+/// all-reduce and of the whole step.
 pub fn bench_allreduce<B: TrainBackend>(
     model: Qwen2ForCausalLM<B>,
     worker: &Worker,
@@ -207,7 +204,8 @@ fn timed_steps<B: TrainBackend>(
     }
     let vocab = model.config().vocab_size;
     let ids = bench_ids(batch, seq_len, vocab);
-    let mut optim = AdamWOptimizer::<B, Qwen2ForCausalLM<B>>::new(&OptimConfig::default());
+    let optim_config = OptimConfig::default();
+    let mut optim = AdamWOptimizer::<B, Qwen2ForCausalLM<B>>::new(&optim_config);
     let sync = || B::sync(device).map_err(|e| Error::Invalid(format!("device sync failed: {e:?}")));
     let distributed = worker.world > 1;
     let mut step = |model: Qwen2ForCausalLM<B>| -> Result<(Qwen2ForCausalLM<B>, f64)> {
@@ -223,7 +221,7 @@ fn timed_steps<B: TrainBackend>(
             sync()?;
             reduce = t.elapsed().as_secs_f64();
         }
-        clip_grad_norm::<B, _>(&model, &mut grads, MAX_GRAD_NORM);
+        clip_grad_norm::<B, _>(&model, &mut grads, optim_config.max_grad_norm);
         let model = optim.step(1e-6, model, grads);
         sync()?;
         Ok((model, reduce))

@@ -48,13 +48,14 @@ impl ModelBackend for Flex {
         }
         let [rows, h] = x.dims();
         let device = x.device();
-        let (x, w) = (host2(x), host1(weight));
+        let (x, w) = (buffer(x), buffer(weight));
+        let (x, w) = (f32s(&x), f32s(&w));
         let mut out = vec![0f32; rows * h];
         out.par_chunks_mut(h)
             .zip(x.par_chunks(h))
             .for_each(|(o, x)| {
                 let inv = inv_rms(x, eps);
-                for ((o, &x), &w) in o.iter_mut().zip(x).zip(&w) {
+                for ((o, &x), &w) in o.iter_mut().zip(x).zip(w) {
                     *o = x * inv * w;
                 }
             });
@@ -75,7 +76,8 @@ impl ModelBackend for Flex {
         }
         let [rows, h] = x.dims();
         let device = x.device();
-        let (x, w, d) = (host2(x), host1(weight), host2(d));
+        let (x, w, d) = (buffer(x), buffer(weight), buffer(d));
+        let (x, w, d) = (f32s(&x), f32s(&w), f32s(&d));
         let mut dx = vec![0f32; rows * h];
         // Fixed blocks of rows, each with its partial `dw`, summed in order: the result does not
         // depend on how rayon schedules the blocks.
@@ -121,7 +123,8 @@ impl ModelBackend for Flex {
         }
         let shape = gate.dims();
         let device = gate.device();
-        let (g, u) = (host2(gate), host2(up));
+        let (g, u) = (buffer(gate), buffer(up));
+        let (g, u) = (f32s(&g), f32s(&u));
         let mut out = vec![0f32; g.len()];
         out.par_chunks_mut(CHUNK)
             .zip(g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK)))
@@ -139,7 +142,8 @@ impl ModelBackend for Flex {
         }
         let shape = gate.dims();
         let device = gate.device();
-        let (g, u, d) = (host2(gate), host2(up), host2(d));
+        let (g, u, d) = (buffer(gate), buffer(up), buffer(d));
+        let (g, u, d) = (f32s(&g), f32s(&u), f32s(&d));
         let (mut dg, mut du) = (vec![0f32; g.len()], vec![0f32; g.len()]);
         dg.par_chunks_mut(CHUNK)
             .zip(du.par_chunks_mut(CHUNK))
@@ -162,9 +166,11 @@ impl ModelBackend for Flex {
             return t.square().sum();
         }
         let device = t.device();
-        let t = t.into_primitive().tensor().to_contiguous();
-        let xs = t.as_slice::<f32>().expect("contiguous f32 tensor");
-        let sum: f64 = xs.par_chunks(1 << 15).map(|c| simd::dot(c, c) as f64).sum();
+        let t = buffer(t);
+        let sum: f64 = f32s(&t)
+            .par_chunks(CHUNK)
+            .map(|c| simd::dot(c, c) as f64)
+            .sum();
         Tensor::from_data(TensorData::new(vec![sum as f32], [1]), &device)
     }
 
@@ -343,20 +349,19 @@ fn flex_adamw<const D: usize>(
     moments: Option<(Tensor<Flex, D>, Tensor<Flex, D>)>,
     h: &AdamWHyper,
 ) -> (Tensor<Flex, D>, Tensor<Flex, D>, Tensor<Flex, D>) {
-    let f32s = [Some(&param), Some(&grad)]
+    let all_f32 = [&param, &grad]
         .into_iter()
-        .chain(moments.iter().flat_map(|(m, v)| [Some(m), Some(v)]))
-        .flatten()
+        .chain(moments.iter().flat_map(|(m, v)| [m, v]))
         .all(|t| t.dtype() == DType::F32);
-    if !f32s {
+    if !all_f32 {
         return crate::train::optim::adamw_update_ops(param, grad, moments, h);
     }
     let shape = param.shape();
-    let owned = |t: Tensor<Flex, D>| t.into_primitive().tensor().to_contiguous();
-    let mut p = owned(param);
-    let g = owned(grad);
+    // Written in place below: `storage_mut` copies a buffer only if it is shared.
+    let mut p = buffer(param);
+    let g = buffer(grad);
     let (mut m, mut v) = match moments {
-        Some((m, v)) => (owned(m), owned(v)),
+        Some((m, v)) => (buffer(m), buffer(v)),
         None => (
             FlexTensor::zeros(shape.clone(), DType::F32),
             FlexTensor::zeros(shape, DType::F32),
@@ -374,8 +379,7 @@ fn flex_adamw<const D: usize>(
         keep: (1.0 - h.lr * h.weight_decay as f64) as f32,
         lr: h.lr as f32,
     };
-    const CHUNK: usize = 1 << 15;
-    let gs = g.as_slice::<f32>().expect("contiguous f32 gradient");
+    let gs = f32s(&g);
     p.storage_mut::<f32>()
         .par_chunks_mut(CHUNK)
         .zip(m.storage_mut::<f32>().par_chunks_mut(CHUNK))
@@ -404,10 +408,8 @@ fn flex_rotary(x: Tensor<Flex, 4>, cos: Tensor<Flex, 4>, sin: Tensor<Flex, 4>) -
     let strides: Vec<usize> = xt.layout().strides().iter().map(|&v| v as usize).collect();
     let offset = xt.layout().start_offset();
     let xs = xt.storage::<f32>();
-    let (cos, sin) = (
-        cos.into_data().into_vec::<f32>().expect("f32 cos table"),
-        sin.into_data().into_vec::<f32>().expect("f32 sin table"),
-    );
+    let (cos, sin) = (buffer(cos), buffer(sin));
+    let (cos, sin) = (f32s(&cos), f32s(&sin));
     let half = d / 2;
     let mut out = vec![0f32; b * h * s * d];
     out.par_chunks_mut(s * d).enumerate().for_each(|(bh, o)| {
@@ -423,20 +425,23 @@ fn flex_rotary(x: Tensor<Flex, 4>, cos: Tensor<Flex, 4>, sin: Tensor<Flex, 4>) -
 }
 
 /// Elements per parallel task of the element-wise kernels.
-const CHUNK: usize = 1 << 14;
+const CHUNK: usize = 1 << 15;
+
+/// A float tensor's storage as a contiguous buffer: the tensor's own when it is contiguous
+/// (shared or not), a copy only for a strided view. Read it with `f32s`.
+fn buffer<const D: usize>(t: Tensor<Flex, D>) -> FlexTensor {
+    t.into_primitive().tensor().to_contiguous()
+}
+
+/// The f32 elements of a [`buffer`].
+fn f32s(t: &FlexTensor) -> &[f32] {
+    t.as_slice::<f32>().expect("contiguous f32 buffer")
+}
 
 /// `1 / sqrt(mean(x²) + eps)` of one row.
 fn inv_rms(x: &[f32], eps: f64) -> f32 {
     let ms = simd::dot(x, x) / x.len() as f32;
     1.0 / (ms + eps as f32).sqrt()
-}
-
-fn host1(t: Tensor<Flex, 1>) -> Vec<f32> {
-    t.into_data().into_vec::<f32>().expect("f32 tensor")
-}
-
-fn host2(t: Tensor<Flex, 2>) -> Vec<f32> {
-    t.into_data().into_vec::<f32>().expect("f32 tensor")
 }
 
 fn host(t: Tensor<Flex, 4>) -> Vec<f32> {
