@@ -1180,6 +1180,56 @@ mod tests {
         );
     }
 
+    /// Copying a permuted (and sliced) view to contiguous memory, the path of the vendored
+    /// burn-flex patch 2 (`vendor/burn-flex/LONGRL-PATCHES.md`), puts every element where the
+    /// index arithmetic says: unit-stride last dims (row copies), strided ones (tiled copies),
+    /// offsets.
+    #[test]
+    fn permuted_views_copy_to_the_right_places() {
+        let device = Default::default();
+        let dims = [2usize, 3, 4, 5];
+        let n: usize = dims.iter().product();
+        let values: Vec<f32> = (0..n).map(|i| i as f32).collect();
+        let t = Tensor::<Flex, 4>::from_data(TensorData::new(values, dims), &device);
+        let strides = [60usize, 20, 5, 1];
+        for (axes, narrow) in [
+            ([0, 2, 1, 3], None),
+            ([1, 0, 2, 3], None),
+            ([3, 1, 0, 2], None),
+            ([2, 0, 3, 1], None),
+            ([0, 2, 1, 3], Some((2, 1, 2))),
+            ([1, 2, 0, 3], Some((3, 2, 3))),
+        ] {
+            let (mut shape, mut start) = (dims, 0);
+            let mut view = t.clone();
+            if let Some((dim, first, len)) = narrow {
+                view = view.narrow(dim, first, len);
+                shape[dim] = len;
+                start = first * strides[dim];
+            }
+            let view = view.permute(axes);
+            let out_shape: Vec<usize> = axes.iter().map(|&a| shape[a]).collect();
+            let got = view
+                .reshape([out_shape.iter().product::<usize>()])
+                .into_data()
+                .into_vec::<f32>()
+                .unwrap();
+            let mut want = Vec::new();
+            for i0 in 0..out_shape[0] {
+                for i1 in 0..out_shape[1] {
+                    for i2 in 0..out_shape[2] {
+                        for i3 in 0..out_shape[3] {
+                            let index = [i0, i1, i2, i3];
+                            let at: usize = (0..4).map(|k| index[k] * strides[axes[k]]).sum();
+                            want.push((start + at) as f32);
+                        }
+                    }
+                }
+            }
+            assert_eq!(got, want, "axes {axes:?}, narrow {narrow:?}");
+        }
+    }
+
     #[test]
     fn vectorised_exp_matches_std() {
         let xs: Vec<f32> = (0..2000).map(|i| -(i as f32) * 0.05).collect();
