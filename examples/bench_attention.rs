@@ -118,6 +118,14 @@ fn main() -> anyhow::Result<()> {
         a.heads,
         a.kv_heads
     );
+    for (name, value) in [
+        ("--seq", a.seq),
+        ("--head-dim", a.head_dim),
+        ("--batch", a.batch),
+        ("--reps", a.reps),
+    ] {
+        anyhow::ensure!(value > 0, "{name} must be at least 1, got {value}");
+    }
     let device = a.device.unwrap_or_else(DeviceSpec::best_available);
     device.run(Bench(a))?;
     Ok(())
