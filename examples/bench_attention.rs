@@ -19,7 +19,8 @@ use longrl::device::{BackendFn, DeviceSpec};
 use longrl::model::ModelBackend;
 use serde_json::json;
 
-/// The allocator of the `longrl` binary, so that fresh buffers cost what they cost in training.
+/// mimalloc, the `longrl` binary's allocator, so that fresh buffers cost about what they cost in
+/// training.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

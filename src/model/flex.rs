@@ -1182,8 +1182,8 @@ mod tests {
 
     /// Copying a permuted (and sliced) view to contiguous memory, the path of the vendored
     /// burn-flex patch 2 (`vendor/burn-flex/LONGRL-PATCHES.md`), puts every element where the
-    /// index arithmetic says: unit-stride last dims (row copies), strided ones (tiled copies),
-    /// offsets.
+    /// index arithmetic says: 2D and higher layouts, unit-stride last dims (row copies), strided
+    /// ones (tiled copies), offsets.
     #[test]
     fn permuted_views_copy_to_the_right_places() {
         let device = Default::default();
@@ -1199,6 +1199,8 @@ mod tests {
             ([2, 0, 3, 1], None),
             ([0, 2, 1, 3], Some((2, 1, 2))),
             ([1, 2, 0, 3], Some((3, 2, 3))),
+            // Collapses to 2D rows of 3 with a row stride of 5.
+            ([0, 1, 2, 3], Some((3, 1, 3))),
         ] {
             let (mut shape, mut start) = (dims, 0);
             let mut view = t.clone();

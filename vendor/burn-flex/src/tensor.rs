@@ -389,8 +389,7 @@ impl FlexTensor {
         } else if all_positive && shape.iter().all(|&d| d > 0) {
             // ND positive-stride (e.g. a head-major `[t, h, d]` view of
             // `[h, t, d]` memory): one 2D copy of the innermost two
-            // dims per outer index, rows of a unit-stride last dim as
-            // slice copies. (longrl patch 2: the element-wise
+            // dims per outer index. (longrl patch 2: the element-wise
             // `StridedIter` walk below was 5% of a training step.)
             let nd = shape.len();
             let (rows, cols) = (shape[nd - 2], shape[nd - 1]);
@@ -407,14 +406,7 @@ impl FlexTensor {
                         .zip(strides)
                         .map(|(&i, &s)| i as isize * s)
                         .sum::<isize>();
-                if cs == 1 {
-                    for (row, out) in block.chunks_exact_mut(cols).enumerate() {
-                        let start = (base + row as isize * rs) as usize;
-                        out.copy_from_slice(&src[start..start + cols]);
-                    }
-                } else {
-                    copy_2d_tiled(block, src, base, rows, cols, rs, cs);
-                }
+                copy_2d_tiled(block, src, base, rows, cols, rs, cs);
                 for (i, &d) in index.iter_mut().zip(outer).rev() {
                     *i += 1;
                     if *i < d {
@@ -608,6 +600,14 @@ fn copy_2d_tiled<E: Copy>(
 ) {
     const TILE: usize = 16;
 
+    if col_stride == 1 && cols > 0 {
+        // Unit-stride rows (longrl patch 2): one slice copy per row.
+        for (row, out) in dst[..rows * cols].chunks_exact_mut(cols).enumerate() {
+            let start = (offset + row as isize * row_stride) as usize;
+            out.copy_from_slice(&src[start..start + cols]);
+        }
+        return;
+    }
     if row_stride <= col_stride {
         // row-inside-col: the inner loop walks `row_stride` (smaller).
         for col_tile in (0..cols).step_by(TILE) {
