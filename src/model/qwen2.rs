@@ -6,12 +6,11 @@ use burn::module::{Module, Param};
 use burn::nn::{Embedding, EmbeddingConfig, Initializer, Linear, LinearConfig};
 use burn::tensor::{backend::Backend, Bool, DType, FloatDType, Int, Tensor};
 
-use super::backend::ModelBackend;
 use super::cache::{KvCache, LayerKv};
 use super::config::Qwen2Config;
-use super::head::HeadLayout;
 use super::rope::RopeParams;
 use crate::error::{Error, Result};
+use crate::kernels::{DecoderWeights, HeadLayout, ModelBackend};
 
 /// Root-mean-square layer norm with a learned scale (`weight`, as HF names it).
 #[derive(Module, Debug)]
@@ -28,11 +27,6 @@ impl<B: Backend> RmsNorm<B> {
             weight: Initializer::Ones.init([dim], device),
             eps,
         }
-    }
-
-    /// The epsilon added to the mean square.
-    pub(crate) fn eps(&self) -> f64 {
-        self.eps
     }
 }
 
@@ -241,6 +235,27 @@ impl<B: Backend> DecoderLayer<B> {
     }
 }
 
+impl<B: Backend> DecoderLayer<B> {
+    /// The layer's parameters (shared, not copied) as the recomputing kernel takes them
+    /// ([`ModelBackend::checkpointed_layer`]).
+    pub fn weights(&self) -> DecoderWeights<B> {
+        let (a, m) = (&self.self_attn, &self.mlp);
+        DecoderWeights {
+            input_norm: self.input_layernorm.weight.clone(),
+            q_proj: a.q_proj.clone(),
+            k_proj: a.k_proj.clone(),
+            v_proj: a.v_proj.clone(),
+            o_proj: a.o_proj.clone(),
+            post_norm: self.post_attention_layernorm.weight.clone(),
+            gate_proj: m.gate_proj.clone(),
+            up_proj: m.up_proj.clone(),
+            down_proj: m.down_proj.clone(),
+            eps: (self.input_layernorm.eps, self.post_attention_layernorm.eps),
+            heads: a.heads(),
+        }
+    }
+}
+
 impl<B: ModelBackend> DecoderLayer<B> {
     /// `x` `[batch, seq, hidden]` through attention and the MLP, each with its residual; with a
     /// cache, as [`Attention::forward`].
@@ -434,7 +449,8 @@ impl<B: ModelBackend> Qwen2ForCausalLM<B> {
                 .and_then(Iterator::next)
                 .map(|kv| (kv, start));
             if self.gradient_checkpointing && layer_cache.is_none() {
-                x = B::checkpointed_layer(layer, x, cos.clone(), sin.clone(), key_valid.clone());
+                let weights = layer.weights();
+                x = B::checkpointed_layer(&weights, x, cos.clone(), sin.clone(), key_valid.clone());
                 continue;
             }
             let (y, kv) = layer.forward(x, cos.clone(), sin.clone(), &key_valid, layer_cache);
@@ -558,5 +574,162 @@ impl<B: ModelBackend> Qwen2ForCausalLM<B> {
         let targets = input.slice([0..1, 1..n]);
         let lp = self.token_logprobs(hidden, targets, 1.0, chunk);
         Ok(lp.into_data().iter::<f32>().collect())
+    }
+}
+
+#[cfg(test)]
+mod gradient_checkpointing_tests {
+    //! The recomputing layer node (`crate::kernels::recompute`) against the plain graph, through
+    //! the whole model.
+
+    use super::*;
+    use crate::model::Qwen2Config;
+    use burn::backend::autodiff::checkpoint::strategy::{
+        BalancedCheckpointing, CheckpointStrategy, NoCheckpointing,
+    };
+    use burn::backend::Autodiff;
+    use burn::module::{Module, ModuleVisitor, Param};
+    use burn::tensor::{ElementConversion, TensorData};
+
+    /// Every parameter's gradient, flattened, in visiting order.
+    struct Collect<'a, B: burn::tensor::backend::AutodiffBackend> {
+        grads: &'a B::Gradients,
+        out: Vec<(String, Vec<f32>)>,
+    }
+
+    impl<B: burn::tensor::backend::AutodiffBackend> ModuleVisitor<B> for Collect<'_, B> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            let grad = param
+                .val()
+                .grad(self.grads)
+                .map(|g| g.into_data().to_vec::<f32>());
+            let grad = grad
+                .expect("every parameter has a gradient")
+                .expect("f32 gradient");
+            self.out.push((format!("{:?}", param.val().dims()), grad));
+        }
+    }
+
+    /// Loss and parameter gradients of the tiny model (GQA, two layers) on a left-padded batch,
+    /// with per-layer recomputation or without.
+    fn tiny<B: ModelBackend, C: CheckpointStrategy>() -> Qwen2ForCausalLM<Autodiff<B, C>> {
+        let config = Qwen2Config::from_file(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("models/tiny-qwen2-chatml/config.json"),
+        )
+        .expect("tiny config");
+        Qwen2ForCausalLM::init(&config, &Default::default())
+    }
+
+    fn grads<B: ModelBackend, C: CheckpointStrategy>(
+        model: &Qwen2ForCausalLM<Autodiff<B, C>>,
+        checkpointing: bool,
+        bf16: bool,
+    ) -> (f32, Vec<(String, Vec<f32>)>) {
+        type Ad<B, C> = Autodiff<B, C>;
+        let device = Default::default();
+        let model = model
+            .clone()
+            .with_gradient_checkpointing(checkpointing)
+            .with_compute_dtype(bf16.then_some(burn::tensor::FloatDType::BF16));
+        let (b, t) = (2, 37);
+        let ids: Vec<i64> = (0..b * t).map(|i| (i as i64 * 131 + 7) % 1000).collect();
+        let valid: Vec<bool> = (0..b * t).map(|i| i / t == 1 || i % t >= 5).collect();
+        let pos: Vec<i64> = (0..b * t)
+            .map(|i| {
+                if i / t == 1 {
+                    (i % t) as i64
+                } else {
+                    (i % t) as i64 - 5
+                }
+                .max(0)
+            })
+            .collect();
+        let ids = Tensor::<Ad<B, C>, 2, Int>::from_data(TensorData::new(ids, [b, t]), &device);
+        let valid = Tensor::<Ad<B, C>, 2, Bool>::from_data(TensorData::new(valid, [b, t]), &device);
+        let pos = Tensor::<Ad<B, C>, 2, Int>::from_data(TensorData::new(pos, [b, t]), &device);
+        let hidden = model
+            .forward_hidden(ids.clone(), valid, pos, None)
+            .expect("forward");
+        let h = hidden.dims()[2];
+        let (logp, entropy) = model.token_logprobs_entropy(
+            hidden.slice([0..b, 0..t - 1, 0..h]),
+            ids.slice([0..b, 1..t]),
+            0.8,
+            16,
+        );
+        let loss = logp.mean().neg() - entropy.mean().mul_scalar(0.01);
+        let value = loss.clone().into_scalar().elem::<f32>();
+        let grads = loss.backward();
+        let mut collect = Collect::<Ad<B, C>> {
+            grads: &grads,
+            out: Vec::new(),
+        };
+        model.visit(&mut collect);
+        (value, collect.out)
+    }
+
+    fn check<B: ModelBackend, C: CheckpointStrategy>() {
+        let model = tiny::<B, C>();
+        let (loss, reference) = grads(&model, false, false);
+        let (loss_ckpt, got) = grads(&model, true, false);
+        assert!(
+            (loss - loss_ckpt).abs() < 1e-5,
+            "loss {loss} vs {loss_ckpt}"
+        );
+        assert_eq!(reference.len(), got.len());
+        for (i, ((name, a), (_, b))) in reference.iter().zip(&got).enumerate() {
+            let diff = a
+                .iter()
+                .zip(b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f32, f32::max);
+            let scale = a.iter().map(|x| x.abs()).fold(0f32, f32::max);
+            assert!(
+                diff <= 1e-4 * scale.max(1e-3),
+                "parameter {i} {name}: max difference {diff} (largest gradient {scale})"
+            );
+        }
+    }
+
+    /// Mixed precision: f32 gradients for every (f32) parameter, close to the f32 run's.
+    fn check_bf16<B: ModelBackend>(checkpointing: bool) {
+        let model = tiny::<B, NoCheckpointing>();
+        let (loss, reference) = grads(&model, false, false);
+        let (loss_bf16, got) = grads(&model, checkpointing, true);
+        assert!(
+            (loss - loss_bf16).abs() <= 1e-2 * loss.abs(),
+            "loss {loss} vs {loss_bf16} in bf16"
+        );
+        assert_eq!(reference.len(), got.len());
+        for (i, ((name, a), (_, b))) in reference.iter().zip(&got).enumerate() {
+            let dot: f64 = a.iter().zip(b).map(|(x, y)| (x * y) as f64).sum();
+            let norm = |v: &[f32]| v.iter().map(|x| (x * x) as f64).sum::<f64>().sqrt();
+            let cosine = dot / (norm(a) * norm(b)).max(1e-30);
+            assert!(
+                cosine > 0.99,
+                "parameter {i} {name}: bf16 gradient has cosine {cosine} with the f32 one"
+            );
+        }
+    }
+
+    #[cfg(feature = "flex")]
+    #[test]
+    fn bf16_compute_gives_f32_gradients_close_to_f32_on_flex() {
+        check_bf16::<burn::backend::Flex>(false);
+        check_bf16::<burn::backend::Flex>(true);
+    }
+
+    #[cfg(feature = "flex")]
+    #[test]
+    fn recomputed_layers_give_the_same_gradients_on_flex() {
+        check::<burn::backend::Flex, NoCheckpointing>();
+        check::<burn::backend::Flex, BalancedCheckpointing>();
+    }
+
+    #[cfg(feature = "ndarray")]
+    #[test]
+    fn recomputed_layers_give_the_same_gradients_on_ndarray() {
+        check::<burn::backend::NdArray, NoCheckpointing>();
     }
 }

@@ -7,7 +7,7 @@ pub mod run_dir;
 
 pub use batch::{token_budget_batches, Packed, Sequence};
 pub use optim::{
-    clip_grad_norm, grad_norm, scale_grads, stable_param_ids, AdamWHyper, AdamWOptimizer,
-    FusedAdamW, LrSchedule, OptimConfig,
+    clip_grad_norm, grad_norm, scale_grads, stable_param_ids, AdamWOptimizer, FusedAdamW,
+    LrSchedule, OptimConfig,
 };
 pub use run_dir::RunDir;

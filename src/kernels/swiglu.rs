@@ -81,7 +81,7 @@ pub(super) fn tracked_swiglu<B: ModelBackend, C: CheckpointStrategy>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::TrainBackend;
+    use crate::kernels::TrainBackend;
     use burn::tensor::{Distribution, Tolerance};
 
     /// The backend's node gives the output and both input gradients of burn's decomposed ops.

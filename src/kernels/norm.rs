@@ -109,7 +109,7 @@ pub(super) fn tracked_rms_norm<B: ModelBackend, C: CheckpointStrategy>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::TrainBackend;
+    use crate::kernels::TrainBackend;
     use burn::tensor::{Distribution, Tolerance};
 
     /// The backend's node gives the output and both gradients of burn's decomposed ops.

@@ -1,29 +1,13 @@
-//! The backends the Qwen2 model runs on: burn's [`Backend`] plus longrl's memory-bounded kernels.
-//!
-//! Long-context training cannot keep `L x L` attention scores or `L x vocab` logits for the
-//! backward pass, which is what burn 0.21's `Autodiff` does with its decomposed ops. The two
-//! kernels here (attention in [`super::attention`], the LM-head log-probs in [`super::head`])
-//! compute by blocks and, under `Autodiff`, register one graph node each whose backward
-//! recomputes the blocks, so memory stays linear in the sequence length; a third makes a whole
-//! decoder layer one recomputing node ([`super::recompute`], gradient checkpointing).
-//!
-//! RoPE, SwiGLU and RMSNorm are one graph node each too ([`super::rope`], [`super::swiglu`],
-//! [`super::norm`]: fewer saved activations and passes than burn's decomposed ops, as Liger's
-//! kernels do for PyTorch trainers), and the optimiser's per-parameter AdamW update is a method
-//! here, so that a backend can fuse it. Every method has a tensor-op default; burn-flex overrides
-//! them with host kernels (`src/model/flex.rs`).
-
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::Autodiff;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::{Bool, Int, Tensor, TensorPrimitive};
 
+use super::adamw::{self, AdamWHyper};
 use super::attention::{self, BLOCK_SCORES};
 use super::head::{self, HeadLayout};
-use super::qwen2::DecoderLayer;
-use super::recompute;
-use crate::train::optim::AdamWHyper;
+use super::recompute::{self, DecoderWeights};
 
 /// A backend the Qwen2 model runs on: burn's [`Backend`] plus the memory-bounded kernels.
 ///
@@ -118,7 +102,7 @@ pub trait ModelBackend: Backend {
     }
 
     /// Rotary position embedding of `x` `[batch, heads, seq, head_dim]` with the tables `cos`,
-    /// `sin` `[batch, 1, seq, head_dim]` of [`super::RopeParams::cos_sin`]: `x cos + rot(x) sin`
+    /// `sin` `[batch, 1, seq, head_dim]` (the model's `RopeParams::cos_sin`): `x cos + rot(x) sin`
     /// (HF's "rotate half"). The default is [`super::rope::apply_rotary`] in tensor ops.
     fn rotary(x: Tensor<Self, 4>, cos: Tensor<Self, 4>, sin: Tensor<Self, 4>) -> Tensor<Self, 4> {
         super::rope::apply_rotary(x, cos, sin)
@@ -156,15 +140,15 @@ pub trait ModelBackend: Backend {
     }
 
     /// `Σ x²` over all of `t`, as a one-element tensor: a gradient's part of the global norm
-    /// that clipping measures ([`crate::train::grad_norm`]).
+    /// that clipping measures (`crate::train::grad_norm`).
     fn sum_squares<const D: usize>(t: Tensor<Self, D>) -> Tensor<Self, 1> {
         t.square().sum()
     }
 
     /// One AdamW update of one parameter (`moments` the previous `(m, v)`, `None` on the first
-    /// step); returns `(param, m, v)`. The training optimiser ([`crate::train::FusedAdamW`])
+    /// step); returns `(param, m, v)`. The training optimiser (`crate::train::FusedAdamW`)
     /// calls it on the inner backend; the default is burn's arithmetic in tensor ops
-    /// ([`crate::train::optim::adamw_update_ops`]), which a backend may fuse into one pass.
+    /// ([`adamw::adamw_update_ops`]), which a backend may fuse into one pass.
     #[allow(clippy::type_complexity)]
     fn adamw_update<const D: usize>(
         param: Tensor<Self, D>,
@@ -172,7 +156,7 @@ pub trait ModelBackend: Backend {
         moments: Option<(Tensor<Self, D>, Tensor<Self, D>)>,
         hyper: &AdamWHyper,
     ) -> (Tensor<Self, D>, Tensor<Self, D>, Tensor<Self, D>) {
-        crate::train::optim::adamw_update_ops(param, grad, moments, hyper)
+        adamw::adamw_update_ops(param, grad, moments, hyper)
     }
 
     /// A decoder layer whose activations are recomputed in the backward pass (see
@@ -181,13 +165,13 @@ pub trait ModelBackend: Backend {
     /// `x` `[batch, seq, hidden]`, `cos`/`sin` the RoPE tables of the positions, `key_valid`
     /// `[batch, seq]`.
     fn checkpointed_layer(
-        layer: &DecoderLayer<Self>,
+        layer: &DecoderWeights<Self>,
         x: Tensor<Self, 3>,
         cos: Tensor<Self, 4>,
         sin: Tensor<Self, 4>,
         key_valid: Tensor<Self, 2, Bool>,
     ) -> Tensor<Self, 3> {
-        layer.forward(x, cos, sin, &key_valid, None).0
+        layer.forward(x, cos, sin, &key_valid)
     }
 }
 
@@ -228,7 +212,7 @@ impl<B: ModelBackend, C: CheckpointStrategy> ModelBackend for Autodiff<B, C> {
     }
 
     fn checkpointed_layer(
-        layer: &DecoderLayer<Self>,
+        layer: &DecoderWeights<Self>,
         x: Tensor<Self, 3>,
         cos: Tensor<Self, 4>,
         sin: Tensor<Self, 4>,

@@ -1,0 +1,352 @@
+//! Gradient checkpointing per decoder layer: under `Autodiff`, a layer is one graph node that
+//! keeps only its input; the backward re-runs the layer's forward (on the inner backend, one
+//! layer's activations at a time) and back-propagates through it by hand.
+//!
+//! This is HF's `gradient_checkpointing_enable()`: activation memory becomes one residual stream
+//! per layer plus one layer's intermediates, for about one extra forward of compute. burn 0.21
+//! cannot run a nested `backward()` from inside a backward step (its graph locks are not
+//! re-entrant), so the layer's backward is written out: linear layers, RMSNorm, RoPE (whose
+//! adjoint is the rotation by `-θ`), SwiGLU, and the blockwise attention backward.
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::Autodiff;
+use burn::module::{AutodiffModule, Module, Param};
+use burn::nn::Linear;
+use burn::tensor::backend::Backend;
+use burn::tensor::ops::{BoolTensor, FloatTensor};
+use burn::tensor::{Bool, DType, Tensor, TensorMetadata, TensorPrimitive};
+
+use super::backend::{float, ModelBackend};
+
+/// The weights of one pre-norm decoder layer as the recomputing node re-runs it:
+/// `x2 = x + o(attn(rope(q(n1)), rope(k(n1)), v(n1)))` with `n1 = norm1(x)`, then
+/// `x2 + down(silu(gate(n2)) ∘ up(n2))` with `n2 = norm2(x2)` (Qwen2's layer). The model hands
+/// its layer's parameters over (`crate::model::qwen2::DecoderLayer::weights`): shared, not copied.
+#[derive(Module, Debug)]
+pub struct DecoderWeights<B: Backend> {
+    /// Scale of the norm before attention, `[hidden]`.
+    pub input_norm: Param<Tensor<B, 1>>,
+    /// Query projection, with bias.
+    pub q_proj: Linear<B>,
+    /// Key projection, with bias.
+    pub k_proj: Linear<B>,
+    /// Value projection, with bias.
+    pub v_proj: Linear<B>,
+    /// Output projection, no bias.
+    pub o_proj: Linear<B>,
+    /// Scale of the norm before the MLP, `[hidden]`.
+    pub post_norm: Param<Tensor<B, 1>>,
+    /// MLP gate projection.
+    pub gate_proj: Linear<B>,
+    /// MLP up projection.
+    pub up_proj: Linear<B>,
+    /// MLP down projection.
+    pub down_proj: Linear<B>,
+    /// `(input_norm, post_norm)` epsilons.
+    #[module(skip)]
+    pub eps: (f64, f64),
+    /// `(heads, kv_heads, head_dim)`.
+    #[module(skip)]
+    pub heads: (usize, usize, usize),
+}
+
+impl<B: ModelBackend> DecoderWeights<B> {
+    /// The layer's forward on `x` `[batch, seq, hidden]` without a graph of its own: the same
+    /// ops, on the same layouts, as the model's layer (so the two agree bit for bit).
+    pub fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        cos: Tensor<B, 4>,
+        sin: Tensor<B, 4>,
+        key_valid: &Tensor<B, 2, Bool>,
+    ) -> Tensor<B, 3> {
+        let (nh, nkv, hd) = self.heads;
+        let [b, t, h] = x.dims();
+        let n = b * t;
+        let groups = nh / nkv;
+        let heads = |y: Tensor<B, 2>, k: usize| y.reshape([b, t, k, hd]).swap_dims(1, 2);
+        let x = x.reshape([n, h]);
+        let n1 = B::rms_norm(x.clone(), self.input_norm.val(), self.eps.0);
+        let q = B::rotary(
+            heads(self.q_proj.forward(n1.clone()), nh),
+            cos.clone(),
+            sin.clone(),
+        );
+        let k = B::rotary(heads(self.k_proj.forward(n1.clone()), nkv), cos, sin);
+        let v = heads(self.v_proj.forward(n1), nkv);
+        let q = q.reshape([b, nkv, groups * t, hd]);
+        let out = B::causal_attention(q, k, v, key_valid.clone(), groups);
+        let a = out
+            .reshape([b, nh, t, hd])
+            .swap_dims(1, 2)
+            .reshape([n, nh * hd]);
+        let x2 = x + self.o_proj.forward(a);
+        let n2 = B::rms_norm(x2.clone(), self.post_norm.val(), self.eps.1);
+        let mlp_in = B::swiglu(self.gate_proj.forward(n2.clone()), self.up_proj.forward(n2));
+        (x2 + self.down_proj.forward(mlp_in)).reshape([b, t, h])
+    }
+}
+
+/// Parameters of a decoder layer, in the order [`layer_backward`] returns their gradients: input
+/// norm; q, k, v weight and bias; o weight; post-attention norm; gate, up, down weights.
+const PARAMS: usize = 12;
+/// Graph parents of a checkpointed layer: its input, then its parameters.
+const NODES: usize = PARAMS + 1;
+
+/// The layer's parameters as primitives, in [`PARAMS`] order.
+fn params<B: Backend>(w: &DecoderWeights<B>) -> [FloatTensor<B>; PARAMS] {
+    let p = |l: &Linear<B>| l.weight.val().into_primitive().tensor();
+    let bias = |l: &Linear<B>| {
+        l.bias
+            .as_ref()
+            .expect("Qwen2 q/k/v projections have a bias")
+            .val()
+            .into_primitive()
+            .tensor()
+    };
+    [
+        w.input_norm.val().into_primitive().tensor(),
+        p(&w.q_proj),
+        bias(&w.q_proj),
+        p(&w.k_proj),
+        bias(&w.k_proj),
+        p(&w.v_proj),
+        bias(&w.v_proj),
+        p(&w.o_proj),
+        w.post_norm.val().into_primitive().tensor(),
+        p(&w.gate_proj),
+        p(&w.up_proj),
+        p(&w.down_proj),
+    ]
+}
+
+/// `x W (+ b)` on rows `[n, in]`.
+fn linear<B: Backend>(l: &Linear<B>, x: Tensor<B, 2>) -> Tensor<B, 2> {
+    l.forward(x)
+}
+
+/// `(dx, dW)` of `y = x W` given `dy`.
+fn linear_backward<B: Backend>(
+    l: &Linear<B>,
+    x: Tensor<B, 2>,
+    dy: Tensor<B, 2>,
+) -> (Tensor<B, 2>, Tensor<B, 2>) {
+    let w = l.weight.val();
+    // dx = dy Wᵀ = (W dyᵀ)ᵀ: multiplies the weight as stored.
+    let dx = w.matmul(dy.clone().transpose()).transpose();
+    (dx, x.transpose().matmul(dy))
+}
+
+/// The layer's input and everything else its recomputation needs.
+#[derive(Clone, Debug)]
+struct LayerInputs<B: Backend> {
+    x: Tensor<B, 3>,
+    cos: Tensor<B, 4>,
+    sin: Tensor<B, 4>,
+    key_valid: Tensor<B, 2, Bool>,
+}
+
+/// `(dx, parameter gradients)` of the layer's output given its gradient `dy`, re-running the
+/// forward first.
+fn layer_backward<B: ModelBackend>(
+    layer: &DecoderWeights<B>,
+    inputs: LayerInputs<B>,
+    dy: Tensor<B, 3>,
+) -> (Tensor<B, 3>, [Tensor<B, 2>; PARAMS]) {
+    let LayerInputs {
+        x,
+        cos,
+        sin,
+        key_valid,
+    } = inputs;
+    let (nh, nkv, hd) = layer.heads;
+    let [b, t, h] = x.dims();
+    let n = b * t;
+    let groups = nh / nkv;
+    let rows = |y: Tensor<B, 3>| {
+        let d = y.dims()[2];
+        y.reshape([n, d])
+    };
+    let heads = |y: Tensor<B, 2>, k: usize| y.reshape([b, t, k, hd]).swap_dims(1, 2);
+    let unheads = |y: Tensor<B, 4>, k: usize| y.swap_dims(1, 2).reshape([n, k * hd]);
+
+    // Forward, keeping this layer's intermediates.
+    let x = rows(x);
+    let norm =
+        |(w, eps): (&Param<Tensor<B, 1>>, f64), x: Tensor<B, 2>| B::rms_norm(x, w.val(), eps);
+    let norm_backward =
+        |(w, eps): (&Param<Tensor<B, 1>>, f64), x: Tensor<B, 2>, d: Tensor<B, 2>| {
+            let (dx, dw) = B::rms_norm_backward(x, w.val(), eps, d);
+            (dx, dw.unsqueeze::<2>())
+        };
+    let input_norm = (&layer.input_norm, layer.eps.0);
+    let post_norm = (&layer.post_norm, layer.eps.1);
+    let n1 = norm(input_norm, x.clone());
+    let q = B::rotary(
+        heads(linear(&layer.q_proj, n1.clone()), nh),
+        cos.clone(),
+        sin.clone(),
+    );
+    let k = B::rotary(
+        heads(linear(&layer.k_proj, n1.clone()), nkv),
+        cos.clone(),
+        sin.clone(),
+    );
+    let v = heads(linear(&layer.v_proj, n1.clone()), nkv);
+    let q = q.reshape([b, nkv, groups * t, hd]);
+    let (out, lse) =
+        B::causal_attention_lse(q.clone(), k.clone(), v.clone(), key_valid.clone(), groups);
+    let a = unheads(out.clone().reshape([b, nh, t, hd]), nh);
+    let x2 = x.clone() + linear(&layer.o_proj, a.clone());
+    let n2 = norm(post_norm, x2.clone());
+    let gate = linear(&layer.gate_proj, n2.clone());
+    let up = linear(&layer.up_proj, n2.clone());
+    let mlp_in = B::swiglu(gate.clone(), up.clone());
+
+    // Backward.
+    let dy = rows(dy);
+    let (d_mlp_in, d_down) = linear_backward(&layer.down_proj, mlp_in, dy.clone());
+    let (d_gate, d_up) = B::swiglu_backward(gate, up, d_mlp_in);
+    let (dn2_gate, d_gate_w) = linear_backward(&layer.gate_proj, n2.clone(), d_gate);
+    let (dn2_up, d_up_w) = linear_backward(&layer.up_proj, n2, d_up);
+    let (dx2_norm, d_norm2) = norm_backward(post_norm, x2, dn2_gate + dn2_up);
+    let dx2 = dy + dx2_norm;
+    let (da, d_o) = linear_backward(&layer.o_proj, a, dx2.clone());
+    let d_out = heads(da, nh).reshape([b, nkv, groups * t, hd]);
+    // In f32, as the attention node of the plain graph.
+    let dtype = q.dtype();
+    let f32 = |x: Tensor<B, 4>| x.cast(DType::F32);
+    let (dq, dk, dv) = B::causal_attention_backward(
+        f32(q),
+        f32(k),
+        f32(v),
+        key_valid,
+        groups,
+        f32(out),
+        f32(d_out),
+        lse.map(|l| l.cast(DType::F32)),
+    );
+    let (dq, dk, dv) = (dq.cast(dtype), dk.cast(dtype), dv.cast(dtype));
+    // RoPE is a rotation: its adjoint rotates by -θ.
+    let unrotate = |d: Tensor<B, 4>, k: usize| {
+        unheads(
+            B::rotary(d.reshape([b, k, t, hd]), cos.clone(), sin.clone().neg()),
+            k,
+        )
+    };
+    let (dq, dk, dv) = (unrotate(dq, nh), unrotate(dk, nkv), unheads(dv, nkv));
+    let bias = |d: &Tensor<B, 2>| d.clone().sum_dim(0);
+    let (d_qb, d_kb, d_vb) = (bias(&dq), bias(&dk), bias(&dv));
+    let (dn1_q, d_qw) = linear_backward(&layer.q_proj, n1.clone(), dq);
+    let (dn1_k, d_kw) = linear_backward(&layer.k_proj, n1.clone(), dk);
+    let (dn1_v, d_vw) = linear_backward(&layer.v_proj, n1, dv);
+    let (dx_norm, d_norm1) = norm_backward(input_norm, x, dn1_q + dn1_k + dn1_v);
+    let dx = (dx2 + dx_norm).reshape([b, t, h]);
+    (
+        dx,
+        [
+            d_norm1, d_qw, d_qb, d_kw, d_kb, d_vw, d_vb, d_o, d_norm2, d_gate_w, d_up_w, d_down,
+        ],
+    )
+}
+
+/// The autodiff node of one checkpointed layer: saves the inner layer (its weights are shared
+/// with the parameters) and the layer's inputs.
+#[derive(Debug)]
+struct LayerBackward<B: Backend> {
+    layer: DecoderWeights<B>,
+}
+
+type LayerState<B> = (
+    FloatTensor<B>,
+    FloatTensor<B>,
+    FloatTensor<B>,
+    BoolTensor<B>,
+);
+
+impl<B: ModelBackend> Backward<B, NODES> for LayerBackward<B> {
+    type State = LayerState<B>;
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, NODES>,
+        grads: &mut Gradients,
+        _checkpointer: &mut Checkpointer,
+    ) {
+        let dy = grads.consume::<B>(&ops.node);
+        let (x, cos, sin, key_valid) = ops.state;
+        let shapes = params(&self.layer).map(|p| p.shape());
+        let inputs = LayerInputs {
+            x: float(x),
+            cos: float(cos),
+            sin: float(sin),
+            key_valid: Tensor::from_primitive(key_valid),
+        };
+        let (dx, dparams) = layer_backward(&self.layer, inputs, float(dy));
+        let [x_parent, param_parents @ ..] = ops.parents;
+        if let Some(node) = x_parent {
+            grads.register::<B>(node.id, dx.into_primitive().tensor());
+        }
+        for ((parent, grad), shape) in param_parents.into_iter().zip(dparams).zip(shapes) {
+            if let Some(node) = parent {
+                // Norm weights and biases are 1-D; their gradients come as `[1, n]`.
+                let grad = B::float_reshape(grad.into_primitive().tensor(), shape);
+                grads.register::<B>(node.id, grad);
+            }
+        }
+    }
+}
+
+/// A decoder layer under `Autodiff` as one recomputing graph node (see the module docs).
+pub(super) fn checkpointed_layer<B: ModelBackend, C: CheckpointStrategy>(
+    layer: &DecoderWeights<Autodiff<B, C>>,
+    x: Tensor<Autodiff<B, C>, 3>,
+    cos: Tensor<Autodiff<B, C>, 4>,
+    sin: Tensor<Autodiff<B, C>, 4>,
+    key_valid: Tensor<Autodiff<B, C>, 2, Bool>,
+) -> Tensor<Autodiff<B, C>, 3> {
+    let inner = layer.valid();
+    let x = x.into_primitive().tensor();
+    let (cos, sin) = (cos.into_primitive().tensor(), sin.into_primitive().tensor());
+    let key_valid = key_valid.into_primitive();
+    let inputs = LayerInputs {
+        x: float::<B, 3>(x.primitive.clone()),
+        cos: float(cos.primitive.clone()),
+        sin: float(sin.primitive.clone()),
+        key_valid: Tensor::from_primitive(key_valid.clone()),
+    };
+    let out = inner
+        .forward(inputs.x, inputs.cos, inputs.sin, &inputs.key_valid)
+        .into_primitive()
+        .tensor();
+    let [p0, p1, p2, p3, p4, p5, p6, p7, p8, p9, p10, p11] = params(layer);
+    let nodes = [
+        x.node.clone(),
+        p0.node,
+        p1.node,
+        p2.node,
+        p3.node,
+        p4.node,
+        p5.node,
+        p6.node,
+        p7.node,
+        p8.node,
+        p9.node,
+        p10.node,
+        p11.node,
+    ];
+    let node = match (LayerBackward { layer: inner })
+        .prepare::<C>(nodes)
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => {
+            prep.finish((x.primitive, cos.primitive, sin.primitive, key_valid), out)
+        }
+        OpsKind::UnTracked(prep) => prep.finish(out),
+    };
+    Tensor::from_primitive(TensorPrimitive::Float(node))
+}
