@@ -289,44 +289,15 @@ pub fn train_with<B: TrainBackend>(
     let run_dir = RunDir::open(&run.run_dir)?;
     let resume_from = run_dir.resume_point(resume)?;
     let tokenizer = model_section.load_tokenizer()?;
-    let (mut model, state) = match &resume_from {
-        Some(ckpt) => {
-            log::info!("resuming from {}", ckpt.display());
-            let state: SftState = RunDir::load_state(ckpt)?;
-            (load_model::<B>(ckpt, &device)?, Some(state))
-        }
-        None => (load_model::<B>(&model_section.path, &device)?, None),
-    };
-    model = stable_param_ids(model)
+    let (model, state) = starting_point::<B>(resume_from.as_deref(), model_section, &device)?;
+    let mut model = stable_param_ids(model)
         .with_gradient_checkpointing(config.gradient_checkpointing)
         .with_compute_dtype(config.bf16.then_some(FloatDType::BF16));
     tokenizer.check_fits(model.config().vocab_size)?;
     let eot = end_of_turn_id(&model_section.path, &model, &tokenizer)?;
     let pad = tokenizer.pad_token_id.unwrap_or(eot);
 
-    let records = load_sft(&config.train_file)?;
-    let (train_set, skipped) = tokenize(&records, &tokenizer, eot, config.max_length)?;
-    if skipped > 0 {
-        log::warn!(
-            "{skipped} of {} training examples exceed sft.max_length = {} tokens and are skipped",
-            records.len(),
-            config.max_length
-        );
-    }
-    if train_set.is_empty() {
-        return Err(Error::input(
-            &config.train_file,
-            0,
-            format!(
-                "every example exceeds sft.max_length = {}",
-                config.max_length
-            ),
-        ));
-    }
-    let valid_set = match &config.valid_file {
-        Some(p) => Some(tokenize(&load_sft(p)?, &tokenizer, eot, config.max_length)?.0),
-        None => None,
-    };
+    let (train_set, valid_set, skipped) = load_sets(config, &tokenizer, eot)?;
     let total_steps = if config.max_steps > 0 {
         config.max_steps
     } else {
@@ -344,28 +315,8 @@ pub fn train_with<B: TrainBackend>(
             run_dir.truncate_metrics_after(start)?;
         }
     }
-    // The held-out loss: each worker scores its share of the examples.
-    let valid = |m: &Qwen2ForCausalLM<B>| -> Result<Option<f64>> {
-        match &valid_set {
-            Some(v) if !v.is_empty() => {
-                let mine = v.iter().enumerate().filter(|(i, _)| worker.owns(*i));
-                let (sum, count) = eval_sums(
-                    &m.valid(),
-                    mine.map(|(_, t)| t),
-                    pad,
-                    config.micro_batch_tokens,
-                    config.logits_chunk,
-                    &device,
-                )?;
-                let total = worker.sum_f64::<B::InnerBackend>(
-                    "summing the held-out loss",
-                    vec![sum, count],
-                    &device,
-                )?;
-                Ok(Some(total[0] / total[1].max(1.0)))
-            }
-            _ => Ok(None),
-        }
+    let valid = |m: &Qwen2ForCausalLM<B>| {
+        held_out_loss(m, valid_set.as_deref(), worker, pad, config, &device)
     };
     let initial_valid_loss = if state.is_none() {
         valid(&model)?
@@ -400,27 +351,8 @@ pub fn train_with<B: TrainBackend>(
             .filter(|(i, _)| worker.owns(*i))
             .map(|(_, s)| *s)
             .collect();
-        let mut acc = GradientsAccumulator::<Qwen2ForCausalLM<B>>::new();
-        let mut loss_sum = 0.0;
-        for mb in token_budget_batches(&mine, config.micro_batch_tokens) {
-            let part: Vec<Sequence<'_>> = mb.iter().map(|&i| mine[i]).collect();
-            let packed = Packed::<B>::new(&part, pad, &device);
-            let (logp, _) = packed.logprobs(&model, 1.0, config.logits_chunk, false)?;
-            let loss = (logp * packed.mask.clone())
-                .sum()
-                .neg()
-                .div_scalar(tokens as f64);
-            loss_sum += loss.clone().into_data().iter::<f64>().next().unwrap_or(0.0);
-            acc.accumulate(&model, GradientsParams::from_grads(loss.backward(), &model));
-        }
-        // A worker with no example this step sends zeros (see `Worker::sum_grads`).
-        let mut grads = acc.grads();
-        if worker.world > 1 {
-            let what = format!("step {}: summing gradients", step + 1);
-            grads = worker.sum_grads::<B, _>(&what, &model, grads, &device)?;
-            let what = format!("step {}: summing the loss", step + 1);
-            loss_sum = worker.sum_f64::<B::InnerBackend>(&what, vec![loss_sum], &device)?[0];
-        }
+        let (mut grads, loss_sum) =
+            step_gradients(&model, &mine, tokens, pad, config, worker, step, &device)?;
         let grad_norm = clip_grad_norm::<B, _>(&model, &mut grads, config.optim.max_grad_norm);
         let lr = config.optim.lr_at(step, total_steps);
         let failed = !grad_norm.is_finite() || !loss_sum.is_finite();
@@ -474,22 +406,15 @@ pub fn train_with<B: TrainBackend>(
     }
     bar.finish_and_clear();
     let final_valid_loss = valid(&model)?;
-    if !leader {
-        // The final model is read by whatever comes next (a pipeline's next phase).
-        worker.barrier::<B::InnerBackend>("waiting for the final model", &device)?;
-        return Ok(SftSummary {
-            steps: total_steps,
-            initial_valid_loss,
-            final_valid_loss,
-            last_train_loss: last_loss,
-            skipped,
-            final_dir: run_dir.final_dir(),
-        });
-    }
-    if let Some(l) = final_valid_loss {
-        run_dir.log_metrics(&json!({"step": total_steps, "eval/loss": l, "final": true}))?;
-    }
-    let final_dir = run_dir.save_final(&model, &model_section.path, model_section.save_dtype()?)?;
+    let final_dir = if leader {
+        if let Some(l) = final_valid_loss {
+            run_dir.log_metrics(&json!({"step": total_steps, "eval/loss": l, "final": true}))?;
+        }
+        run_dir.save_final(&model, &model_section.path, model_section.save_dtype()?)?
+    } else {
+        run_dir.final_dir()
+    };
+    // The final model is read by whatever comes next (a pipeline's next phase).
     worker.barrier::<B::InnerBackend>("waiting for the final model", &device)?;
     Ok(SftSummary {
         steps: total_steps,
@@ -499,4 +424,123 @@ pub fn train_with<B: TrainBackend>(
         skipped,
         final_dir,
     })
+}
+
+/// The model to start from and, when resuming from checkpoint `resume_from`, its state.
+fn starting_point<B: TrainBackend>(
+    resume_from: Option<&Path>,
+    model_section: &ModelSection,
+    device: &B::Device,
+) -> Result<(Qwen2ForCausalLM<B>, Option<SftState>)> {
+    Ok(match resume_from {
+        Some(ckpt) => {
+            log::info!("resuming from {}", ckpt.display());
+            let state: SftState = RunDir::load_state(ckpt)?;
+            (load_model::<B>(ckpt, device)?, Some(state))
+        }
+        None => (load_model::<B>(&model_section.path, device)?, None),
+    })
+}
+
+/// The tokenised training set, the held-out set (when `valid_file` is given) and the number of
+/// training examples skipped for exceeding `max_length`; an error when every one is.
+fn load_sets(
+    config: &SftConfig,
+    tokenizer: &Tokenizer,
+    eot: u32,
+) -> Result<(Vec<Tokenized>, Option<Vec<Tokenized>>, usize)> {
+    let records = load_sft(&config.train_file)?;
+    let (train_set, skipped) = tokenize(&records, tokenizer, eot, config.max_length)?;
+    if skipped > 0 {
+        log::warn!(
+            "{skipped} of {} training examples exceed sft.max_length = {} tokens and are skipped",
+            records.len(),
+            config.max_length
+        );
+    }
+    if train_set.is_empty() {
+        return Err(Error::input(
+            &config.train_file,
+            0,
+            format!(
+                "every example exceeds sft.max_length = {}",
+                config.max_length
+            ),
+        ));
+    }
+    let valid_set = match &config.valid_file {
+        Some(p) => Some(tokenize(&load_sft(p)?, tokenizer, eot, config.max_length)?.0),
+        None => None,
+    };
+    Ok((train_set, valid_set, skipped))
+}
+
+/// The held-out loss of `set` (each worker scores its share of the examples); `None` without a
+/// held-out set.
+fn held_out_loss<B: TrainBackend>(
+    model: &Qwen2ForCausalLM<B>,
+    set: Option<&[Tokenized]>,
+    worker: &Worker,
+    pad: u32,
+    config: &SftConfig,
+    device: &B::Device,
+) -> Result<Option<f64>> {
+    match set {
+        Some(v) if !v.is_empty() => {
+            let mine = v.iter().enumerate().filter(|(i, _)| worker.owns(*i));
+            let (sum, count) = eval_sums(
+                &model.valid(),
+                mine.map(|(_, t)| t),
+                pad,
+                config.micro_batch_tokens,
+                config.logits_chunk,
+                device,
+            )?;
+            let total = worker.sum_f64::<B::InnerBackend>(
+                "summing the held-out loss",
+                vec![sum, count],
+                device,
+            )?;
+            Ok(Some(total[0] / total[1].max(1.0)))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Step `step`'s gradients of this worker's sequences `mine`, micro-batch by micro-batch under
+/// the token budget, summed over the workers, and the loss: the summed `-log p` over `tokens`,
+/// the step's response tokens on all workers (so the workers' sums make the token mean).
+#[allow(clippy::too_many_arguments)]
+fn step_gradients<B: TrainBackend>(
+    model: &Qwen2ForCausalLM<B>,
+    mine: &[Sequence<'_>],
+    tokens: usize,
+    pad: u32,
+    config: &SftConfig,
+    worker: &Worker,
+    step: usize,
+    device: &B::Device,
+) -> Result<(GradientsParams, f64)> {
+    let mut acc = GradientsAccumulator::<Qwen2ForCausalLM<B>>::new();
+    let mut loss_sum = 0.0;
+    for mb in token_budget_batches(mine, config.micro_batch_tokens) {
+        let part: Vec<Sequence<'_>> = mb.iter().map(|&i| mine[i]).collect();
+        let packed = Packed::<B>::new(&part, pad, device);
+        let (logp, _) = packed.logprobs(model, 1.0, config.logits_chunk, false)?;
+        let loss = (logp * packed.mask.clone())
+            .sum()
+            .neg()
+            .div_scalar(tokens as f64);
+        loss_sum += loss.clone().into_data().iter::<f64>().next().unwrap_or(0.0);
+        acc.accumulate(model, GradientsParams::from_grads(loss.backward(), model));
+    }
+    // A worker with no example this step sends zeros (see `Worker::sum_grads`).
+    let mut grads = acc.grads();
+    if worker.world > 1 {
+        let what = format!("step {}: summing gradients", step + 1);
+        grads = worker.sum_grads::<B, _>(&what, model, grads, device)?;
+        let what = format!("step {}: summing the loss", step + 1);
+        loss_sum = worker.sum_f64::<B::InnerBackend>(&what, vec![loss_sum], device)?[0];
+    }
+    Ok((grads, loss_sum))
 }
