@@ -733,3 +733,48 @@ mod gradient_checkpointing_tests {
         check::<burn::backend::NdArray, NoCheckpointing>();
     }
 }
+
+#[cfg(test)]
+mod layer_weights_tests {
+    use super::*;
+    use burn::tensor::{Distribution, TensorData};
+
+    /// The recomputing kernel's forward over [`DecoderLayer::weights`] is the model's layer
+    /// forward bit for bit (left padding, grouped queries), so gradient checkpointing leaves the
+    /// forward pass unchanged.
+    fn same_forward<B: ModelBackend>() {
+        let config = Qwen2Config::from_file(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("models/tiny-qwen2-chatml/config.json"),
+        )
+        .expect("tiny config");
+        let device = Default::default();
+        let model = Qwen2ForCausalLM::<B>::init(&config, &device);
+        let (b, t, h) = (2, 19, config.hidden_size);
+        let x = Tensor::<B, 3>::random([b, t, h], Distribution::Normal(0.0, 1.0), &device);
+        let valid: Vec<bool> = (0..b * t).map(|i| i / t == 1 || i % t >= 4).collect();
+        let valid = Tensor::<B, 2, Bool>::from_data(TensorData::new(valid, [b, t]), &device);
+        let pos: Vec<i64> = (0..b * t).map(|i| (i % t) as i64).collect();
+        let pos = Tensor::<B, 2, Int>::from_data(TensorData::new(pos, [b, t]), &device);
+        let (cos, sin) = model.rope().cos_sin(pos);
+        for layer in &model.model.layers {
+            let (want, _) = layer.forward(x.clone(), cos.clone(), sin.clone(), &valid, None);
+            let got = layer
+                .weights()
+                .forward(x.clone(), cos.clone(), sin.clone(), &valid);
+            assert_eq!(got.into_data(), want.into_data());
+        }
+    }
+
+    #[cfg(feature = "flex")]
+    #[test]
+    fn kernel_layer_forward_is_the_models_on_flex() {
+        same_forward::<burn::backend::Flex>();
+    }
+
+    #[cfg(feature = "ndarray")]
+    #[test]
+    fn kernel_layer_forward_is_the_models_on_ndarray() {
+        same_forward::<burn::backend::NdArray>();
+    }
+}
