@@ -11,6 +11,7 @@ pub mod distributed;
 pub mod error;
 pub mod eval;
 pub mod generate;
+pub mod io;
 pub mod metrics;
 pub mod model;
 pub mod openai;

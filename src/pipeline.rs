@@ -23,7 +23,7 @@ use crate::distributed::Worker;
 use crate::error::{Error, Result};
 use crate::eval::{evaluate, EvalItem, EvalOptions, EvalReport};
 use crate::generate::{pad_token_id, stop_token_ids};
-use crate::model::checkpoint::write_atomic;
+use crate::io::{write_atomic, JsonlReader};
 use crate::model::load_model;
 use crate::reward::{Rewarder, TaskKind};
 use crate::rl::{self, load_tokenizer, PreparedPrompt, RlConfig, RlObserver};
@@ -658,11 +658,13 @@ fn merge_metrics(root: &Path, stages: &[StageConfig], with_sft: bool) -> Result<
     let mut out = String::new();
     for (name, stage) in names {
         let path = root.join(&name).join("metrics.jsonl");
-        let Ok(text) = std::fs::read_to_string(&path) else {
+        // A phase without a readable log is left out; lines that are not objects are dropped.
+        let reader = JsonlReader::new(&path);
+        let Ok(lines) = reader.lines().and_then(|l| l.collect::<Result<Vec<_>>>()) else {
             continue;
         };
-        for line in text.lines() {
-            if let Ok(serde_json::Value::Object(mut m)) = serde_json::from_str(line) {
+        for line in &lines {
+            if let Ok(serde_json::Value::Object(mut m)) = reader.parse(line) {
                 m.insert("phase".into(), serde_json::json!(name));
                 if let Some(s) = stage {
                     m.insert("stage".into(), serde_json::json!(s));

@@ -16,7 +16,7 @@ use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::model::checkpoint::write_atomic;
+use crate::io::write_atomic;
 use crate::model::{ModelBackend, TrainBackend};
 
 /// Shape of the learning rate after warm-up.
