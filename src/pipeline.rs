@@ -18,6 +18,7 @@ use crate::data::curriculum::{
     StageConfig,
 };
 use crate::data::synthetic::{self, SyntheticConfig};
+use crate::data::TaskKind;
 use crate::data::{load_rl_any, load_sft, RlSample, SftRecord};
 use crate::distributed::Worker;
 use crate::error::{Error, Result};
@@ -25,7 +26,7 @@ use crate::eval::{evaluate, EvalItem, EvalOptions, EvalReport};
 use crate::generate::{pad_token_id, stop_token_ids};
 use crate::io::{write_atomic, JsonlReader};
 use crate::model::load_model;
-use crate::reward::{Rewarder, TaskKind};
+use crate::reward::Rewarder;
 use crate::rl::{self, load_tokenizer, PreparedPrompt, RlConfig, RlObserver};
 use crate::sft::{self, SftConfig};
 use crate::tokenizer::{Message, Tokenizer};

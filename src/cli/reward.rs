@@ -10,12 +10,12 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::judge::JudgeArgs;
+use crate::data::TaskKind;
 use crate::device::{BackendFn, DeviceSpec};
 use crate::error::{Error, Result};
 use crate::io::JsonlReader;
 use crate::reward::{
     HybridConfig, HybridReward, Judge, OverlongConfig, RewardItem, RewardStats, RuleOptions,
-    TaskKind,
 };
 
 /// Arguments of `longrl reward`.

@@ -7,6 +7,7 @@ pub mod curriculum;
 pub mod parquet;
 pub mod sampler;
 pub mod synthetic;
+pub mod task;
 pub mod template;
 
 use std::path::Path;
@@ -16,12 +17,12 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 use crate::io::JsonlReader;
-use crate::reward::TaskKind;
 use crate::tokenizer::Message;
 
 pub use self::parquet::{load_verl_parquet, load_verl_parquet_with};
 pub use sampler::{EpochSampler, SamplerState};
-pub use template::{render_prompt, PROMPT_TEMPLATE};
+pub use task::TaskKind;
+pub use template::{question_from_prompt, render_prompt, PROMPT_TEMPLATE};
 
 /// One SFT example: chat messages whose last message is the assistant's response.
 #[derive(Debug, Clone, PartialEq)]

@@ -6,7 +6,8 @@ pub mod judge;
 pub mod rule;
 pub mod shaping;
 
+pub use crate::data::TaskKind;
 pub use hybrid::{HybridConfig, HybridReward, RewardItem, RewardOutput, RewardStats, Rewarder};
 pub use judge::{Judge, JudgeOutcome, JudgeQuery, Verdict};
-pub use rule::{RuleOptions, RuleResult, TaskKind};
+pub use rule::{RuleOptions, RuleResult};
 pub use shaping::OverlongConfig;
