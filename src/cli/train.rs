@@ -237,7 +237,9 @@ impl SharedRewarder {
         if let Some(r) = slot.as_ref() {
             return Ok(r.clone());
         }
-        let r = rl::trainer::build_rewarder::<B::InnerBackend>(config, device)?;
+        let r = config
+            .reward
+            .build::<B::InnerBackend>(config.max_response_length, device)?;
         *slot = Some(r.clone());
         Ok(r)
     }

@@ -5,6 +5,7 @@
 
 pub mod curriculum;
 pub mod parquet;
+pub mod prompt;
 pub mod sampler;
 pub mod synthetic;
 pub mod task;
@@ -20,6 +21,7 @@ use crate::io::JsonlReader;
 use crate::tokenizer::Message;
 
 pub use self::parquet::{load_verl_parquet, load_verl_parquet_with};
+pub use prompt::{prepare_prompts, prompt_ids, PreparedPrompt};
 pub use sampler::{EpochSampler, SamplerState};
 pub use task::TaskKind;
 pub use template::{question_from_prompt, render_prompt, PROMPT_TEMPLATE};
