@@ -92,6 +92,12 @@ impl Error {
         }
     }
 
+    /// Whether this is a file that does not exist (an optional file, e.g. a log to resume, that
+    /// has not been written yet).
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
+    }
+
     /// An input error at `path:line`.
     pub fn input(path: impl AsRef<Path>, line: usize, message: impl Into<String>) -> Self {
         Error::Input {

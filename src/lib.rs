@@ -11,6 +11,7 @@ pub mod distributed;
 pub mod error;
 pub mod eval;
 pub mod generate;
+pub mod io;
 pub mod kernels;
 pub mod metrics;
 pub mod model;

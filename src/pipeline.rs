@@ -18,17 +18,18 @@ use crate::data::curriculum::{
     StageConfig,
 };
 use crate::data::synthetic::{self, SyntheticConfig};
-use crate::data::{load_rl_any, load_sft, RlSample, SftRecord};
+use crate::data::TaskKind;
+use crate::data::{load_rl_any, load_sft, PreparedPrompt, RlSample, SftRecord};
 use crate::distributed::Worker;
 use crate::error::{Error, Result};
 use crate::eval::{evaluate, EvalItem, EvalOptions, EvalReport};
 use crate::generate::{pad_token_id, stop_token_ids};
-use crate::model::checkpoint::write_atomic;
+use crate::io::{write_atomic, JsonlReader};
 use crate::model::load_model;
-use crate::reward::{Rewarder, TaskKind};
-use crate::rl::{self, load_tokenizer, PreparedPrompt, RlConfig, RlObserver};
+use crate::reward::Rewarder;
+use crate::rl::{self, RlConfig, RlObserver};
 use crate::sft::{self, SftConfig};
-use crate::tokenizer::{Message, Tokenizer};
+use crate::tokenizer::Tokenizer;
 
 /// `[data]`: where samples come from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -153,17 +154,11 @@ fn stage_name(stages: &[StageConfig], k: usize) -> String {
         .unwrap_or_else(|| format!("stage{}", k + 1))
 }
 
-/// The data of a run: training samples with their prompt lengths, held-out items, SFT records.
+/// The data of a run: training prompts (tokenised once), held-out items, SFT records.
 struct Data {
-    train: Vec<RlSample>,
-    train_ids: Vec<Vec<u32>>,
-    train_texts: Vec<String>,
+    train: Vec<PreparedPrompt>,
     eval: Vec<EvalItem>,
     sft: Vec<SftRecord>,
-}
-
-fn chat_ids(tokenizer: &Tokenizer, text: &str) -> Result<Vec<u32>> {
-    tokenizer.encode_chat(&[Message::new("user", text)], true)
 }
 
 /// The pipeline's data; the synthetic sets are written to `data_dir` when `write` (rank 0).
@@ -173,92 +168,114 @@ fn prepare_data(
     data_dir: &Path,
     write: bool,
 ) -> Result<Data> {
+    let (train, eval, sft) = if file.data.synthetic {
+        synthetic_data(file, tokenizer, data_dir, write)?
+    } else {
+        file_data(&file.data)?
+    };
+    let train = train
+        .iter()
+        .enumerate()
+        .map(|(i, s)| PreparedPrompt::new(i, s, tokenizer))
+        .collect::<Result<Vec<_>>>()?;
+    let eval = eval_items(&eval, tokenizer, &file.stages)?;
+    Ok(Data { train, eval, sft })
+}
+
+/// The last stage's input limit: the longest synthetic prompt, and the edge of the last bucket.
+fn last_stage_limit(stages: &[StageConfig]) -> usize {
+    stages.last().map_or(1024, |s| s.max_input_tokens)
+}
+
+/// The built-in synthetic train, held-out and SFT sets of `[data]`, seeded from the run's seed;
+/// the train and held-out sets are written to `data_dir` when `write`.
+fn synthetic_data(
+    file: &PipelineFile,
+    tokenizer: &Tokenizer,
+    data_dir: &Path,
+    write: bool,
+) -> Result<(Vec<RlSample>, Vec<RlSample>, Vec<SftRecord>)> {
     let d = &file.data;
     let stages = &file.stages;
-    let max_tokens = stages.last().map_or(1024, |s| s.max_input_tokens);
-    let (train, eval, sft) = if d.synthetic {
-        let make =
-            |seed: u64, count: usize, max: usize| -> Result<Vec<synthetic::SyntheticSample>> {
-                synthetic::generate(
-                    &SyntheticConfig {
-                        seed,
-                        count,
-                        min_tokens: d.min_tokens,
-                        max_tokens: max,
-                        tasks: d.tasks.clone(),
-                    },
-                    tokenizer,
-                )
-            };
-        let seed = file.run.seed;
-        let train = make(
-            seed.wrapping_mul(3).wrapping_add(1),
-            d.train_count,
-            max_tokens,
-        )?;
-        let eval = make(
-            seed.wrapping_mul(3).wrapping_add(2),
-            d.eval_count,
-            max_tokens,
-        )?;
-        let sft_max = stages[0].max_input_tokens;
-        let sft = make(seed.wrapping_mul(3).wrapping_add(3), d.sft_count, sft_max)?;
-        if write {
-            synthetic::write_jsonl(&train, &data_dir.join("train.jsonl"))?;
-            synthetic::write_jsonl(&eval, &data_dir.join("eval.jsonl"))?;
-        }
-        let sft: Vec<SftRecord> = sft.iter().map(|s| s.sft_record(d.think)).collect();
-        (
-            train.into_iter().map(|s| s.sample).collect::<Vec<_>>(),
-            eval.into_iter().map(|s| s.sample).collect::<Vec<_>>(),
-            sft,
+    let max_tokens = last_stage_limit(stages);
+    let make = |seed: u64, count: usize, max: usize| -> Result<Vec<synthetic::SyntheticSample>> {
+        synthetic::generate(
+            &SyntheticConfig {
+                seed,
+                count,
+                min_tokens: d.min_tokens,
+                max_tokens: max,
+                tasks: d.tasks.clone(),
+            },
+            tokenizer,
         )
-    } else {
-        let need = |p: &Option<PathBuf>, name: &str| {
-            p.clone().ok_or_else(|| {
-                Error::Invalid(format!(
-                    "data.{name} is required when data.synthetic = false"
-                ))
-            })
-        };
-        let train = load_rl_any(&need(&d.train_file, "train_file")?)?;
-        let eval = load_rl_any(&need(&d.eval_file, "eval_file")?)?;
-        let sft = match &d.sft_file {
-            Some(p) => load_sft(p)?,
-            None => Vec::new(),
-        };
-        (train, eval, sft)
     };
-    let mut train_ids = Vec::with_capacity(train.len());
-    let mut train_texts = Vec::with_capacity(train.len());
-    for s in &train {
-        let text = s.user_prompt()?;
-        train_ids.push(chat_ids(tokenizer, &text)?);
-        train_texts.push(text);
+    let seed = file.run.seed;
+    let train = make(
+        seed.wrapping_mul(3).wrapping_add(1),
+        d.train_count,
+        max_tokens,
+    )?;
+    let eval = make(
+        seed.wrapping_mul(3).wrapping_add(2),
+        d.eval_count,
+        max_tokens,
+    )?;
+    let sft_max = stages[0].max_input_tokens;
+    let sft = make(seed.wrapping_mul(3).wrapping_add(3), d.sft_count, sft_max)?;
+    if write {
+        synthetic::write_jsonl(&train, &data_dir.join("train.jsonl"))?;
+        synthetic::write_jsonl(&eval, &data_dir.join("eval.jsonl"))?;
     }
+    let sft: Vec<SftRecord> = sft.iter().map(|s| s.sft_record(d.think)).collect();
+    Ok((
+        train.into_iter().map(|s| s.sample).collect(),
+        eval.into_iter().map(|s| s.sample).collect(),
+        sft,
+    ))
+}
+
+/// The train, held-out and SFT files of `[data]` (`data.synthetic = false`).
+fn file_data(d: &DataSection) -> Result<(Vec<RlSample>, Vec<RlSample>, Vec<SftRecord>)> {
+    let need = |p: &Option<PathBuf>, name: &str| {
+        p.clone().ok_or_else(|| {
+            Error::Invalid(format!(
+                "data.{name} is required when data.synthetic = false"
+            ))
+        })
+    };
+    let train = load_rl_any(&need(&d.train_file, "train_file")?)?;
+    let eval = load_rl_any(&need(&d.eval_file, "eval_file")?)?;
+    let sft = match &d.sft_file {
+        Some(p) => load_sft(p)?,
+        None => Vec::new(),
+    };
+    Ok((train, eval, sft))
+}
+
+/// The held-out items, each in the length bucket of the stage its prompt falls in.
+fn eval_items(
+    eval: &[RlSample],
+    tokenizer: &Tokenizer,
+    stages: &[StageConfig],
+) -> Result<Vec<EvalItem>> {
+    let max_tokens = last_stage_limit(stages);
     let mut items = Vec::with_capacity(eval.len());
-    for s in &eval {
-        let text = s.user_prompt()?;
-        let ids = chat_ids(tokenizer, &text)?;
-        let bucket = match stage_of(ids.len(), stages) {
+    for (i, s) in eval.iter().enumerate() {
+        let prompt = PreparedPrompt::new(i, s, tokenizer)?;
+        let bucket = match stage_of(prompt.ids.len(), stages) {
             Some(k) => format!("<={}", stages[k].max_input_tokens),
             None => format!(">{max_tokens}"),
         };
         items.push(EvalItem {
-            prompt_ids: ids,
-            prompt_text: text,
-            task: s.task_kind()?,
-            answer: s.answer.clone(),
+            prompt_ids: prompt.ids,
+            prompt_text: prompt.text,
+            task: prompt.task,
+            answer: prompt.answer,
             bucket,
         });
     }
-    Ok(Data {
-        train,
-        train_ids,
-        train_texts,
-        eval: items,
-        sft,
-    })
+    Ok(items)
 }
 
 /// The difficulty store as an RL observer: every group's mean score updates its sample.
@@ -395,71 +412,35 @@ pub fn run_with<B: TrainBackend>(
     let leader = worker.is_leader();
     let root = file.run.run_dir.clone();
     std::fs::create_dir_all(&root).map_err(|e| Error::io(&root, e))?;
-    let state_path = root.join(STATE_FILE);
-    let mut state: PipelineState = if state_path.exists() {
-        if !resume {
-            return Err(Error::Invalid(format!(
-                "run directory {} already holds a pipeline ({}): pass --resume to continue it, or \
-                 choose another --run-dir",
-                root.display(),
-                state_path.display()
-            )));
-        }
-        let text = std::fs::read_to_string(&state_path).map_err(|e| Error::io(&state_path, e))?;
-        serde_json::from_str(&text)
-            .map_err(|e| Error::checkpoint(&state_path, format!("unreadable: {e}")))?
-    } else {
-        PipelineState::default()
-    };
-    let tokenizer = load_tokenizer(&file.model)?;
+    let mut state = load_state(&root, resume)?;
+    let tokenizer = file.model.load_tokenizer()?;
     let data_dir = root.join("data");
     std::fs::create_dir_all(&data_dir).map_err(|e| Error::io(&data_dir, e))?;
     let data = prepare_data(file, &tokenizer, &data_dir, leader)?;
-    let lengths: Vec<usize> = data.train_ids.iter().map(Vec::len).collect();
-    state.too_long = lengths
-        .iter()
-        .filter(|&&l| stage_of(l, &file.stages).is_none())
-        .count();
-    if state.too_long > 0 {
-        log::warn!(
-            "{} training samples are longer than every stage ({} tokens) and are not trained on",
-            state.too_long,
-            file.stages.last().map_or(0, |s| s.max_input_tokens)
-        );
-    }
+    let lengths: Vec<usize> = data.train.iter().map(|p| p.ids.len()).collect();
+    state.too_long = count_too_long(&lengths, &file.stages);
     let rewarder = match rewarder {
         Some(r) => r,
-        None => rl::trainer::build_rewarder::<B::InnerBackend>(&file.rl, &device)?,
+        None => file
+            .rl
+            .reward
+            .build::<B::InnerBackend>(file.rl.max_response_length, &device)?,
     };
-    let done = |state: &PipelineState, name: &str| state.phases.iter().any(|p| p.name == name);
-    let report_phase = |state: &mut PipelineState, name: &str, dir: &Path| -> Result<()> {
-        if !leader {
-            // Other workers only track where each phase's model is.
-            state
-                .phases
-                .push(phase_result(name, dir, EvalReport::default()));
-            return Ok(());
-        }
-        let report = eval_dir::<B::InnerBackend>(
-            dir,
-            &tokenizer,
-            &data,
-            rewarder.as_ref(),
-            &file.eval,
-            &device,
-        )?;
-        log::info!(
-            "{name}: held-out accuracy {:.3} over {}",
-            report.accuracy,
-            report.n
-        );
-        state.phases.push(phase_result(name, dir, report));
-        save_state(&root, state)
+    let phases = Phases::<B> {
+        file,
+        root,
+        data_dir,
+        tokenizer,
+        data,
+        lengths,
+        rewarder,
+        device,
+        worker,
     };
 
     // Base.
-    if !done(&state, "base") {
-        report_phase(&mut state, "base", &file.model.path)?;
+    if !state.done("base") {
+        phases.report(&mut state, "base", &file.model.path)?;
     }
     let mut current = state
         .phases
@@ -469,26 +450,8 @@ pub fn run_with<B: TrainBackend>(
 
     // Warm-up SFT.
     if let Some(sft_cfg) = &file.sft {
-        if !done(&state, "sft") {
-            if data.sft.is_empty() {
-                return Err(Error::Invalid(
-                    "[sft] is configured but there is no SFT data (data.sft_count or data.sft_file)".into(),
-                ));
-            }
-            let sft_file = data_dir.join("sft.jsonl");
-            if leader {
-                write_sft(&data.sft, &sft_file)?;
-            }
-            worker.barrier::<B::InnerBackend>("waiting for the SFT data", &device)?;
-            let mut cfg = sft_cfg.clone();
-            cfg.train_file = sft_file;
-            let run = phase_run(&file.run, &root, "sft");
-            let model = ModelSection {
-                path: current.clone(),
-                ..file.model.clone()
-            };
-            let summary = sft::train_with::<B>(&model, &run, &cfg, true, device.clone(), worker)?;
-            report_phase(&mut state, "sft", &summary.final_dir)?;
+        if !state.done("sft") {
+            phases.sft(&mut state, sft_cfg, &current)?;
         }
         current = state
             .phases
@@ -499,22 +462,184 @@ pub fn run_with<B: TrainBackend>(
 
     // RL stages.
     for k in 0..file.stages.len() {
+        current = phases.rl_stage(&mut state, k, current)?;
+    }
+    phases.finish(&state)
+}
+
+/// The pipeline's state in `root`: a new one, or with `resume` the one saved there (an error
+/// without `resume`, so a finished or running pipeline is never overwritten by mistake).
+fn load_state(root: &Path, resume: bool) -> Result<PipelineState> {
+    let state_path = root.join(STATE_FILE);
+    if !state_path.exists() {
+        return Ok(PipelineState::default());
+    }
+    if !resume {
+        return Err(Error::Invalid(format!(
+            "run directory {} already holds a pipeline ({}): pass --resume to continue it, or \
+             choose another --run-dir",
+            root.display(),
+            state_path.display()
+        )));
+    }
+    let text = std::fs::read_to_string(&state_path).map_err(|e| Error::io(&state_path, e))?;
+    serde_json::from_str(&text)
+        .map_err(|e| Error::checkpoint(&state_path, format!("unreadable: {e}")))
+}
+
+/// Training samples longer than every stage (warned about: they are never trained on).
+fn count_too_long(lengths: &[usize], stages: &[StageConfig]) -> usize {
+    let too_long = lengths
+        .iter()
+        .filter(|&&l| stage_of(l, stages).is_none())
+        .count();
+    if too_long > 0 {
+        log::warn!(
+            "{} training samples are longer than every stage ({} tokens) and are not trained on",
+            too_long,
+            stages.last().map_or(0, |s| s.max_input_tokens)
+        );
+    }
+    too_long
+}
+
+impl PipelineState {
+    /// Whether phase `name` has finished.
+    fn done(&self, name: &str) -> bool {
+        self.phases.iter().any(|p| p.name == name)
+    }
+}
+
+/// What every phase of one pipeline run shares: the settings, the data, the reward and where
+/// the phases write.
+struct Phases<'a, B: TrainBackend> {
+    file: &'a PipelineFile,
+    root: PathBuf,
+    data_dir: PathBuf,
+    tokenizer: Tokenizer,
+    data: Data,
+    /// Prompt length in tokens of every training sample.
+    lengths: Vec<usize>,
+    rewarder: Arc<dyn Rewarder>,
+    device: B::Device,
+    worker: &'a Worker,
+}
+
+impl<B: TrainBackend> Phases<'_, B> {
+    /// Records phase `name`, which ended with the model in `dir`: rank 0 evaluates it on the
+    /// held-out items and saves the pipeline's state; other workers only track where each
+    /// phase's model is.
+    fn report(&self, state: &mut PipelineState, name: &str, dir: &Path) -> Result<()> {
+        if !self.worker.is_leader() {
+            state
+                .phases
+                .push(phase_result(name, dir, EvalReport::default()));
+            return Ok(());
+        }
+        let report = eval_dir::<B::InnerBackend>(
+            dir,
+            &self.tokenizer,
+            &self.data,
+            self.rewarder.as_ref(),
+            &self.file.eval,
+            &self.device,
+        )?;
+        log::info!(
+            "{name}: held-out accuracy {:.3} over {}",
+            report.accuracy,
+            report.n
+        );
+        state.phases.push(phase_result(name, dir, report));
+        save_state(&self.root, state)
+    }
+
+    /// The warm-up SFT phase from the model in `current`.
+    fn sft(&self, state: &mut PipelineState, sft_cfg: &SftConfig, current: &Path) -> Result<()> {
+        let (file, worker) = (self.file, self.worker);
+        if self.data.sft.is_empty() {
+            return Err(Error::Invalid(
+                "[sft] is configured but there is no SFT data (data.sft_count or data.sft_file)"
+                    .into(),
+            ));
+        }
+        let sft_file = self.data_dir.join("sft.jsonl");
+        if worker.is_leader() {
+            write_sft(&self.data.sft, &sft_file)?;
+        }
+        worker.barrier::<B::InnerBackend>("waiting for the SFT data", &self.device)?;
+        let mut cfg = sft_cfg.clone();
+        cfg.train_file = sft_file;
+        let run = phase_run(&file.run, &self.root, "sft");
+        let model = ModelSection {
+            path: current.to_path_buf(),
+            ..file.model.clone()
+        };
+        let summary = sft::train_with::<B>(&model, &run, &cfg, true, self.device.clone(), worker)?;
+        self.report(state, "sft", &summary.final_dir)
+    }
+
+    /// RL stage `k` from the model in `current` (skipped when already done); returns the model
+    /// the stage ended with.
+    fn rl_stage(&self, state: &mut PipelineState, k: usize, current: PathBuf) -> Result<PathBuf> {
+        let file = self.file;
         let name = stage_name(&file.stages, k);
-        if done(&state, &name) {
-            current = state
+        if state.done(&name) {
+            return Ok(state
                 .phases
                 .iter()
                 .find(|p| p.name == name)
                 .map(|p| p.model_dir.clone())
-                .unwrap_or(current);
-            continue;
+                .unwrap_or(current));
         }
-        let band = stage_pool(&lengths, &file.stages, k);
-        let ids: Vec<String> = data.train.iter().map(|s| s.id.clone()).collect();
+        let prompts = self.stage_prompts(state, k, &name)?;
+        let cfg = stage_rl_config(&file.rl, &file.stages[k]);
+        let run = phase_run(&file.run, &self.root, &name);
+        let carried_path = run.run_dir.join("carried.json");
+        std::fs::create_dir_all(&run.run_dir).map_err(|e| Error::io(&run.run_dir, e))?;
+        if self.worker.is_leader() {
+            write_atomic(
+                &carried_path,
+                serde_json::to_string_pretty(&state.carried[k])
+                    .unwrap_or_default()
+                    .as_bytes(),
+            )?;
+        }
+        let model = ModelSection {
+            path: current.clone(),
+            ..file.model.clone()
+        };
+        let summary = rl::train_prompts_with::<B>(
+            &model,
+            &run,
+            &cfg,
+            &prompts,
+            Some(self.rewarder.clone()),
+            &mut DifficultyObserver {
+                store: &mut state.difficulty,
+            },
+            true,
+            self.device.clone(),
+            self.worker,
+        )?;
+        self.report(state, &name, &summary.final_dir)?;
+        Ok(summary.final_dir)
+    }
+
+    /// The prompts of stage `k`: the samples in its length band, plus copies of the hard samples
+    /// carried from earlier stages (recorded in `state.carried[k]`).
+    fn stage_prompts(
+        &self,
+        state: &mut PipelineState,
+        k: usize,
+        name: &str,
+    ) -> Result<Vec<PreparedPrompt>> {
+        let file = self.file;
+        let band = stage_pool(&self.lengths, &file.stages, k);
+        let ids: Vec<String> = self.data.train.iter().map(|p| p.id.clone()).collect();
         let carried = carry_over(
             &state.difficulty,
             &ids,
-            &lengths,
+            &self.lengths,
             &file.stages,
             k,
             &file.retrospective,
@@ -545,81 +670,48 @@ pub fn run_with<B: TrainBackend>(
                 file.stages[k].max_input_tokens
             )));
         }
-        let prompts: Vec<PreparedPrompt> = pool
-            .iter()
-            .map(|&i| {
-                Ok(PreparedPrompt {
-                    index: i,
-                    id: data.train[i].id.clone(),
-                    text: data.train_texts[i].clone(),
-                    ids: data.train_ids[i].clone(),
-                    task: data.train[i].task_kind()?,
-                    answer: data.train[i].answer.clone(),
-                })
-            })
-            .collect::<Result<_>>()?;
-        let stage = &file.stages[k];
-        let mut cfg = file.rl.clone();
-        cfg.max_prompt_length = stage.max_input_tokens;
-        cfg.max_response_length = stage.max_output_tokens;
-        cfg.max_steps = stage.max_steps;
-        if let Some(e) = stage.num_epochs {
-            cfg.num_epochs = e;
-        }
-        let run = phase_run(&file.run, &root, &name);
-        let carried_path = run.run_dir.join("carried.json");
-        std::fs::create_dir_all(&run.run_dir).map_err(|e| Error::io(&run.run_dir, e))?;
-        if leader {
-            write_atomic(
-                &carried_path,
-                serde_json::to_string_pretty(&state.carried[k])
-                    .unwrap_or_default()
-                    .as_bytes(),
-            )?;
-        }
-        let model = ModelSection {
-            path: current.clone(),
-            ..file.model.clone()
-        };
-        let summary = rl::train_prompts_with::<B>(
-            &model,
-            &run,
-            &cfg,
-            &prompts,
-            Some(rewarder.clone()),
-            &mut DifficultyObserver {
-                store: &mut state.difficulty,
-            },
-            true,
-            device.clone(),
-            worker,
-        )?;
-        report_phase(&mut state, &name, &summary.final_dir)?;
-        current = summary.final_dir;
+        Ok(pool.iter().map(|&i| self.data.train[i].clone()).collect())
     }
 
-    let summary = PipelineSummary {
-        phases: state.phases.clone(),
-        too_long: state.too_long,
-    };
-    if !leader {
-        return Ok(summary);
+    /// Writes the summary (`summary.json`, `summary.md`), the merged metrics and the plots
+    /// (rank 0); returns the summary.
+    fn finish(&self, state: &PipelineState) -> Result<PipelineSummary> {
+        let summary = PipelineSummary {
+            phases: state.phases.clone(),
+            too_long: state.too_long,
+        };
+        if !self.worker.is_leader() {
+            return Ok(summary);
+        }
+        let root = &self.root;
+        let json = serde_json::to_vec_pretty(&summary)
+            .map_err(|e| Error::Invalid(format!("summary cannot be serialised: {e}")))?;
+        write_atomic(&root.join("summary.json"), &json)?;
+        let table = summary_table(&summary.phases);
+        write_atomic(&root.join("summary.md"), table.as_bytes())?;
+        merge_metrics(root, &self.file.stages, self.file.sft.is_some())?;
+        match crate::metrics::plot_run(root) {
+            Ok(paths) => log::info!(
+                "wrote {} plots under {}",
+                paths.len(),
+                root.join("plots").display()
+            ),
+            Err(e) => log::warn!("plots were not written: {e}"),
+        }
+        Ok(summary)
     }
-    let json = serde_json::to_vec_pretty(&summary)
-        .map_err(|e| Error::Invalid(format!("summary cannot be serialised: {e}")))?;
-    write_atomic(&root.join("summary.json"), &json)?;
-    let table = summary_table(&summary.phases);
-    write_atomic(&root.join("summary.md"), table.as_bytes())?;
-    merge_metrics(&root, &file.stages, file.sft.is_some())?;
-    match crate::metrics::plot_run(&root) {
-        Ok(paths) => log::info!(
-            "wrote {} plots under {}",
-            paths.len(),
-            root.join("plots").display()
-        ),
-        Err(e) => log::warn!("plots were not written: {e}"),
+}
+
+/// A stage's RL settings: the shared `[rl]` with the stage's lengths and step count.
+fn stage_rl_config(rl: &RlConfig, stage: &StageConfig) -> RlConfig {
+    let mut cfg = rl.clone();
+    cfg.max_prompt_length = stage.max_input_tokens;
+    cfg.max_response_length = stage.max_output_tokens;
+    cfg.max_steps = stage.max_steps;
+    if let Some(e) = stage.num_epochs {
+        cfg.num_epochs = e;
     }
-    Ok(summary)
+    cfg
 }
 
 /// A phase's `[run]`: its own folder under the pipeline's run directory.
@@ -658,11 +750,13 @@ fn merge_metrics(root: &Path, stages: &[StageConfig], with_sft: bool) -> Result<
     let mut out = String::new();
     for (name, stage) in names {
         let path = root.join(&name).join("metrics.jsonl");
-        let Ok(text) = std::fs::read_to_string(&path) else {
+        // A phase without a readable log is left out; lines that are not objects are dropped.
+        let reader = JsonlReader::new(&path);
+        let Ok(lines) = reader.lines().and_then(|l| l.collect::<Result<Vec<_>>>()) else {
             continue;
         };
-        for line in text.lines() {
-            if let Ok(serde_json::Value::Object(mut m)) = serde_json::from_str(line) {
+        for line in &lines {
+            if let Ok(serde_json::Value::Object(mut m)) = reader.parse(line) {
                 m.insert("phase".into(), serde_json::json!(name));
                 if let Some(s) = stage {
                     m.insert("stage".into(), serde_json::json!(s));

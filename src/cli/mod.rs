@@ -9,7 +9,7 @@ mod reward;
 mod train;
 
 use crate::model::ModelBackend;
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use clap::{Args, Parser, Subcommand};
@@ -21,6 +21,7 @@ use crate::generate::{
     pad_token_id, sample_seed, stop_token_ids, Engine, EngineOptions, GenerateRequest,
     SamplingParams,
 };
+use crate::io::JsonlReader;
 use crate::model::{checkpoint, load_model, Qwen2Config, DEFAULT_LOGITS_CHUNK};
 use crate::tokenizer::{ChatTemplate, Message, Tokenizer};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -249,54 +250,44 @@ enum InputLine {
 
 /// Reads a JSONL input file; every bad line is an error naming the file and line.
 fn read_inputs(path: &Path, allow_messages: bool) -> Result<Vec<InputLine>> {
-    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let mut out = Vec::new();
     let expected = if allow_messages {
         "an object with \"input_ids\" (list of token ids), \"text\" (string) or \"messages\" (list of {role, content})"
     } else {
         "an object with \"input_ids\" (list of token ids) or \"text\" (string)"
     };
-    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let n = i + 1;
-        let line = line.map_err(|e| Error::io(path, e))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let value: Value = serde_json::from_str(&line).map_err(|e| {
-            Error::input(
-                path,
-                n,
-                format!("not valid JSON ({e}); expected {expected}"),
-            )
+    JsonlReader::new(path)
+        .on_bad_line(|e| format!("not valid JSON ({e}); expected {expected}"))
+        .for_each(|n, value: Value| {
+            let item = if let Some(ids) = value.get("input_ids") {
+                let ids: Vec<u32> = serde_json::from_value(ids.clone()).map_err(|_| {
+                    Error::input(
+                        path,
+                        n,
+                        "field \"input_ids\": expected a list of non-negative integers",
+                    )
+                })?;
+                InputLine::Ids(ids)
+            } else if let Some(text) = value.get("text") {
+                let text = text
+                    .as_str()
+                    .ok_or_else(|| Error::input(path, n, "field \"text\": expected a string"))?;
+                InputLine::Text(text.to_string())
+            } else if let (true, Some(msgs)) = (allow_messages, value.get("messages")) {
+                let msgs: Vec<Message> = serde_json::from_value(msgs.clone()).map_err(|_| {
+                    Error::input(
+                        path,
+                        n,
+                        "field \"messages\": expected a list of {\"role\": string, \"content\": string}",
+                    )
+                })?;
+                InputLine::Messages(msgs)
+            } else {
+                return Err(Error::input(path, n, format!("expected {expected}")));
+            };
+            out.push(item);
+            Ok(())
         })?;
-        let item = if let Some(ids) = value.get("input_ids") {
-            let ids: Vec<u32> = serde_json::from_value(ids.clone()).map_err(|_| {
-                Error::input(
-                    path,
-                    n,
-                    "field \"input_ids\": expected a list of non-negative integers",
-                )
-            })?;
-            InputLine::Ids(ids)
-        } else if let Some(text) = value.get("text") {
-            let text = text
-                .as_str()
-                .ok_or_else(|| Error::input(path, n, "field \"text\": expected a string"))?;
-            InputLine::Text(text.to_string())
-        } else if let (true, Some(msgs)) = (allow_messages, value.get("messages")) {
-            let msgs: Vec<Message> = serde_json::from_value(msgs.clone()).map_err(|_| {
-                Error::input(
-                    path,
-                    n,
-                    "field \"messages\": expected a list of {\"role\": string, \"content\": string}",
-                )
-            })?;
-            InputLine::Messages(msgs)
-        } else {
-            return Err(Error::input(path, n, format!("expected {expected}")));
-        };
-        out.push(item);
-    }
     Ok(out)
 }
 

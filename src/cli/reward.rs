@@ -1,7 +1,7 @@
 //! `longrl reward`: the hybrid reward of every line of a JSONL file, one JSON line out per line in.
 
 use crate::model::ModelBackend;
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -10,11 +10,12 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::judge::JudgeArgs;
+use crate::data::TaskKind;
 use crate::device::{BackendFn, DeviceSpec};
 use crate::error::{Error, Result};
+use crate::io::JsonlReader;
 use crate::reward::{
     HybridConfig, HybridReward, Judge, OverlongConfig, RewardItem, RewardStats, RuleOptions,
-    TaskKind,
 };
 
 /// Arguments of `longrl reward`.
@@ -78,44 +79,39 @@ const EXPECTED: &str =
      \"response_length\" (tokens)";
 
 fn read_lines(path: &Path, needs_length: bool) -> Result<Vec<Parsed>> {
-    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let mut out = Vec::new();
-    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let n = i + 1;
-        let line = line.map_err(|e| Error::io(path, e))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let parsed: RewardLine = serde_json::from_str(&line)
-            .map_err(|e| Error::input(path, n, format!("{e}; expected {EXPECTED}")))?;
-        let gold = match &parsed.ground_truth {
-            Value::String(s) => s.clone(),
-            Value::Number(x) => x.to_string(),
-            Value::Bool(b) => if *b { "True" } else { "False" }.to_string(),
-            other => {
+    JsonlReader::new(path)
+        .on_bad_line(|e| format!("{e}; expected {EXPECTED}"))
+        .for_each(|n, parsed: RewardLine| {
+            let gold = match &parsed.ground_truth {
+                Value::String(s) => s.clone(),
+                Value::Number(x) => x.to_string(),
+                Value::Bool(b) => if *b { "True" } else { "False" }.to_string(),
+                other => {
+                    return Err(Error::input(
+                        path,
+                        n,
+                        format!("field \"ground_truth\": expected a string or number, got {other}"),
+                    ))
+                }
+            };
+            let task = TaskKind::resolve(parsed.task.as_deref(), parsed.data_source.as_deref())
+                .map_err(|e| Error::input(path, n, e.to_string()))?;
+            if needs_length && parsed.response_length.is_none() {
                 return Err(Error::input(
                     path,
                     n,
-                    format!("field \"ground_truth\": expected a string or number, got {other}"),
-                ))
+                    "field \"response_length\" is missing: overlong shaping \
+                     (--max-response-length) needs each response's length in tokens",
+                ));
             }
-        };
-        let task = TaskKind::resolve(parsed.task.as_deref(), parsed.data_source.as_deref())
-            .map_err(|e| Error::input(path, n, e.to_string()))?;
-        if needs_length && parsed.response_length.is_none() {
-            return Err(Error::input(
-                path,
-                n,
-                "field \"response_length\" is missing: overlong shaping (--max-response-length) \
-                 needs each response's length in tokens",
-            ));
-        }
-        out.push(Parsed {
-            task,
-            line: parsed,
-            gold,
-        });
-    }
+            out.push(Parsed {
+                task,
+                line: parsed,
+                gold,
+            });
+            Ok(())
+        })?;
     Ok(out)
 }
 

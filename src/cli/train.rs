@@ -109,7 +109,7 @@ fn start_run<T: serde::Serialize>(
     std::fs::create_dir_all(&run.run_dir).map_err(|e| crate::error::Error::io(&run.run_dir, e))?;
     if distributed.node_rank == 0 {
         let text = toml::to_string_pretty(file).unwrap_or_default();
-        crate::model::checkpoint::write_atomic(&run.run_dir.join("config.toml"), text.as_bytes())?;
+        crate::io::write_atomic(&run.run_dir.join("config.toml"), text.as_bytes())?;
     }
     if plan.world() > 1 {
         log::info!(
@@ -237,7 +237,9 @@ impl SharedRewarder {
         if let Some(r) = slot.as_ref() {
             return Ok(r.clone());
         }
-        let r = rl::trainer::build_rewarder::<B::InnerBackend>(config, device)?;
+        let r = config
+            .reward
+            .build::<B::InnerBackend>(config.max_response_length, device)?;
         *slot = Some(r.clone());
         Ok(r)
     }

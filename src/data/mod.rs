@@ -5,39 +5,26 @@
 
 pub mod curriculum;
 pub mod parquet;
+pub mod prompt;
 pub mod sampler;
 pub mod synthetic;
+pub mod task;
 pub mod template;
 
-use std::io::BufRead;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::reward::TaskKind;
+use crate::io::JsonlReader;
 use crate::tokenizer::Message;
 
 pub use self::parquet::{load_verl_parquet, load_verl_parquet_with};
+pub use prompt::{prepare_prompts, prompt_ids, PreparedPrompt};
 pub use sampler::{EpochSampler, SamplerState};
-pub use template::{render_prompt, PROMPT_TEMPLATE};
-
-/// Reads a JSONL file line by line, handing `(line number, value)` to `f`; blank lines are skipped
-/// and a line that is not JSON is an error naming the file and line.
-pub fn read_jsonl(path: &Path, mut f: impl FnMut(usize, Value) -> Result<()>) -> Result<()> {
-    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let line = line.map_err(|e| Error::io(path, e))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let value: Value = serde_json::from_str(&line)
-            .map_err(|e| Error::input(path, i + 1, format!("not valid JSON: {e}")))?;
-        f(i + 1, value)?;
-    }
-    Ok(())
-}
+pub use task::TaskKind;
+pub use template::{question_from_prompt, render_prompt, PROMPT_TEMPLATE};
 
 /// One SFT example: chat messages whose last message is the assistant's response.
 #[derive(Debug, Clone, PartialEq)]
@@ -52,7 +39,7 @@ pub struct SftRecord {
 /// `{"messages": [{role, content}, ...]}` ending with an assistant message.
 pub fn load_sft(path: &Path) -> Result<Vec<SftRecord>> {
     let mut out = Vec::new();
-    read_jsonl(path, |n, v| {
+    JsonlReader::new(path).for_each(|n, v: Value| {
         let bad = |m: &str| Error::input(path, n, m.to_string());
         if let Some(msgs) = v.get("messages") {
             let mut msgs: Vec<Message> = serde_json::from_value(msgs.clone()).map_err(|_| {
@@ -152,7 +139,7 @@ impl RlSample {
 /// the file, line and field.
 pub fn load_rl(path: &Path) -> Result<Vec<RlSample>> {
     let mut out = Vec::new();
-    read_jsonl(path, |n, v| {
+    JsonlReader::new(path).for_each(|n, v: Value| {
         let mut s: RlSample = serde_json::from_value(v).map_err(|e| {
             Error::input(
                 path,

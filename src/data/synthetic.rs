@@ -25,9 +25,8 @@ use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::{RlSample, SftRecord};
+use super::{RlSample, SftRecord, TaskKind};
 use crate::error::{Error, Result};
-use crate::reward::TaskKind;
 use crate::tokenizer::{Message, Tokenizer};
 
 /// What to generate.

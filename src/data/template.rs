@@ -1,5 +1,6 @@
-//! The QwenLong-L1 prompt template (a single user turn, no system prompt); the model's chat
-//! template is applied on top.
+//! The QwenLong-L1 prompt template (a single user turn, no system prompt; the model's chat
+//! template is applied on top) and the way back from a prompt to its question (what the judge is
+//! shown).
 
 /// The recipe's template; `$DOC$` and `$Q$` are replaced by the document and the question.
 pub const PROMPT_TEMPLATE: &str = "Please read the following text and answer the question below.\n\n<text>\n$DOC$\n</text>\n\n$Q$\n\nFormat your response as follows: \"Therefore, the answer is (insert answer here)\".";
@@ -13,10 +14,21 @@ pub fn render_prompt(document: &str, question: &str) -> String {
     format!("{head}{document}{}", tail.replace("$Q$", question))
 }
 
+/// The question of a templated prompt, as the judge sees it: the text between `</text>` and
+/// "Format your response as follows:" (as the public code cuts it). `None` when the prompt lacks
+/// either marker.
+pub fn question_from_prompt(prompt: &str) -> Option<String> {
+    let start = prompt.find("</text>")?;
+    let end = prompt.find("Format your response as follows:")?;
+    if end < start {
+        return None;
+    }
+    Some(prompt[start + "</text>".len()..end].trim().to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::reward::judge::question_from_prompt;
 
     #[test]
     fn the_judge_can_cut_the_question_back_out() {

@@ -5,12 +5,12 @@
 //! evaluation scripts do.
 
 use std::collections::HashMap;
-use std::io::BufRead;
 use std::path::Path;
 
 use serde_json::Value;
 
 use crate::error::{Error, Result};
+use crate::io::JsonlReader;
 
 /// One of the Table 4 benchmarks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -355,40 +355,35 @@ impl<'a> Line<'a> {
 /// Reads a benchmark file in its public format. Blank lines are skipped; a bad line is an error
 /// naming the file, the line and the field; ids must be unique in the file.
 pub fn load_benchmark(benchmark: Benchmark, path: &Path) -> Result<Vec<BenchItem>> {
-    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let mut items = Vec::new();
     let mut seen: HashMap<String, usize> = HashMap::new();
-    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let n = i + 1;
-        let line = line.map_err(|e| Error::io(path, e))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let value: Value = serde_json::from_str(&line)
-            .map_err(|e| Error::input(path, n, format!("not a JSON object: {e}")))?;
-        if !value.is_object() {
-            return Err(Error::input(
+    JsonlReader::new(path)
+        .on_bad_line(|e| format!("not a JSON object: {e}"))
+        .for_each(|n, value: Value| {
+            if !value.is_object() {
+                return Err(Error::input(
+                    path,
+                    n,
+                    format!("expected a JSON object, got {}", kind(&value)),
+                ));
+            }
+            let item = Line {
+                obj: &value,
                 path,
-                n,
-                format!("expected a JSON object, got {}", kind(&value)),
-            ));
-        }
-        let item = Line {
-            obj: &value,
-            path,
-            line: n,
-            format: benchmark.format(),
-        }
-        .parse()?;
-        if let Some(first) = seen.insert(item.id.clone(), n) {
-            return Err(Error::input(
-                path,
-                n,
-                format!("duplicate id \"{}\" (first on line {first})", item.id),
-            ));
-        }
-        items.push(item);
-    }
+                line: n,
+                format: benchmark.format(),
+            }
+            .parse()?;
+            if let Some(first) = seen.insert(item.id.clone(), n) {
+                return Err(Error::input(
+                    path,
+                    n,
+                    format!("duplicate id \"{}\" (first on line {first})", item.id),
+                ));
+            }
+            items.push(item);
+            Ok(())
+        })?;
     Ok(items)
 }
 

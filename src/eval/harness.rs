@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::model::checkpoint::write_atomic;
+use crate::io::{write_atomic, JsonlReader};
 use crate::reward::{Judge, JudgeQuery, Verdict};
 use crate::tokenizer::Tokenizer;
 
@@ -325,46 +325,37 @@ pub fn summary_markdown(summary: &Summary, order: &[Benchmark]) -> String {
 /// Reads the answers already in `path`. A last line cut short by an interrupted write is dropped
 /// (and cut from the file); any other bad line is an error naming the file and line.
 pub fn read_records(path: &Path) -> Result<Vec<ItemRecord>> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(Error::io(path, e)),
+    let reader = JsonlReader::new(path).on_bad_line(|e| {
+        format!("not an evaluation record ({e}); was this file written by longrl eval?")
+    });
+    let lines = match reader.lines() {
+        Ok(lines) => lines,
+        Err(e) if e.is_not_found() => return Ok(Vec::new()),
+        Err(e) => return Err(e),
     };
     let mut records = Vec::new();
-    let mut offset = 0;
-    for (i, line) in text.split_inclusive('\n').enumerate() {
-        let complete = line.ends_with('\n');
-        if line.trim().is_empty() {
-            offset += line.len();
+    for line in lines {
+        let line = line?;
+        if line.is_blank() {
             continue;
         }
-        match serde_json::from_str::<ItemRecord>(line) {
+        match reader.parse::<ItemRecord>(&line) {
             Ok(r) => records.push(r),
-            Err(_) if !complete => {
+            Err(_) if !line.complete => {
                 log::warn!(
                     "{}:{}: dropping an incomplete last line (an interrupted write)",
                     path.display(),
-                    i + 1
+                    line.number
                 );
                 let file = std::fs::OpenOptions::new()
                     .write(true)
                     .open(path)
                     .map_err(|e| Error::io(path, e))?;
-                file.set_len(offset as u64)
-                    .map_err(|e| Error::io(path, e))?;
+                file.set_len(line.offset).map_err(|e| Error::io(path, e))?;
                 break;
             }
-            Err(e) => {
-                return Err(Error::input(
-                    path,
-                    i + 1,
-                    format!(
-                        "not an evaluation record ({e}); was this file written by longrl eval?"
-                    ),
-                ))
-            }
+            Err(e) => return Err(e),
         }
-        offset += line.len();
     }
     Ok(records)
 }

@@ -14,10 +14,11 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::data::TaskKind;
 use crate::error::Result;
 use crate::generate::{sample_seed, Engine, EngineOptions, GenerateRequest, SamplingParams};
 use crate::model::Qwen2ForCausalLM;
-use crate::reward::{RewardItem, Rewarder, TaskKind};
+use crate::reward::{RewardItem, Rewarder};
 use crate::tokenizer::Tokenizer;
 
 /// Generation settings of an evaluation.

@@ -5,10 +5,11 @@
 use crate::model::ModelBackend;
 use serde_json::json;
 
+use crate::data::prompt_ids;
 use crate::error::Result;
 use crate::generate::{Engine, GenerateRequest, SamplingParams};
 use crate::openai::ChatClient;
-use crate::tokenizer::{Message, Tokenizer};
+use crate::tokenizer::Tokenizer;
 
 use super::harness::{GenJob, GenOutput, Responder};
 
@@ -49,9 +50,7 @@ impl<B: ModelBackend> Responder for LocalResponder<'_, B> {
             .iter()
             .map(|j| {
                 Ok(GenerateRequest {
-                    prompt: self
-                        .tokenizer
-                        .encode_chat(&[Message::new("user", j.prompt.clone())], true)?,
+                    prompt: prompt_ids(self.tokenizer, &j.prompt)?,
                     seeds: j.seeds.clone(),
                 })
             })

@@ -30,7 +30,6 @@
 //! covers the SFT phase and the RL charts the RL stages.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -40,6 +39,7 @@ use plotters::style::FontStyle;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
+use crate::io::JsonlReader;
 
 /// DejaVu Sans (see `assets/fonts/LICENSE-DejaVu.txt`), registered with plotters as
 /// `sans-serif` so charts need no system font libraries.
@@ -135,30 +135,25 @@ pub fn plot_run(run_dir: &Path) -> Result<Vec<PathBuf>> {
 /// Reads a metrics log: one JSON object with a `"step"` per line (blank lines are skipped). A
 /// line that is not such an object is an error naming the file and line.
 pub fn read_metrics(path: &Path) -> Result<Vec<Value>> {
-    let file = std::fs::File::open(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => Error::Invalid(format!(
-            "{}: metrics file not found (a run directory written by `longrl sft` or `longrl rl` \
-             holds one)",
-            path.display()
-        )),
-        _ => Error::io(path, e),
-    })?;
     let mut records = Vec::new();
-    for (i, line) in BufReader::new(file).lines().enumerate() {
-        let line = line.map_err(|e| Error::io(path, e))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let value: Value = serde_json::from_str(&line).map_err(|e| {
-            Error::input(
-                path,
-                i + 1,
-                format!("not valid JSON ({e}); expected a metrics object with a \"step\""),
-            )
+    JsonlReader::new(path)
+        .on_bad_line(|e| format!("not valid JSON ({e}); expected a metrics object with a \"step\""))
+        .for_each(|n, value: Value| {
+            RecordKey::of(&value).map_err(|m| Error::input(path, n, m))?;
+            records.push(value);
+            Ok(())
+        })
+        .map_err(|e| {
+            if e.is_not_found() {
+                Error::Invalid(format!(
+                    "{}: metrics file not found (a run directory written by `longrl sft` or \
+                     `longrl rl` holds one)",
+                    path.display()
+                ))
+            } else {
+                e
+            }
         })?;
-        RecordKey::of(&value).map_err(|m| Error::input(path, i + 1, m))?;
-        records.push(value);
-    }
     Ok(records)
 }
 

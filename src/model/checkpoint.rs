@@ -19,6 +19,7 @@ use safetensors::tensor::{Dtype as StDtype, SafeTensors, TensorView};
 use super::config::Qwen2Config;
 use super::qwen2::Qwen2ForCausalLM;
 use crate::error::{Error, Result};
+use crate::io::{tmp_path, write_atomic};
 
 /// Files copied next to saved weights when present in the source model folder.
 pub const TOKENIZER_FILES: &[&str] = &[
@@ -325,21 +326,6 @@ fn check_apply(dir: &Path, files: &WeightFiles, result: &ApplyResult) -> Result<
 
 fn rev(dims: &[usize]) -> Vec<usize> {
     dims.iter().rev().copied().collect()
-}
-
-/// Writes `bytes` to `path` atomically: a temporary file in the same folder, then a rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = tmp_path(path);
-    std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
-}
-
-fn tmp_path(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy())
-        .unwrap_or_default();
-    path.with_file_name(format!(".{name}.tmp{}", std::process::id()))
 }
 
 /// Saves `model` to `dir` in the HuggingFace layout: `model.safetensors` (or shards of at most

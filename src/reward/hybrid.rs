@@ -12,8 +12,9 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use super::judge::{question_from_prompt, Judge, JudgeQuery, Verdict};
-use super::rule::{self, RuleOptions, TaskKind};
+use super::rule::{self, RuleOptions};
 use super::shaping::OverlongConfig;
+use crate::data::TaskKind;
 
 /// One response to reward.
 #[derive(Debug, Clone, Copy)]

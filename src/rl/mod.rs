@@ -13,6 +13,6 @@ pub use loss::{
     PolicyLossInputs, PolicyLossStats,
 };
 pub use trainer::{
-    load_tokenizer, prepare_prompts, train, train_prompts, train_prompts_with, train_with,
-    NoObserver, PreparedPrompt, RewardSection, RlConfig, RlFile, RlObserver, RlState, RlSummary,
+    prepare_prompts, train, train_prompts, train_prompts_with, train_with, NoObserver,
+    PreparedPrompt, RewardSection, RlConfig, RlFile, RlObserver, RlState, RlSummary,
 };

@@ -23,7 +23,8 @@ use super::advantage::{group_advantages, AdvantageEstimator, ScaleRewards};
 use super::dynamic::{FilterReport, GroupFilter};
 use super::loss::{policy_loss, AggScale, PolicyLossConfig, PolicyLossInputs, PolicyLossStats};
 use crate::config::{ModelSection, RunSection};
-use crate::data::{load_rl_any, EpochSampler, RlSample, SamplerState};
+use crate::data::{load_rl_any, EpochSampler, SamplerState};
+pub use crate::data::{prepare_prompts, PreparedPrompt};
 use crate::distributed::Worker;
 use crate::error::{Error, Result};
 use crate::generate::{
@@ -31,60 +32,14 @@ use crate::generate::{
     GenerateRequest, SamplingParams,
 };
 use crate::model::{load_model, Qwen2ForCausalLM};
-use crate::reward::judge::{HttpJudge, HttpJudgeConfig, LocalJudge, LocalJudgeConfig};
-use crate::reward::{
-    HybridConfig, HybridReward, Judge, OverlongConfig, RewardItem, RewardStats, Rewarder,
-    RuleOptions, TaskKind,
-};
-use crate::tokenizer::{Message, Tokenizer};
+pub use crate::reward::RewardSection;
+use crate::reward::{RewardItem, RewardStats, Rewarder};
+use crate::tokenizer::Tokenizer;
 use crate::train::run_dir::OPTIMIZER_FILE;
 use crate::train::{
     clip_grad_norm, stable_param_ids, token_budget_batches, AdamWOptimizer, OptimConfig, Packed,
     RunDir, Sequence,
 };
-
-/// `[rl.reward]`: the hybrid reward's settings.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RewardSection {
-    /// Rule verifier options (`require_think`, `case_insensitive`, `eos_suffixes`).
-    pub rule: RuleOptions,
-    /// OpenAI-compatible judge server (e.g. `http://127.0.0.1:8000/v1`); none: rules only.
-    pub judge_url: Option<String>,
-    /// The served judge model's name.
-    pub judge_model: Option<String>,
-    /// Environment variable holding the judge server's API key.
-    pub judge_api_key_env: Option<String>,
-    /// Judge requests in flight at once.
-    pub judge_concurrency: usize,
-    /// Seconds before a judge request is abandoned (then retried).
-    pub judge_timeout_s: f64,
-    /// Retries of a judge request after 429, 5xx or a transport error.
-    pub judge_retries: u32,
-    /// A local judge: HuggingFace model folder run on the training device.
-    pub judge_checkpoint: Option<PathBuf>,
-    /// Overlong shaping buffer L_cache in tokens (0: off); L_max is `max_response_length`.
-    pub overlong_buffer_len: usize,
-    /// Overlong penalty at the limit.
-    pub overlong_penalty_factor: f64,
-}
-
-impl Default for RewardSection {
-    fn default() -> Self {
-        Self {
-            rule: RuleOptions::default(),
-            judge_url: None,
-            judge_model: None,
-            judge_api_key_env: None,
-            judge_concurrency: 32,
-            judge_timeout_s: 120.0,
-            judge_retries: 5,
-            judge_checkpoint: None,
-            overlong_buffer_len: 0,
-            overlong_penalty_factor: 1.0,
-        }
-    }
-}
 
 /// `[rl]`: the GRPO / DAPO settings. Defaults are QwenLong-L1's public script.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -292,50 +247,6 @@ pub struct NoObserver;
 
 impl RlObserver for NoObserver {}
 
-/// A prompt ready for rollouts.
-#[derive(Debug, Clone)]
-pub struct PreparedPrompt {
-    /// Index in the dataset.
-    pub index: usize,
-    /// The sample's id.
-    pub id: String,
-    /// The templated user message (what the judge's question is cut from).
-    pub text: String,
-    /// Prompt ids (chat template with generation prompt).
-    pub ids: Vec<u32>,
-    /// Verifier.
-    pub task: TaskKind,
-    /// Gold answer.
-    pub answer: String,
-}
-
-/// Tokenises RL samples; prompts over `max_prompt_length` tokens are dropped (count returned).
-pub fn prepare_prompts(
-    samples: &[RlSample],
-    tokenizer: &Tokenizer,
-    max_prompt_length: usize,
-) -> Result<(Vec<PreparedPrompt>, usize)> {
-    let mut out = Vec::new();
-    let mut skipped = 0;
-    for (index, s) in samples.iter().enumerate() {
-        let text = s.user_prompt()?;
-        let ids = tokenizer.encode_chat(&[Message::new("user", text.clone())], true)?;
-        if ids.len() > max_prompt_length {
-            skipped += 1;
-            continue;
-        }
-        out.push(PreparedPrompt {
-            index,
-            id: s.id.clone(),
-            text,
-            ids,
-            task: s.task_kind()?,
-            answer: s.answer.clone(),
-        });
-    }
-    Ok((out, skipped))
-}
-
 /// One rollout with everything the update needs. Under data parallelism a worker holds the
 /// tokens of its own rollouts only; of the others' it knows the numbers (length, reward, ...).
 #[derive(Debug, Clone)]
@@ -462,52 +373,13 @@ pub struct RlSummary {
     pub final_dir: PathBuf,
 }
 
-/// Builds the hybrid reward of `[rl.reward]` (the local judge runs on backend `B`).
-pub fn build_rewarder<B: ModelBackend>(
+/// The hybrid reward of `[rl.reward]` (the local judge runs on backend `B`), shaped against the
+/// run's `max_response_length`.
+fn build_rewarder<B: ModelBackend>(
     config: &RlConfig,
     device: &B::Device,
 ) -> Result<Arc<dyn Rewarder>> {
-    let r = &config.reward;
-    let judge: Option<Arc<dyn Judge>> = match (&r.judge_url, &r.judge_model, &r.judge_checkpoint) {
-        (Some(url), Some(model), _) => {
-            let api_key = match &r.judge_api_key_env {
-                Some(var) => Some(std::env::var(var).map_err(|_| {
-                    Error::Invalid(format!(
-                        "rl.reward.judge_api_key_env: environment variable {var} is not set"
-                    ))
-                })?),
-                None => None,
-            };
-            Some(Arc::new(HttpJudge::new(HttpJudgeConfig {
-                api_key,
-                concurrency: r.judge_concurrency,
-                timeout: Duration::from_secs_f64(r.judge_timeout_s.max(0.001)),
-                max_retries: r.judge_retries,
-                ..HttpJudgeConfig::new(url.clone(), model.clone())
-            })?))
-        }
-        (_, _, Some(dir)) => Some(Arc::new(LocalJudge::<B>::load(
-            dir,
-            device.clone(),
-            LocalJudgeConfig::default(),
-        )?)),
-        _ => None,
-    };
-    let overlong = (r.overlong_buffer_len > 0).then_some(OverlongConfig {
-        max_response_length: config.max_response_length,
-        buffer_length: r.overlong_buffer_len,
-        penalty_factor: r.overlong_penalty_factor,
-    });
-    if let Some(o) = &overlong {
-        o.validate()?;
-    }
-    Ok(Arc::new(HybridReward::new(
-        HybridConfig {
-            rule: r.rule.clone(),
-            overlong,
-        },
-        judge,
-    )))
+    config.reward.build::<B>(config.max_response_length, device)
 }
 
 /// The per-step seed: the same for every device and batch layout.
@@ -603,7 +475,7 @@ pub fn train_with<B: TrainBackend>(
 }
 
 /// The model folder's tokenizer, with the `[model] chat_template` override.
-pub fn load_tokenizer(model_section: &ModelSection) -> Result<Tokenizer> {
+fn load_tokenizer(model_section: &ModelSection) -> Result<Tokenizer> {
     model_section.load_tokenizer()
 }
 

@@ -16,8 +16,8 @@ use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::io::write_atomic;
 use crate::kernels::{AdamWHyper, ModelBackend, TrainBackend};
-use crate::model::checkpoint::write_atomic;
 
 /// Shape of the learning rate after warm-up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]

@@ -14,14 +14,14 @@
 //! temporary folders are removed when the run directory is opened again.
 
 use std::fs::OpenOptions;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::model::checkpoint::write_atomic;
+use crate::io::{write_atomic, JsonlReader};
 use crate::model::{save_model, Qwen2ForCausalLM, SaveDtype};
 use burn::tensor::backend::Backend;
 
@@ -189,15 +189,17 @@ impl RunDir {
         if !path.exists() {
             return Ok(());
         }
-        let file = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
+        // Lines that are not a record with a step (blank, unfinished) are kept as written.
+        let reader = JsonlReader::new(&path);
         let mut kept = String::new();
-        for line in BufReader::new(file).lines() {
-            let line = line.map_err(|e| Error::io(&path, e))?;
-            let s = serde_json::from_str::<serde_json::Value>(&line)
+        for line in reader.lines()? {
+            let line = line?;
+            let s = reader
+                .parse::<serde_json::Value>(&line)
                 .ok()
                 .and_then(|v| v.get("step").and_then(|s| s.as_u64()));
             if s.is_none_or(|s| s as usize <= step) {
-                kept.push_str(&line);
+                kept.push_str(&line.text);
                 kept.push('\n');
             }
         }

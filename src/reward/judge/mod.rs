@@ -12,6 +12,9 @@ mod local;
 pub use http::{HttpJudge, HttpJudgeConfig};
 pub use local::{LocalJudge, LocalJudgeConfig};
 
+/// The question of a templated prompt, as the judge is shown it (the template is data's).
+pub use crate::data::template::question_from_prompt;
+
 use serde::Serialize;
 
 /// System prompt of the QwenLong-L1 judge (the public code's `GENERAL_ORM_PROMPT`, verbatim).
@@ -123,17 +126,6 @@ pub fn parse_verdict(reply: &str) -> Verdict {
         (None, Some(_)) => Verdict::No,
         (None, None) => Verdict::Unparsed,
     }
-}
-
-/// The question the judge sees: the prompt text between `</text>` and "Format your response as
-/// follows:" (as the public code cuts it). `None` when the prompt lacks either marker.
-pub fn question_from_prompt(prompt: &str) -> Option<String> {
-    let start = prompt.find("</text>")?;
-    let end = prompt.find("Format your response as follows:")?;
-    if end < start {
-        return None;
-    }
-    Some(prompt[start + "</text>".len()..end].trim().to_string())
 }
 
 #[cfg(test)]

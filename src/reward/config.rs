@@ -1,0 +1,109 @@
+//! `[rl.reward]`: the hybrid reward's settings and building the rewarder they describe (rule
+//! verifiers, an optional HTTP or local judge, overlong shaping). Training, the pipeline and the
+//! CLI all build their reward here.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::judge::{HttpJudge, HttpJudgeConfig, LocalJudge, LocalJudgeConfig};
+use super::{HybridConfig, HybridReward, Judge, OverlongConfig, Rewarder, RuleOptions};
+use crate::error::{Error, Result};
+use crate::model::ModelBackend;
+
+/// `[rl.reward]`: the hybrid reward's settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RewardSection {
+    /// Rule verifier options (`require_think`, `case_insensitive`, `eos_suffixes`).
+    pub rule: RuleOptions,
+    /// OpenAI-compatible judge server (e.g. `http://127.0.0.1:8000/v1`); none: rules only.
+    pub judge_url: Option<String>,
+    /// The served judge model's name.
+    pub judge_model: Option<String>,
+    /// Environment variable holding the judge server's API key.
+    pub judge_api_key_env: Option<String>,
+    /// Judge requests in flight at once.
+    pub judge_concurrency: usize,
+    /// Seconds before a judge request is abandoned (then retried).
+    pub judge_timeout_s: f64,
+    /// Retries of a judge request after 429, 5xx or a transport error.
+    pub judge_retries: u32,
+    /// A local judge: HuggingFace model folder run on the training device.
+    pub judge_checkpoint: Option<PathBuf>,
+    /// Overlong shaping buffer L_cache in tokens (0: off); L_max is `max_response_length`.
+    pub overlong_buffer_len: usize,
+    /// Overlong penalty at the limit.
+    pub overlong_penalty_factor: f64,
+}
+
+impl Default for RewardSection {
+    fn default() -> Self {
+        Self {
+            rule: RuleOptions::default(),
+            judge_url: None,
+            judge_model: None,
+            judge_api_key_env: None,
+            judge_concurrency: 32,
+            judge_timeout_s: 120.0,
+            judge_retries: 5,
+            judge_checkpoint: None,
+            overlong_buffer_len: 0,
+            overlong_penalty_factor: 1.0,
+        }
+    }
+}
+
+impl RewardSection {
+    /// Builds the hybrid reward these settings describe; overlong shaping measures against
+    /// `max_response_length` (L_max), and a local judge runs on backend `B` on `device`.
+    pub fn build<B: ModelBackend>(
+        &self,
+        max_response_length: usize,
+        device: &B::Device,
+    ) -> Result<Arc<dyn Rewarder>> {
+        let judge: Option<Arc<dyn Judge>> =
+            match (&self.judge_url, &self.judge_model, &self.judge_checkpoint) {
+                (Some(url), Some(model), _) => {
+                    let api_key = match &self.judge_api_key_env {
+                        Some(var) => Some(std::env::var(var).map_err(|_| {
+                            Error::Invalid(format!(
+                            "rl.reward.judge_api_key_env: environment variable {var} is not set"
+                        ))
+                        })?),
+                        None => None,
+                    };
+                    Some(Arc::new(HttpJudge::new(HttpJudgeConfig {
+                        api_key,
+                        concurrency: self.judge_concurrency,
+                        timeout: Duration::from_secs_f64(self.judge_timeout_s.max(0.001)),
+                        max_retries: self.judge_retries,
+                        ..HttpJudgeConfig::new(url.clone(), model.clone())
+                    })?))
+                }
+                (_, _, Some(dir)) => Some(Arc::new(LocalJudge::<B>::load(
+                    dir,
+                    device.clone(),
+                    LocalJudgeConfig::default(),
+                )?)),
+                _ => None,
+            };
+        let overlong = (self.overlong_buffer_len > 0).then_some(OverlongConfig {
+            max_response_length,
+            buffer_length: self.overlong_buffer_len,
+            penalty_factor: self.overlong_penalty_factor,
+        });
+        if let Some(o) = &overlong {
+            o.validate()?;
+        }
+        Ok(Arc::new(HybridReward::new(
+            HybridConfig {
+                rule: self.rule.clone(),
+                overlong,
+            },
+            judge,
+        )))
+    }
+}
