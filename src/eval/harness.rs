@@ -479,8 +479,69 @@ pub fn run_eval(
 
     // Load every benchmark first, so that a bad file fails the run before any generation.
     let n = options.n.max(1);
-    let mut plans = Vec::new();
-    for &bench in &options.benchmarks {
+    let plans = options
+        .benchmarks
+        .iter()
+        .map(|&bench| BenchPlan::new(bench, options, n))
+        .collect::<Result<Vec<_>>>()?;
+    let bar = progress_bar(options.quiet, plans.iter().map(BenchPlan::pending).sum());
+
+    let mut answering = Answering {
+        responder,
+        tokenizer,
+        judge: judge.as_deref(),
+        policy,
+        options,
+    };
+    let mut results = Vec::new();
+    for mut plan in plans {
+        bar.set_message(plan.bench.name());
+        answering.rejudge_failed(&mut plan)?;
+        let mut failed = 0usize;
+        for chunk in plan.todo.chunks(options.chunk.max(1)) {
+            let fresh = answering.answer(plan.bench, &plan.items, chunk, &mut failed)?;
+            append_records(&plan.out_path, &fresh)?;
+            bar.inc(chunk.iter().map(|(_, s)| s.len() as u64).sum());
+            plan.records.extend(fresh);
+        }
+        if failed > 0 {
+            log::warn!(
+                "{}: {failed} answers could not be generated; rerun the same command to complete them",
+                plan.bench.name()
+            );
+        }
+        results.push((plan.bench, plan.score(n)));
+    }
+    bar.finish_and_clear();
+    let summary = summarize(
+        answering.responder.describe(),
+        judge.as_ref().map(|j| j.describe()),
+        &results,
+        options.fingerprint.clone(),
+    );
+    let json = serde_json::to_string_pretty(&summary).map_err(|e| Error::Invalid(e.to_string()))?;
+    write_atomic(&options.out.join("summary.json"), json.as_bytes())?;
+    write_atomic(
+        &options.out.join("summary.md"),
+        summary_markdown(&summary, &options.benchmarks).as_bytes(),
+    )?;
+    Ok(summary)
+}
+
+/// One benchmark's work: its items, its answer file with the answers already there, and the
+/// answers still to produce.
+struct BenchPlan {
+    bench: Benchmark,
+    items: Vec<BenchItem>,
+    out_path: PathBuf,
+    records: Vec<ItemRecord>,
+    /// Per item (by index) with missing answers, the sample numbers to produce.
+    todo: Vec<(usize, Vec<usize>)>,
+}
+
+impl BenchPlan {
+    /// Loads `bench` from `--data-dir` (cut to `--limit`) and the answers already in `--out`.
+    fn new(bench: Benchmark, options: &HarnessOptions, n: usize) -> Result<Self> {
         let path = options.data_dir.join(format!("{}.jsonl", bench.name()));
         if !path.exists() {
             return Err(Error::Invalid(format!(
@@ -497,13 +558,44 @@ pub fn run_eval(
         let out_path = options.out.join(format!("{}.jsonl", bench.name()));
         let records = read_records(&out_path)?;
         let todo = pending(&items, &records, n);
-        plans.push((bench, items, out_path, records, todo));
+        Ok(Self {
+            bench,
+            items,
+            out_path,
+            records,
+            todo,
+        })
     }
-    let pending_total: usize = plans
-        .iter()
-        .map(|(.., todo)| todo.iter().map(|(_, s)| s.len()).sum::<usize>())
-        .sum();
-    let bar = if options.quiet {
+
+    /// Answers still to produce.
+    fn pending(&self) -> usize {
+        self.todo.iter().map(|(_, s)| s.len()).sum()
+    }
+
+    /// The benchmark's score over the answers of its (kept) items with sample numbers below `n`.
+    fn score(self, n: usize) -> BenchSummary {
+        let kept: HashSet<&str> = self.items.iter().map(|it| it.id.as_str()).collect();
+        let scored: Vec<ItemRecord> = self
+            .records
+            .into_iter()
+            .filter(|r| kept.contains(r.id.as_str()) && r.sample < n)
+            .collect();
+        let s = summarize_benchmark(self.bench, &scored);
+        log::info!(
+            "{}: {:.1}% ± {:.1} over {} items ({} answers)",
+            self.bench.name(),
+            s.accuracy,
+            s.stderr,
+            s.items,
+            s.n
+        );
+        s
+    }
+}
+
+/// The progress bar over every pending answer (hidden with `--quiet`).
+fn progress_bar(quiet: bool, pending_total: usize) -> ProgressBar {
+    let bar = if quiet {
         ProgressBar::hidden()
     } else {
         ProgressBar::with_draw_target(Some(pending_total as u64), ProgressDrawTarget::stderr())
@@ -515,137 +607,125 @@ pub fn run_eval(
         .expect("valid template")
         .progress_chars("=> "),
     );
+    bar
+}
 
-    let mut results = Vec::new();
-    for (bench, items, out_path, mut records, todo) in plans {
-        bar.set_message(bench.name());
-        // Ask the judge again where it failed before.
-        if let Some(j) = &judge {
-            let asks: Vec<(usize, String)> = records
-                .iter()
-                .enumerate()
-                .filter(|(_, r)| r.judge_verdict.as_deref() == Some("failed"))
-                .filter_map(|(i, r)| {
-                    let v = score_response(bench.answer_kind(), &r.response, &r.gold);
-                    judge_answer(policy, v.judge_answer, v.score).map(|a| (i, a))
-                })
-                .collect();
-            if !asks.is_empty() {
-                log::info!(
-                    "{}: asking the judge again about {} answers it failed on",
-                    bench.name(),
-                    asks.len()
-                );
-                judge_records(j.as_ref(), &mut records, &asks);
-                write_records(&out_path, &records)?;
-            }
-        }
-        let mut failed = 0usize;
-        for chunk in todo.chunks(options.chunk.max(1)) {
-            let prepared: Vec<PreparedPrompt> = chunk
-                .iter()
-                .map(|(i, _)| prepare_prompt(&items[*i], tokenizer, options.max_input_tokens))
-                .collect::<Result<_>>()?;
-            let jobs: Vec<GenJob> = chunk
-                .iter()
-                .zip(&prepared)
-                .map(|((i, samples), p)| GenJob {
-                    prompt: p.text.clone(),
-                    seeds: samples
-                        .iter()
-                        .map(|&j| {
-                            crate::generate::sample_seed(
-                                options.seed ^ bench_salt(bench),
-                                *i as u64,
-                                j as u64,
-                            )
-                        })
-                        .collect(),
-                })
-                .collect();
-            let outputs = responder.respond(&jobs)?;
-            let mut fresh = Vec::new();
-            let mut asks = Vec::new();
-            for (((i, samples), p), outs) in chunk.iter().zip(&prepared).zip(outputs) {
-                let it = &items[*i];
-                for (&j, out) in samples.iter().zip(outs) {
-                    let out = match out {
-                        Ok(o) => o,
-                        Err(why) => {
-                            log::warn!(
-                                "{} item {} answer {j}: {why}; left for a rerun",
-                                bench.name(),
-                                it.id
-                            );
-                            failed += 1;
-                            continue;
-                        }
-                    };
-                    let v = score_response(bench.answer_kind(), &out.text, &it.gold);
-                    if let Some(a) = judge_answer(policy, v.judge_answer.clone(), v.score) {
-                        asks.push((fresh.len(), a));
-                    }
-                    fresh.push(ItemRecord {
-                        id: it.id.clone(),
-                        sample: j,
-                        question: it.question.clone(),
-                        gold: it.gold.clone(),
-                        response: out.text,
-                        prediction: v.prediction,
-                        rule: v.score,
-                        judge: None,
-                        judge_verdict: None,
-                        score: v.score,
-                        input_tokens: p.input_tokens,
-                        truncated: p.truncated,
-                        output_tokens: out.output_tokens,
-                        finish_reason: out.finish_reason,
-                    });
-                }
-            }
-            if let Some(j) = &judge {
-                judge_records(j.as_ref(), &mut fresh, &asks);
-            }
-            append_records(&out_path, &fresh)?;
-            bar.inc(chunk.iter().map(|(_, s)| s.len() as u64).sum());
-            records.extend(fresh);
-        }
-        if failed > 0 {
-            log::warn!(
-                "{}: {failed} answers could not be generated; rerun the same command to complete them",
-                bench.name()
-            );
-        }
-        let kept: HashSet<&str> = items.iter().map(|it| it.id.as_str()).collect();
-        let scored: Vec<ItemRecord> = records
-            .into_iter()
-            .filter(|r| kept.contains(r.id.as_str()) && r.sample < n)
+/// What producing and scoring answers needs: the responder, the tokenizer that measures and
+/// truncates prompts, the judge and when to ask it.
+struct Answering<'a> {
+    responder: &'a mut dyn Responder,
+    tokenizer: Option<&'a Tokenizer>,
+    judge: Option<&'a dyn Judge>,
+    policy: JudgePolicy,
+    options: &'a HarnessOptions,
+}
+
+impl Answering<'_> {
+    /// Asks the judge again about the answers of `plan` it failed on before, rewriting the
+    /// benchmark's answer file when any were asked.
+    fn rejudge_failed(&self, plan: &mut BenchPlan) -> Result<()> {
+        let Some(judge) = self.judge else {
+            return Ok(());
+        };
+        let bench = plan.bench;
+        let asks: Vec<(usize, String)> = plan
+            .records
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.judge_verdict.as_deref() == Some("failed"))
+            .filter_map(|(i, r)| {
+                let v = score_response(bench.answer_kind(), &r.response, &r.gold);
+                judge_answer(self.policy, v.judge_answer, v.score).map(|a| (i, a))
+            })
             .collect();
-        let s = summarize_benchmark(bench, &scored);
-        log::info!(
-            "{}: {:.1}% ± {:.1} over {} items ({} answers)",
-            bench.name(),
-            s.accuracy,
-            s.stderr,
-            s.items,
-            s.n
-        );
-        results.push((bench, s));
+        if !asks.is_empty() {
+            log::info!(
+                "{}: asking the judge again about {} answers it failed on",
+                bench.name(),
+                asks.len()
+            );
+            judge_records(judge, &mut plan.records, &asks);
+            write_records(&plan.out_path, &plan.records)?;
+        }
+        Ok(())
     }
-    bar.finish_and_clear();
-    let summary = summarize(
-        responder.describe(),
-        judge.as_ref().map(|j| j.describe()),
-        &results,
-        options.fingerprint.clone(),
-    );
-    let json = serde_json::to_string_pretty(&summary).map_err(|e| Error::Invalid(e.to_string()))?;
-    write_atomic(&options.out.join("summary.json"), json.as_bytes())?;
-    write_atomic(
-        &options.out.join("summary.md"),
-        summary_markdown(&summary, &options.benchmarks).as_bytes(),
-    )?;
-    Ok(summary)
+
+    /// Generates and scores the answers of one chunk of `(item index, sample numbers)`; answers
+    /// the responder could not produce are logged and counted in `failed`.
+    fn answer(
+        &mut self,
+        bench: Benchmark,
+        items: &[BenchItem],
+        chunk: &[(usize, Vec<usize>)],
+        failed: &mut usize,
+    ) -> Result<Vec<ItemRecord>> {
+        let options = self.options;
+        let prepared: Vec<PreparedPrompt> = chunk
+            .iter()
+            .map(|(i, _)| prepare_prompt(&items[*i], self.tokenizer, options.max_input_tokens))
+            .collect::<Result<_>>()?;
+        let jobs: Vec<GenJob> = chunk
+            .iter()
+            .zip(&prepared)
+            .map(|((i, samples), p)| GenJob {
+                prompt: p.text.clone(),
+                seeds: samples
+                    .iter()
+                    .map(|&j| {
+                        crate::generate::sample_seed(
+                            options.seed ^ bench_salt(bench),
+                            *i as u64,
+                            j as u64,
+                        )
+                    })
+                    .collect(),
+            })
+            .collect();
+        let outputs = self.responder.respond(&jobs)?;
+        let mut fresh = Vec::new();
+        let mut asks = Vec::new();
+        for (((i, samples), p), outs) in chunk.iter().zip(&prepared).zip(outputs) {
+            let it = &items[*i];
+            for (&j, out) in samples.iter().zip(outs) {
+                let out = match out {
+                    Ok(o) => o,
+                    Err(why) => {
+                        log::warn!(
+                            "{} item {} answer {j}: {why}; left for a rerun",
+                            bench.name(),
+                            it.id
+                        );
+                        *failed += 1;
+                        continue;
+                    }
+                };
+                let v = score_response(bench.answer_kind(), &out.text, &it.gold);
+                if let Some(a) = judge_answer(self.policy, v.judge_answer.clone(), v.score) {
+                    asks.push((fresh.len(), a));
+                }
+                fresh.push(ItemRecord {
+                    id: it.id.clone(),
+                    sample: j,
+                    question: it.question.clone(),
+                    gold: it.gold.clone(),
+                    response: out.text,
+                    prediction: v.prediction,
+                    rule: v.score,
+                    judge: None,
+                    judge_verdict: None,
+                    score: v.score,
+                    input_tokens: p.input_tokens,
+                    truncated: p.truncated,
+                    output_tokens: out.output_tokens,
+                    finish_reason: out.finish_reason,
+                });
+            }
+        }
+        if let Some(j) = self.judge {
+            judge_records(j, &mut fresh, &asks);
+        }
+        Ok(fresh)
+    }
 }
 
 /// The answers still to produce: for each item (by index) with missing answers, the sample

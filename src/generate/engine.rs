@@ -85,6 +85,110 @@ struct Seq {
     stopped_by_string: bool,
 }
 
+/// The sequences of the live requests, one per seed, in request then seed order.
+fn new_seqs(requests: &[GenerateRequest], live: &[usize]) -> Vec<Seq> {
+    live.iter()
+        .flat_map(|&r| {
+            requests[r].seeds.iter().map(move |&seed| Seq {
+                request: r,
+                ids: Vec::new(),
+                logprobs: Vec::new(),
+                rng: seq_rng(seed),
+                next_pos: requests[r].prompt.len() as i64,
+                finished: None,
+                stopped_by_string: false,
+            })
+        })
+        .collect()
+}
+
+/// When a sequence stops: its stop token ids, and how many trailing characters are decoded to
+/// look for a stop string.
+struct Stops {
+    ids: HashSet<u32>,
+    window: usize,
+}
+
+impl Stops {
+    fn new(params: &SamplingParams) -> Self {
+        Self {
+            ids: params.stop_token_ids.iter().copied().collect(),
+            window: params
+                .stop_strings
+                .iter()
+                .map(|s| s.chars().count())
+                .max()
+                .unwrap_or(0)
+                + 8,
+        }
+    }
+}
+
+/// Samples the next token of every active sequence from the logits on the host, each from its
+/// own sequence's random stream; keeps its buffers between steps.
+struct HostSampler {
+    vocab: usize,
+    scratch: SampleScratch,
+    /// Cache row of each sequence this step (`None`: finished).
+    row_of: Vec<Option<usize>>,
+}
+
+impl HostSampler {
+    fn new(vocab: usize, sequences: usize) -> Self {
+        Self {
+            vocab,
+            scratch: SampleScratch::default(),
+            row_of: vec![None; sequences],
+        }
+    }
+
+    /// `(token, log-prob)` for each row of `logits`, where row r belongs to sequence `active[r]`.
+    fn sample<B: ModelBackend>(
+        &mut self,
+        logits: Tensor<B, 2>,
+        seqs: &mut [Seq],
+        active: &[usize],
+        params: &SamplingParams,
+    ) -> Result<Vec<(u32, f32)>> {
+        let vocab = self.vocab;
+        let data = logits.into_data();
+        // f32 logits move to the host without a copy; other float types are converted.
+        let host: Vec<f32> = if data.dtype == DType::F32 {
+            data.into_vec()
+                .map_err(|e| Error::Invalid(format!("logits: {e:?}")))?
+        } else {
+            data.iter::<f32>().collect()
+        };
+        debug_assert_eq!(host.len(), active.len() * vocab);
+        // Sample every row (in parallel when there are several: the device is idle meanwhile).
+        if active.len() == 1 {
+            let seq = &mut seqs[active[0]];
+            return Ok(vec![sample_row(
+                &host[..vocab],
+                params,
+                &mut seq.rng,
+                &mut self.scratch,
+            )]);
+        }
+        self.row_of.fill(None);
+        for (r, &s) in active.iter().enumerate() {
+            self.row_of[s] = Some(r);
+        }
+        let row_of = &self.row_of;
+        let mut picked: Vec<(usize, (u32, f32))> = seqs
+            .par_iter_mut()
+            .enumerate()
+            .filter_map(|(s, seq)| row_of[s].map(|r| (r, seq)))
+            .map_init(SampleScratch::default, |scratch, (r, seq)| {
+                let row = &host[r * vocab..(r + 1) * vocab];
+                (r, sample_row(row, params, &mut seq.rng, scratch))
+            })
+            .collect();
+        picked.sort_unstable_by_key(|(r, _)| *r);
+        Ok(picked.into_iter().map(|(_, p)| p).collect())
+    }
+}
+
 impl<'a, B: ModelBackend> Engine<'a, B> {
     /// An engine for `model` on `device`.
     pub fn new(model: &'a Qwen2ForCausalLM<B>, device: B::Device, options: EngineOptions) -> Self {
@@ -123,25 +227,46 @@ impl<'a, B: ModelBackend> Engine<'a, B> {
         let live: Vec<usize> = (0..requests.len())
             .filter(|&i| !requests[i].seeds.is_empty())
             .collect();
-        let mut seqs: Vec<Seq> = live
-            .iter()
-            .flat_map(|&r| {
-                requests[r].seeds.iter().map(move |&seed| Seq {
-                    request: r,
-                    ids: Vec::new(),
-                    logprobs: Vec::new(),
-                    rng: seq_rng(seed),
-                    next_pos: requests[r].prompt.len() as i64,
-                    finished: None,
-                    stopped_by_string: false,
-                })
-            })
-            .collect();
+        let mut seqs = new_seqs(requests, &live);
         if seqs.is_empty() || params.max_new_tokens == 0 {
             seqs.iter_mut()
                 .for_each(|s| s.finished = Some(FinishReason::Length));
             return self.finish(requests, seqs, params);
         }
+        let (mut cache, mut logits) = self.prefill_samples(requests, &live, params)?;
+        let stops = Stops::new(params);
+        // `active[r]` is the sequence in cache row r.
+        let mut active: Vec<usize> = (0..seqs.len()).collect();
+        let mut sampler = HostSampler::new(self.model.config().vocab_size, seqs.len());
+        loop {
+            let picks = sampler.sample(logits, &mut seqs, &active, params)?;
+            for (&s, (tok, lp)) in active.iter().zip(picks) {
+                self.push_token(&mut seqs[s], tok, lp, &stops, params)?;
+            }
+            progress(active.len());
+            let keep: Vec<usize> = (0..active.len())
+                .filter(|&r| seqs[active[r]].finished.is_none())
+                .collect();
+            if keep.is_empty() {
+                break;
+            }
+            if keep.len() < active.len() {
+                cache = cache.select_rows(&keep);
+                active = keep.iter().map(|&r| active[r]).collect();
+            }
+            logits = self.decode_step(&mut seqs, &active, &mut cache)?;
+        }
+        self.finish(requests, seqs, params)
+    }
+
+    /// Prefills every live request's prompt once (left-padded), then copies its cache rows and
+    /// last logits to each of its samples: the result has one row per sequence.
+    fn prefill_samples(
+        &self,
+        requests: &[GenerateRequest],
+        live: &[usize],
+        params: &SamplingParams,
+    ) -> Result<(KvCache<B>, Tensor<B, 2>)> {
         let prompts: Vec<Vec<u32>> = live.iter().map(|&r| requests[r].prompt.clone()).collect();
         let batch = PaddedBatch::left_padded(&prompts, self.options.pad_token_id);
         let capacity = batch.len + params.max_new_tokens;
@@ -159,112 +284,58 @@ impl<'a, B: ModelBackend> Engine<'a, B> {
             .enumerate()
             .flat_map(|(row, &r)| std::iter::repeat_n(row, requests[r].seeds.len()))
             .collect();
-        let identity = rows.len() == prompts.len();
-        let mut cache = if identity {
-            cache
-        } else {
-            cache.select_rows(&rows)
-        };
-        let mut logits = if identity {
-            last
-        } else {
-            last.select(0, self.index(&rows))
-        };
-        let stop_ids: HashSet<u32> = params.stop_token_ids.iter().copied().collect();
-        let stop_window = params
-            .stop_strings
-            .iter()
-            .map(|s| s.chars().count())
-            .max()
-            .unwrap_or(0)
-            + 8;
-        // `active[r]` is the sequence in cache row r.
-        let mut active: Vec<usize> = (0..seqs.len()).collect();
-        let vocab = self.model.config().vocab_size;
-        let mut scratch = SampleScratch::default();
-        let mut row_of: Vec<Option<usize>> = vec![None; seqs.len()];
-        loop {
-            let data = logits.into_data();
-            // f32 logits move to the host without a copy; other float types are converted.
-            let host: Vec<f32> = if data.dtype == DType::F32 {
-                data.into_vec()
-                    .map_err(|e| Error::Invalid(format!("logits: {e:?}")))?
-            } else {
-                data.iter::<f32>().collect()
-            };
-            debug_assert_eq!(host.len(), active.len() * vocab);
-            // Sample every row (in parallel when there are several: the device is idle meanwhile),
-            // each from its own sequence's random stream.
-            let picks: Vec<(u32, f32)> = if active.len() > 1 {
-                row_of.fill(None);
-                for (r, &s) in active.iter().enumerate() {
-                    row_of[s] = Some(r);
-                }
-                let mut picked: Vec<(usize, (u32, f32))> = seqs
-                    .par_iter_mut()
-                    .enumerate()
-                    .filter_map(|(s, seq)| row_of[s].map(|r| (r, seq)))
-                    .map_init(SampleScratch::default, |scratch, (r, seq)| {
-                        let row = &host[r * vocab..(r + 1) * vocab];
-                        (r, sample_row(row, params, &mut seq.rng, scratch))
-                    })
-                    .collect();
-                picked.sort_unstable_by_key(|(r, _)| *r);
-                picked.into_iter().map(|(_, p)| p).collect()
-            } else {
-                let seq = &mut seqs[active[0]];
-                vec![sample_row(
-                    &host[..vocab],
-                    params,
-                    &mut seq.rng,
-                    &mut scratch,
-                )]
-            };
-            for (&s, (tok, lp)) in active.iter().zip(picks) {
-                let seq = &mut seqs[s];
-                seq.ids.push(tok);
-                seq.logprobs.push(lp);
-                if stop_ids.contains(&tok) {
-                    seq.finished = Some(FinishReason::Stop);
-                } else if self.hits_stop_string(&seq.ids, params, stop_window)? {
-                    seq.finished = Some(FinishReason::Stop);
-                    seq.stopped_by_string = true;
-                } else if seq.ids.len() >= params.max_new_tokens {
-                    seq.finished = Some(FinishReason::Length);
-                }
-            }
-            progress(active.len());
-            let keep: Vec<usize> = (0..active.len())
-                .filter(|&r| seqs[active[r]].finished.is_none())
-                .collect();
-            if keep.is_empty() {
-                break;
-            }
-            if keep.len() < active.len() {
-                cache = cache.select_rows(&keep);
-                active = keep.iter().map(|&r| active[r]).collect();
-            }
-            let n = active.len();
-            let ids: Vec<i64> = active
-                .iter()
-                .map(|&s| *seqs[s].ids.last().expect("sampled") as i64)
-                .collect();
-            let pos: Vec<i64> = active.iter().map(|&s| seqs[s].next_pos).collect();
-            for &s in &active {
-                seqs[s].next_pos += 1;
-            }
-            let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [n, 1]), &self.device);
-            let pos = Tensor::<B, 2, Int>::from_data(TensorData::new(pos, [n, 1]), &self.device);
-            let mask = Tensor::<B, 2, Bool>::from_data(
-                TensorData::new(vec![true; n], [n, 1]),
-                &self.device,
-            );
-            let hidden = self
-                .model
-                .forward_hidden(ids, mask, pos, Some(&mut cache))?;
-            logits = self.model.logits(hidden).squeeze_dim::<2>(1);
+        if rows.len() == prompts.len() {
+            return Ok((cache, last));
         }
-        self.finish(requests, seqs, params)
+        Ok((cache.select_rows(&rows), last.select(0, self.index(&rows))))
+    }
+
+    /// Appends a sampled token (and its log-prob) to `seq` and marks it finished when the token
+    /// is a stop token, the text now holds a stop string, or the length limit is reached.
+    fn push_token(
+        &self,
+        seq: &mut Seq,
+        tok: u32,
+        lp: f32,
+        stops: &Stops,
+        params: &SamplingParams,
+    ) -> Result<()> {
+        seq.ids.push(tok);
+        seq.logprobs.push(lp);
+        if stops.ids.contains(&tok) {
+            seq.finished = Some(FinishReason::Stop);
+        } else if self.hits_stop_string(&seq.ids, params, stops.window)? {
+            seq.finished = Some(FinishReason::Stop);
+            seq.stopped_by_string = true;
+        } else if seq.ids.len() >= params.max_new_tokens {
+            seq.finished = Some(FinishReason::Length);
+        }
+        Ok(())
+    }
+
+    /// One decoding step: every active sequence's last token at its next position goes through
+    /// the model (extending the cache); returns the next logits, one row per active sequence.
+    fn decode_step(
+        &self,
+        seqs: &mut [Seq],
+        active: &[usize],
+        cache: &mut KvCache<B>,
+    ) -> Result<Tensor<B, 2>> {
+        let n = active.len();
+        let ids: Vec<i64> = active
+            .iter()
+            .map(|&s| *seqs[s].ids.last().expect("sampled") as i64)
+            .collect();
+        let pos: Vec<i64> = active.iter().map(|&s| seqs[s].next_pos).collect();
+        for &s in active {
+            seqs[s].next_pos += 1;
+        }
+        let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [n, 1]), &self.device);
+        let pos = Tensor::<B, 2, Int>::from_data(TensorData::new(pos, [n, 1]), &self.device);
+        let mask =
+            Tensor::<B, 2, Bool>::from_data(TensorData::new(vec![true; n], [n, 1]), &self.device);
+        let hidden = self.model.forward_hidden(ids, mask, pos, Some(cache))?;
+        Ok(self.model.logits(hidden).squeeze_dim::<2>(1))
     }
 
     fn index(&self, rows: &[usize]) -> Tensor<B, 1, Int> {
