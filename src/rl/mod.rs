@@ -2,11 +2,13 @@
 //! trainer that ties rollouts, rewards and updates together.
 
 pub mod advantage;
+pub mod config;
 pub mod dynamic;
 pub mod loss;
 pub mod trainer;
 
 pub use advantage::{group_advantages, AdvantageEstimator, ScaleRewards};
+pub use config::{RlConfig, RlFile};
 pub use dynamic::{FilterReport, GroupFilter};
 pub use loss::{
     aggregate, kl_penalty, policy_loss, AggScale, KlEstimator, LossAggMode, PolicyLossConfig,
@@ -14,5 +16,5 @@ pub use loss::{
 };
 pub use trainer::{
     load_tokenizer, prepare_prompts, train, train_prompts, train_prompts_with, train_with,
-    NoObserver, PreparedPrompt, RewardSection, RlConfig, RlFile, RlObserver, RlState, RlSummary,
+    NoObserver, PreparedPrompt, RewardSection, RlObserver, RlState, RlSummary,
 };
