@@ -1,11 +1,27 @@
 //! Reinforcement learning: group advantages, the GRPO/DAPO policy loss, dynamic sampling, and the
 //! trainer that ties rollouts, rewards and updates together.
+//!
+//! One training step is a sequence of stages, each a module with one job and a typed output:
+//! [`rollout`] (prompts -> samples with behaviour log-probs), [`score`] (samples -> rewards, shared
+//! between workers), [`groups`] (dynamic sampling and advantages), [`pack`] (mini- and
+//! micro-batches as device tensors, reference log-probs included), [`update`] (`ppo_epochs` passes
+//! -> update statistics) and [`metrics`] (statistics -> a verl-named record), run in order by
+//! [`RlTrainer::step`].
 
 pub mod advantage;
 pub mod config;
 pub mod dynamic;
+mod exchange;
+mod groups;
 pub mod loss;
+mod metrics;
+mod pack;
+mod rollout;
+mod score;
+#[cfg(test)]
+mod stage_tests;
 pub mod trainer;
+mod update;
 
 pub use advantage::{group_advantages, AdvantageEstimator, ScaleRewards};
 pub use config::{RlConfig, RlFile};
@@ -16,5 +32,6 @@ pub use loss::{
 };
 pub use trainer::{
     load_tokenizer, prepare_prompts, train, train_prompts, train_prompts_with, train_with,
-    NoObserver, PreparedPrompt, RewardSection, RlObserver, RlState, RlSummary,
+    NoObserver, PreparedPrompt, RewardSection, RlObserver, RlState, RlSummary, RlTrainer,
+    StepReport,
 };
