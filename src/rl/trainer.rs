@@ -2,7 +2,8 @@
 //! (behaviour log-probs kept), reward them, keep the groups with a learning signal (dynamic
 //! sampling, refilling with further generation batches), compute group advantages, then update the
 //! policy with the clipped surrogate over `ppo_epochs` passes of mini-batches (one optimiser step
-//! each), every mini-batch split into micro-batches by a token budget.
+//! each), every mini-batch split into micro-batches by a token budget. [`RlTrainer::step`] runs
+//! these as named stages (see its documentation); this module holds the run around them.
 //!
 //! Randomness is keyed by (seed, step, prompt position, sample), never by batch layout or device,
 //! so a run resumes exactly and data parallelism can split the batch by prompts without changing
@@ -13,205 +14,29 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use burn::module::AutodiffModule;
-use burn::optim::{GradientsAccumulator, GradientsParams};
-use burn::tensor::{FloatDType, Tensor};
+use burn::tensor::FloatDType;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 
-use super::advantage::{group_advantages, AdvantageEstimator, ScaleRewards};
-use super::dynamic::{FilterReport, GroupFilter};
-use super::loss::{policy_loss, AggScale, PolicyLossConfig, PolicyLossInputs, PolicyLossStats};
+use super::config::RlConfig;
+use super::exchange::sum_one;
+use super::groups::GroupSelection;
+use super::metrics::{StepMetrics, StepTimes};
+use super::pack::{pack, reference_logprobs, PackContext};
+use super::rollout::{rollout, step_seed, GenBatch, RolloutContext};
+use super::score::{score, share};
+use super::update::{update, UpdateContext};
 use crate::config::{ModelSection, RunSection};
 use crate::data::{load_rl_any, EpochSampler, SamplerState};
 pub use crate::data::{prepare_prompts, PreparedPrompt};
 use crate::distributed::Worker;
 use crate::error::{Error, Result};
-use crate::generate::{
-    pad_token_id, sample_seed, stop_token_ids, Engine, EngineOptions, FinishReason,
-    GenerateRequest, SamplingParams,
-};
+use crate::generate::{pad_token_id, stop_token_ids, SamplingParams};
 use crate::model::{load_model, Qwen2ForCausalLM};
 pub use crate::reward::RewardSection;
-use crate::reward::{RewardItem, RewardStats, Rewarder};
+use crate::reward::{RewardStats, Rewarder};
 use crate::tokenizer::Tokenizer;
 use crate::train::run_dir::OPTIMIZER_FILE;
-use crate::train::{
-    clip_grad_norm, stable_param_ids, token_budget_batches, AdamWOptimizer, OptimConfig, Packed,
-    RunDir, Sequence,
-};
-
-/// `[rl]`: the GRPO / DAPO settings. Defaults are QwenLong-L1's public script.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RlConfig {
-    /// Training prompts (longrl JSONL).
-    pub train_file: PathBuf,
-    /// Training steps (rollout batches); 0 derives them from `num_epochs`.
-    pub max_steps: usize,
-    /// Passes over the prompts when `max_steps` is 0.
-    pub num_epochs: f64,
-    /// Prompts per training step (after dynamic sampling).
-    pub train_batch_size: usize,
-    /// Prompts per generation batch; 0: 3 x `train_batch_size` with dynamic sampling, else
-    /// `train_batch_size`.
-    pub gen_batch_size: usize,
-    /// Rollouts per prompt (G).
-    pub num_generations: usize,
-    /// Sampling temperature of rollouts (log-probs use the same temperature).
-    pub temperature: f32,
-    /// Nucleus sampling mass.
-    pub top_p: f32,
-    /// Top-k (0: off).
-    pub top_k: usize,
-    /// Longest prompt in tokens; longer prompts are skipped and counted.
-    pub max_prompt_length: usize,
-    /// Most response tokens (L_max).
-    pub max_response_length: usize,
-    /// Advantage estimator.
-    pub advantage: AdvantageEstimator,
-    /// Reward scaling of `grpo` (TRL's `scale_rewards`).
-    pub scale_rewards: ScaleRewards,
-    /// DAPO dynamic sampling: drop groups whose accuracy is all 0 or all 1 and refill.
-    pub dynamic_sampling: bool,
-    /// Most generation batches per step under dynamic sampling.
-    pub max_num_gen_batches: usize,
-    /// Prompts per optimiser step (their G rollouts each).
-    pub ppo_mini_batch_size: usize,
-    /// Passes over the rollout batch.
-    pub ppo_epochs: usize,
-    /// Padded tokens per micro-batch (verl's `ppo_max_token_len_per_gpu`).
-    pub micro_batch_tokens: usize,
-    /// Zero the loss of rollouts cut at `max_response_length` (TRL's `mask_truncated_completions`).
-    pub mask_truncated_completions: bool,
-    /// Prompts decoded together in one engine call (bounds the KV cache).
-    pub rollout_batch_size: usize,
-    /// Prompt columns prefilled per forward pass.
-    pub prefill_chunk: usize,
-    /// Positions projected to the vocabulary at once in the loss.
-    pub logits_chunk: usize,
-    /// Recompute each decoder layer of the policy in the backward pass instead of keeping its
-    /// activations (verl's `enable_gradient_checkpointing`).
-    pub gradient_checkpointing: bool,
-    /// Mixed precision for the policy's training forward and backward (TRL's `bf16`): bf16
-    /// compute from f32 master weights and optimiser state; rollouts stay in f32.
-    pub bf16: bool,
-    /// Shuffle the prompts every epoch.
-    pub shuffle: bool,
-    /// The policy loss.
-    pub loss: PolicyLossConfig,
-    /// AdamW and schedule.
-    pub optim: OptimConfig,
-    /// The reward.
-    pub reward: RewardSection,
-}
-
-impl Default for RlConfig {
-    fn default() -> Self {
-        Self {
-            train_file: PathBuf::new(),
-            max_steps: 0,
-            num_epochs: 1.0,
-            train_batch_size: 128,
-            gen_batch_size: 0,
-            num_generations: 8,
-            temperature: 0.7,
-            top_p: 0.95,
-            top_k: 0,
-            max_prompt_length: 60000,
-            max_response_length: 10000,
-            advantage: AdvantageEstimator::Grpo,
-            scale_rewards: ScaleRewards::Group,
-            dynamic_sampling: true,
-            max_num_gen_batches: 10,
-            ppo_mini_batch_size: 32,
-            ppo_epochs: 1,
-            micro_batch_tokens: 10000,
-            mask_truncated_completions: false,
-            rollout_batch_size: 16,
-            prefill_chunk: 2048,
-            logits_chunk: 1024,
-            gradient_checkpointing: false,
-            bf16: false,
-            shuffle: true,
-            loss: PolicyLossConfig::default(),
-            optim: OptimConfig {
-                lr: 2e-6,
-                weight_decay: 0.01,
-                max_grad_norm: 1.0,
-                ..OptimConfig::default()
-            },
-            reward: RewardSection::default(),
-        }
-    }
-}
-
-impl RlConfig {
-    /// Checks the settings, naming the bad field.
-    pub fn validate(&self) -> Result<()> {
-        let positive = [
-            ("train_batch_size", self.train_batch_size),
-            ("num_generations", self.num_generations),
-            ("max_response_length", self.max_response_length),
-            ("max_prompt_length", self.max_prompt_length),
-            ("ppo_mini_batch_size", self.ppo_mini_batch_size),
-            ("ppo_epochs", self.ppo_epochs),
-            ("micro_batch_tokens", self.micro_batch_tokens),
-            ("rollout_batch_size", self.rollout_batch_size),
-            ("max_num_gen_batches", self.max_num_gen_batches),
-        ];
-        for (name, v) in positive {
-            if v == 0 {
-                return Err(Error::Invalid(format!("rl.{name} must be at least 1")));
-            }
-        }
-        if self.max_steps == 0 && (self.num_epochs.is_nan() || self.num_epochs <= 0.0) {
-            return Err(Error::Invalid(
-                "rl: set max_steps, or num_epochs > 0".into(),
-            ));
-        }
-        if self.dynamic_sampling && self.num_generations < 2 {
-            return Err(Error::Invalid(
-                "rl.dynamic_sampling needs num_generations >= 2 (a group of one has no spread)"
-                    .into(),
-            ));
-        }
-        if self.reward.judge_url.is_some() != self.reward.judge_model.is_some() {
-            return Err(Error::Invalid(
-                "rl.reward: judge_url and judge_model go together".into(),
-            ));
-        }
-        self.loss
-            .validate()
-            .map_err(|e| Error::Invalid(format!("rl.loss.{e}")))?;
-        self.optim.validate("rl.optim")
-    }
-
-    /// Prompts per generation batch.
-    pub fn gen_batch(&self) -> usize {
-        match (self.gen_batch_size, self.dynamic_sampling) {
-            (0, true) => 3 * self.train_batch_size,
-            (0, false) => self.train_batch_size,
-            (n, _) => n,
-        }
-    }
-}
-
-/// The file `longrl rl --config` reads.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RlFile {
-    /// `[model]`.
-    pub model: ModelSection,
-    /// `[run]`.
-    #[serde(default)]
-    pub run: RunSection,
-    /// `[rl]`.
-    pub rl: RlConfig,
-    /// `[distributed]`: data parallelism (devices, machines).
-    #[serde(default)]
-    pub distributed: crate::distributed::DistributedSection,
-}
+use crate::train::{stable_param_ids, AdamWOptimizer, RunDir};
 
 /// What an RL checkpoint remembers besides the weights and the optimiser.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -247,117 +72,6 @@ pub struct NoObserver;
 
 impl RlObserver for NoObserver {}
 
-/// One rollout with everything the update needs. Under data parallelism a worker holds the
-/// tokens of its own rollouts only; of the others' it knows the numbers (length, reward, ...).
-#[derive(Debug, Clone)]
-struct Rollout {
-    response: Vec<u32>,
-    old_logp: Vec<f32>,
-    /// Response tokens (known for every rollout, also another worker's).
-    len: usize,
-    reward: f64,
-    score: f64,
-    acc: bool,
-    truncated: bool,
-    advantage: f64,
-}
-
-/// A prompt's group of rollouts.
-#[derive(Debug, Clone)]
-struct Group {
-    prompt: usize,
-    /// Generated by this worker (which then trains on it).
-    mine: bool,
-    rollouts: Vec<Rollout>,
-}
-
-/// The numbers of a rollout that workers exchange (all but tokens and log-probs).
-const SHARED: usize = 5;
-
-impl Rollout {
-    fn shared(&self) -> [f32; SHARED] {
-        [
-            self.score as f32,
-            self.reward as f32,
-            self.acc as u8 as f32,
-            self.truncated as u8 as f32,
-            self.len as f32,
-        ]
-    }
-
-    /// Another worker's rollout, from its [`Rollout::shared`] numbers.
-    fn remote(v: &[f32]) -> Self {
-        Rollout {
-            response: Vec::new(),
-            old_logp: Vec::new(),
-            len: v[4] as usize,
-            reward: v[1] as f64,
-            score: v[0] as f64,
-            acc: v[2] != 0.0,
-            truncated: v[3] != 0.0,
-            advantage: 0.0,
-        }
-    }
-}
-
-fn stats_to_vec(s: &RewardStats) -> Vec<f64> {
-    [
-        s.items,
-        s.correct,
-        s.judge_calls,
-        s.judge_cache_hits,
-        s.judge_flips,
-        s.judge_failures,
-        s.judge_unparsed,
-        s.overlong_penalised,
-    ]
-    .iter()
-    .map(|&x| x as f64)
-    .collect()
-}
-
-fn stats_from_vec(v: &[f64]) -> RewardStats {
-    let u = |i: usize| v[i].round() as usize;
-    RewardStats {
-        items: u(0),
-        correct: u(1),
-        judge_calls: u(2),
-        judge_cache_hits: u(3),
-        judge_flips: u(4),
-        judge_failures: u(5),
-        judge_unparsed: u(6),
-        overlong_penalised: u(7),
-    }
-}
-
-fn loss_stats_to_vec(s: &PolicyLossStats) -> Vec<f64> {
-    vec![
-        s.tokens,
-        s.pg_loss,
-        s.clipped,
-        s.clipped_low,
-        s.clipped_high,
-        s.ppo_kl,
-        s.kl,
-        s.kl_loss,
-        s.entropy,
-    ]
-}
-
-fn loss_stats_from_vec(v: &[f64]) -> PolicyLossStats {
-    PolicyLossStats {
-        tokens: v[0],
-        pg_loss: v[1],
-        clipped: v[2],
-        clipped_low: v[3],
-        clipped_high: v[4],
-        ppo_kl: v[5],
-        kl: v[6],
-        kl_loss: v[7],
-        entropy: v[8],
-    }
-}
-
 /// The outcome of an RL run.
 #[derive(Debug, Clone, Serialize)]
 pub struct RlSummary {
@@ -380,28 +94,6 @@ fn build_rewarder<B: ModelBackend>(
     device: &B::Device,
 ) -> Result<Arc<dyn Rewarder>> {
     config.reward.build::<B>(config.max_response_length, device)
-}
-
-/// The per-step seed: the same for every device and batch layout.
-fn step_seed(seed: u64, step: usize) -> u64 {
-    sample_seed(seed, step as u64, u64::MAX)
-}
-
-fn mean(x: impl Iterator<Item = f64>) -> f64 {
-    let (s, n) = x.fold((0.0, 0usize), |(s, n), v| (s + v, n + 1));
-    if n == 0 {
-        0.0
-    } else {
-        s / n as f64
-    }
-}
-
-fn std(x: &[f64]) -> f64 {
-    if x.len() < 2 {
-        return 0.0;
-    }
-    let m = mean(x.iter().copied());
-    (x.iter().map(|v| (v - m) * (v - m)).sum::<f64>() / (x.len() - 1) as f64).sqrt()
 }
 
 /// Runs RL on autodiff backend `B`. `rewarder: None` builds the hybrid reward of `[rl.reward]`.
@@ -439,7 +131,7 @@ pub fn train_with<B: TrainBackend>(
     worker: &Worker,
 ) -> Result<RlSummary> {
     config.validate()?;
-    let tokenizer = load_tokenizer(model_section)?;
+    let tokenizer = model_section.load_tokenizer()?;
     let samples = load_rl_any(&config.train_file)?;
     let (prompts, skipped) = prepare_prompts(&samples, &tokenizer, config.max_prompt_length)?;
     if skipped > 0 {
@@ -472,11 +164,6 @@ pub fn train_with<B: TrainBackend>(
     )?;
     summary.skipped_prompts = skipped;
     Ok(summary)
-}
-
-/// The model folder's tokenizer, with the `[model] chat_template` override.
-fn load_tokenizer(model_section: &ModelSection) -> Result<Tokenizer> {
-    model_section.load_tokenizer()
 }
 
 /// Runs RL over prepared prompts (a prompt listed twice is drawn twice as often), reporting every
@@ -529,545 +216,392 @@ pub fn train_prompts_with<B: TrainBackend>(
     device: B::Device,
     worker: &Worker,
 ) -> Result<RlSummary> {
-    config.validate()?;
-    let leader = worker.is_leader();
-    if prompts.is_empty() {
-        return Err(Error::Invalid("RL needs at least one prompt".into()));
-    }
-    let run_dir = RunDir::open(&run.run_dir)?;
-    let resume_from = run_dir.resume_point(resume)?;
-    let tokenizer = load_tokenizer(model_section)?;
-    let (policy, state) = match &resume_from {
-        Some(ckpt) => {
-            log::info!("resuming from {}", ckpt.display());
-            let state: RlState = RunDir::load_state(ckpt)?;
-            (load_model::<B>(ckpt, &device)?, Some(state))
-        }
-        None => (load_model::<B>(&model_section.path, &device)?, None),
-    };
-    let mut policy = stable_param_ids(policy)
-        .with_gradient_checkpointing(config.gradient_checkpointing)
-        .with_compute_dtype(config.bf16.then_some(FloatDType::BF16));
-    tokenizer.check_fits(policy.config().vocab_size)?;
-    // The frozen reference is the policy at the start of RL (loaded again when resuming).
-    let reference = if config.loss.beta > 0.0 {
-        Some(load_model::<B::InnerBackend>(&model_section.path, &device)?)
-    } else {
-        None
-    };
-    let stop = stop_token_ids(&model_section.path, policy.config(), Some(&tokenizer))?;
-    let pad = pad_token_id(Some(&tokenizer), &stop);
-    let rewarder = match rewarder {
-        Some(r) => r,
-        None => build_rewarder::<B::InnerBackend>(config, &device)?,
-    };
+    RlTrainer::<B>::new(
+        model_section,
+        run,
+        config,
+        prompts,
+        rewarder,
+        observer,
+        resume,
+        device,
+        worker,
+    )?
+    .run()
+}
 
-    let total_steps = if config.max_steps > 0 {
-        config.max_steps
-    } else {
-        ((config.num_epochs * prompts.len() as f64) / config.train_batch_size as f64).ceil()
-            as usize
-    };
-    let (start, sampler_state) = match &state {
-        Some(s) => (s.step, s.sampler),
-        None => (0, SamplerState::default()),
-    };
-    if let Some(s) = &state {
-        observer.restore(s.observer.clone())?;
-    }
-    let mut sampler = EpochSampler::new(prompts.len(), run.seed, config.shuffle, sampler_state);
-    let mut optim = AdamWOptimizer::<B, Qwen2ForCausalLM<B>>::new(&config.optim);
-    if let Some(ckpt) = &resume_from {
-        optim.load(&ckpt.join(OPTIMIZER_FILE), &device)?;
-        if leader {
-            run_dir.truncate_metrics_after(start)?;
-        }
-    }
-    let params = SamplingParams {
-        temperature: config.temperature,
-        top_p: config.top_p,
-        top_k: config.top_k,
-        max_new_tokens: config.max_response_length,
-        stop_token_ids: stop.clone(),
-        stop_strings: Vec::new(),
-    };
-    params.validate()?;
-    let bar = crate::metrics::progress_bar(
-        total_steps as u64,
-        start as u64,
-        run.progress && leader,
-        "rl",
-    );
-    let (mut first_score, mut last_score) = (None, 0.0);
+/// An RL run in progress: the policy and its optimiser, the frozen reference, the reward and the
+/// prompt sampler. [`RlTrainer::step`] runs one training step as named stages, each with a typed
+/// output: rollout ([`rollout`](super::rollout)) -> score ([`score`](super::score)) -> advantages
+/// with dynamic sampling ([`groups`](super::groups)) -> pack ([`pack`](super::pack)) -> update
+/// ([`update`](super::update)) -> metrics ([`metrics`](super::metrics)). The CLI, the pipeline
+/// and every data-parallel worker go through it (via [`train_prompts_with`]).
+pub struct RlTrainer<'a, B: TrainBackend> {
+    model_section: &'a ModelSection,
+    run: &'a RunSection,
+    config: &'a RlConfig,
+    prompts: &'a [PreparedPrompt],
+    observer: &'a mut dyn RlObserver,
+    worker: &'a Worker,
+    device: B::Device,
+    run_dir: RunDir,
+    tokenizer: Tokenizer,
+    /// `None` only after a step failed half-way through the update.
+    policy: Option<Qwen2ForCausalLM<B>>,
+    reference: Option<Qwen2ForCausalLM<B::InnerBackend>>,
+    optim: AdamWOptimizer<B, Qwen2ForCausalLM<B>>,
+    rewarder: Arc<dyn Rewarder>,
+    sampler: EpochSampler,
+    params: SamplingParams,
+    pad: u32,
+    steps_done: usize,
+    total_steps: usize,
+    first_score: Option<f64>,
+    last_score: f64,
+}
 
-    for step in start..total_steps {
-        let t_step = Instant::now();
-        let seed = step_seed(run.seed, step);
-        let mut filter = GroupFilter::<Group>::new(
-            config.dynamic_sampling,
-            config.train_batch_size,
-            config.max_num_gen_batches,
+/// What one [`RlTrainer::step`] did.
+#[derive(Debug, Clone)]
+pub struct StepReport {
+    /// Steps done, this one included.
+    pub step: usize,
+    /// Mean correctness score of the step's rollouts (kept or filtered).
+    pub score_mean: f64,
+    /// Mean entropy per loss token of the step's updates.
+    pub entropy: f64,
+    /// The step's metrics record (verl names), as the leader writes it to `metrics.jsonl`.
+    pub record: serde_json::Value,
+}
+
+/// The rollout and score stages' outputs over a step's generation batches.
+struct Generation {
+    selection: GroupSelection,
+    reward_stats: RewardStats,
+    t_gen: Duration,
+    t_reward: Duration,
+}
+
+fn policy_lost() -> Error {
+    Error::Invalid("rl: the policy was lost to an earlier step that failed".into())
+}
+
+impl<'a, B: TrainBackend> RlTrainer<'a, B> {
+    /// Prepares a run over `prompts` (a prompt listed twice is drawn twice as often), reporting
+    /// every rollout group to `observer`: loads the policy (from the run directory's latest
+    /// checkpoint with `resume`, which also restores the optimiser, the sampler and the
+    /// observer), the reference when the loss has a KL term, and the reward (`rewarder: None`
+    /// builds the hybrid reward of `[rl.reward]`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        model_section: &'a ModelSection,
+        run: &'a RunSection,
+        config: &'a RlConfig,
+        prompts: &'a [PreparedPrompt],
+        rewarder: Option<Arc<dyn Rewarder>>,
+        observer: &'a mut dyn RlObserver,
+        resume: bool,
+        device: B::Device,
+        worker: &'a Worker,
+    ) -> Result<Self> {
+        config.validate()?;
+        let leader = worker.is_leader();
+        if prompts.is_empty() {
+            return Err(Error::Invalid("RL needs at least one prompt".into()));
+        }
+        let run_dir = RunDir::open(&run.run_dir)?;
+        let resume_from = run_dir.resume_point(resume)?;
+        let tokenizer = model_section.load_tokenizer()?;
+        let (policy, state) = match &resume_from {
+            Some(ckpt) => {
+                log::info!("resuming from {}", ckpt.display());
+                let state: RlState = RunDir::load_state(ckpt)?;
+                (load_model::<B>(ckpt, &device)?, Some(state))
+            }
+            None => (load_model::<B>(&model_section.path, &device)?, None),
+        };
+        let policy = stable_param_ids(policy)
+            .with_gradient_checkpointing(config.gradient_checkpointing)
+            .with_compute_dtype(config.bf16.then_some(FloatDType::BF16));
+        tokenizer.check_fits(policy.config().vocab_size)?;
+        // The frozen reference is the policy at the start of RL (loaded again when resuming).
+        let reference = if config.loss.beta > 0.0 {
+            Some(load_model::<B::InnerBackend>(&model_section.path, &device)?)
+        } else {
+            None
+        };
+        let stop = stop_token_ids(&model_section.path, policy.config(), Some(&tokenizer))?;
+        let pad = pad_token_id(Some(&tokenizer), &stop);
+        let rewarder = match rewarder {
+            Some(r) => r,
+            None => build_rewarder::<B::InnerBackend>(config, &device)?,
+        };
+        let total_steps = if config.max_steps > 0 {
+            config.max_steps
+        } else {
+            ((config.num_epochs * prompts.len() as f64) / config.train_batch_size as f64).ceil()
+                as usize
+        };
+        let (start, sampler_state) = match &state {
+            Some(s) => (s.step, s.sampler),
+            None => (0, SamplerState::default()),
+        };
+        if let Some(s) = &state {
+            observer.restore(s.observer.clone())?;
+        }
+        let sampler = EpochSampler::new(prompts.len(), run.seed, config.shuffle, sampler_state);
+        let mut optim = AdamWOptimizer::<B, Qwen2ForCausalLM<B>>::new(&config.optim);
+        if let Some(ckpt) = &resume_from {
+            optim.load(&ckpt.join(OPTIMIZER_FILE), &device)?;
+            if leader {
+                run_dir.truncate_metrics_after(start)?;
+            }
+        }
+        let params = SamplingParams {
+            temperature: config.temperature,
+            top_p: config.top_p,
+            top_k: config.top_k,
+            max_new_tokens: config.max_response_length,
+            stop_token_ids: stop.clone(),
+            stop_strings: Vec::new(),
+        };
+        params.validate()?;
+        Ok(Self {
+            model_section,
+            run,
+            config,
+            prompts,
+            observer,
+            worker,
+            device,
+            run_dir,
+            tokenizer,
+            policy: Some(policy),
+            reference,
+            optim,
+            rewarder,
+            sampler,
+            params,
+            pad,
+            steps_done: start,
+            total_steps,
+            first_score: None,
+            last_score: 0.0,
+        })
+    }
+
+    /// Steps done (those of the checkpoint a run resumed from included).
+    pub fn steps_done(&self) -> usize {
+        self.steps_done
+    }
+
+    /// Steps of the whole run.
+    pub fn total_steps(&self) -> usize {
+        self.total_steps
+    }
+
+    /// Runs the remaining steps, then saves the final model (see [`RlTrainer::finish`]).
+    pub fn run(mut self) -> Result<RlSummary> {
+        let bar = crate::metrics::progress_bar(
+            self.total_steps as u64,
+            self.steps_done as u64,
+            self.run.progress && self.worker.is_leader(),
+            "rl",
         );
-        let (mut t_gen, mut t_reward) = (Duration::ZERO, Duration::ZERO);
-        let mut reward_stats = RewardStats::default();
-        let mut all_scores = Vec::new();
-        let mut all_rewards = Vec::new();
-        let mut position = 0u64;
-        let mut prompt_lens = Vec::new();
-        loop {
-            filter.start_batch();
-            let batch: Vec<usize> = sampler.take(config.gen_batch());
-            let first_position = position;
-            position += batch.len() as u64;
-            // This worker's prompts of the batch: (index in the batch, prompt).
-            let mine: Vec<(usize, usize)> = batch
-                .iter()
-                .copied()
-                .enumerate()
-                .filter(|(k, _)| worker.owns(*k))
-                .collect();
-            // Rollouts, in chunks of prompts that bound the KV cache.
-            let t0 = Instant::now();
-            let inner = policy.valid();
-            let engine = Engine::new(
-                &inner,
-                device.clone(),
-                EngineOptions {
-                    pad_token_id: pad,
-                    prefill_chunk: config.prefill_chunk,
-                    max_cache_bytes: None,
-                },
-            )
-            .with_detokenizer(Box::new(|ids: &[u32]| tokenizer.decode(ids, true)));
-            let mut results = Vec::with_capacity(mine.len());
-            for chunk in mine.chunks(config.rollout_batch_size) {
-                let requests: Vec<GenerateRequest> = chunk
-                    .iter()
-                    .map(|&(k, p)| {
-                        let pos = first_position + k as u64;
-                        GenerateRequest {
-                            prompt: prompts[p].ids.clone(),
-                            seeds: (0..config.num_generations as u64)
-                                .map(|j| sample_seed(seed, pos, j))
-                                .collect(),
-                        }
-                    })
-                    .collect();
-                results.extend(engine.generate(&requests, &params)?);
-            }
-            drop(engine);
-            drop(inner);
-            t_gen += t0.elapsed();
-
-            let t1 = Instant::now();
-            let mut items = Vec::new();
-            for (&(_, p), samples) in mine.iter().zip(&results) {
-                for s in samples {
-                    items.push(RewardItem {
-                        task: prompts[p].task,
-                        response: s.text.as_deref().unwrap_or(""),
-                        ground_truth: &prompts[p].answer,
-                        question: None,
-                        prompt: Some(&prompts[p].text),
-                        response_tokens: Some(s.output_ids.len()),
-                        response_ids: &s.output_ids,
-                    });
-                }
-            }
-            let (outputs, stats) = rewarder.reward(&items);
-            reward_stats.add(&stats);
-            t_reward += t1.elapsed();
-
-            let mut outputs = outputs.into_iter();
-            let mut own: Vec<Option<Vec<Rollout>>> = vec![None; batch.len()];
-            for (&(k, _), samples) in mine.iter().zip(results) {
-                let rollouts = samples
-                    .into_iter()
-                    .zip(outputs.by_ref())
-                    .map(|(s, o)| Rollout {
-                        truncated: s.finish_reason == FinishReason::Length,
-                        len: s.output_ids.len(),
-                        response: s.output_ids,
-                        old_logp: s.logprobs,
-                        reward: o.reward,
-                        score: o.score,
-                        acc: o.acc,
-                        advantage: 0.0,
-                    })
-                    .collect();
-                own[k] = Some(rollouts);
-            }
-            // Every worker learns every rollout's numbers, in batch order.
-            let g = config.num_generations;
-            let shared = if worker.world > 1 {
-                let mut v = vec![0f32; batch.len() * g * SHARED];
-                for (k, rollouts) in own.iter().enumerate() {
-                    for (j, r) in rollouts.iter().flatten().enumerate() {
-                        let at = (k * g + j) * SHARED;
-                        v[at..at + SHARED].copy_from_slice(&r.shared());
-                    }
-                }
-                let what = format!("step {}: sharing rollout rewards", step + 1);
-                worker.sum::<B::InnerBackend>(&what, v, &device)?
-            } else {
-                Vec::new()
-            };
-            for (k, (&p, rollouts)) in batch.iter().zip(own).enumerate() {
-                prompt_lens.push(prompts[p].ids.len() as f64);
-                let mine = rollouts.is_some();
-                let rollouts = rollouts.unwrap_or_else(|| {
-                    (0..g)
-                        .map(|j| {
-                            let at = (k * g + j) * SHARED;
-                            Rollout::remote(&shared[at..at + SHARED])
-                        })
-                        .collect()
-                });
-                all_scores.extend(rollouts.iter().map(|r| r.score));
-                all_rewards.extend(rollouts.iter().map(|r| r.reward));
-                let scores: Vec<f64> = rollouts.iter().map(|r| r.score).collect();
-                observer.on_group(&prompts[p], &scores);
-                let accs: Vec<bool> = rollouts.iter().map(|r| r.acc).collect();
-                filter.offer(
-                    Group {
-                        prompt: p,
-                        mine,
-                        rollouts,
-                    },
-                    &accs,
-                );
-            }
-            if !filter.wants_more() {
-                break;
-            }
+        while self.steps_done < self.total_steps {
+            let report = self.step()?;
+            bar.set_message(format!(
+                "score {:.3} entropy {:.3}",
+                report.score_mean, report.entropy
+            ));
+            bar.inc(1);
         }
-        let (mut groups, report) = filter.finish();
-        if filter_short(&report, groups.len(), config) {
-            log::warn!(
-                "step {}: dynamic sampling kept {} of {} groups after {} generation batches (rl.max_num_gen_batches)",
-                step + 1,
-                groups.len(),
-                config.train_batch_size,
-                report.gen_batches
-            );
-        }
-        let rewards: Vec<Vec<f64>> = groups
-            .iter()
-            .map(|g| g.rollouts.iter().map(|r| r.reward).collect())
-            .collect();
-        let advantages = group_advantages(&rewards, config.advantage, config.scale_rewards);
-        for (g, adv) in groups.iter_mut().zip(advantages) {
-            for (r, a) in g.rollouts.iter_mut().zip(adv) {
-                r.advantage = a;
-            }
-        }
+        bar.finish_and_clear();
+        self.finish()
+    }
 
-        // Policy update.
-        let t2 = Instant::now();
-        let mut loss_stats = PolicyLossStats::default();
-        let mut grad_norms = Vec::new();
-        let mut lr = 0.0;
-        let mut skipped_updates = 0usize;
-        let ref_logps = match &reference {
+    /// One training step: rollout -> score -> advantages (dynamic sampling) -> pack -> update ->
+    /// metrics. The leader writes the step's record and, when due, a checkpoint.
+    pub fn step(&mut self) -> Result<StepReport> {
+        let step = self.steps_done;
+        if step >= self.total_steps {
+            return Err(Error::Invalid(format!(
+                "rl: all {} steps of the run are done",
+                self.total_steps
+            )));
+        }
+        let t_step = Instant::now();
+        let seed = step_seed(self.run.seed, step);
+        let generation = self.generate(step, seed)?;
+        let batch = generation.selection.finish(self.config, step);
+
+        let t_update = Instant::now();
+        let refs = match &self.reference {
             Some(r) => Some(reference_logprobs(
-                r, &groups, prompts, pad, config, &device,
+                r,
+                &batch.groups,
+                self.prompts,
+                self.pad,
+                self.config,
+                &self.device,
             )?),
             None => None,
         };
-        for _epoch in 0..config.ppo_epochs {
-            for (mb_index, mini) in groups.chunks(config.ppo_mini_batch_size).enumerate() {
-                let first_group = mb_index * config.ppo_mini_batch_size;
-                let (grads, stats) = mini_batch_grads(
-                    &policy,
-                    mini,
-                    ref_logps
-                        .as_ref()
-                        .map(|r| &r[first_group..first_group + mini.len()]),
-                    prompts,
-                    pad,
-                    config,
-                    &device,
-                )?;
-                let Some(mut grads) = grads else { continue };
-                let mut stats = stats;
-                if worker.world > 1 {
-                    let what = format!("step {}: summing gradients", step + 1);
-                    grads = worker.sum_grads::<B, _>(&what, &policy, grads, &device)?;
-                    let what = format!("step {}: summing loss statistics", step + 1);
-                    let v = worker.sum_f64::<B::InnerBackend>(
-                        &what,
-                        loss_stats_to_vec(&stats),
-                        &device,
-                    )?;
-                    stats = loss_stats_from_vec(&v);
-                }
-                let norm = clip_grad_norm::<B, _>(&policy, &mut grads, config.optim.max_grad_norm);
-                if !norm.is_finite() || !stats.pg_loss.is_finite() {
-                    // A failed update never reaches the weights (nor the optimiser state).
-                    skipped_updates += 1;
-                    log::warn!(
-                        "step {}: non-finite loss ({}) or gradient norm ({norm}): update skipped",
-                        step + 1,
-                        stats.pg_loss
-                    );
-                    continue;
-                }
-                loss_stats.add(&stats);
-                grad_norms.push(norm);
-                lr = config.optim.lr_at(step, total_steps);
-                policy = optim.step(lr, policy, grads);
-            }
-        }
-        let t_train = t2.elapsed();
-
-        // Metrics.
-        if worker.world > 1 {
-            let what = format!("step {}: summing reward counters", step + 1);
-            let v =
-                worker.sum_f64::<B::InnerBackend>(&what, stats_to_vec(&reward_stats), &device)?;
-            reward_stats = stats_from_vec(&v);
-        }
-        let kept: Vec<&Rollout> = groups.iter().flat_map(|g| &g.rollouts).collect();
-        let lens: Vec<f64> = kept.iter().map(|r| r.len as f64).collect();
-        let score_mean = mean(all_scores.iter().copied());
-        first_score.get_or_insert(score_mean);
-        last_score = score_mean;
-        let tok = loss_stats.tokens.max(1.0);
-        let done = step + 1;
-        let kept_scores: Vec<f64> = kept.iter().map(|r| r.score).collect();
-        let kept_rewards: Vec<f64> = kept.iter().map(|r| r.reward).collect();
-        let record = json!({
-            "step": done,
-            "epoch": sampler.epochs_done(),
-            "critic/score/mean": mean(kept_scores.iter().copied()),
-            "critic/score/std": std(&kept_scores),
-            "critic/rewards/mean": mean(kept_rewards.iter().copied()),
-            "critic/rewards/std": std(&kept_rewards),
-            "critic/acc/mean": mean(kept.iter().map(|r| r.acc as u8 as f64)),
-            "rollout/score/mean": score_mean,
-            "rollout/score/std": std(&all_scores),
-            "rollout/rewards/mean": mean(all_rewards.iter().copied()),
-            "rollout/acc/mean": mean(all_scores.iter().map(|&s| (s == 1.0) as u8 as f64)),
-            "critic/advantages/mean": mean(kept.iter().map(|r| r.advantage)),
-            "critic/advantages/max": kept.iter().map(|r| r.advantage).fold(f64::NAN, f64::max),
-            "critic/advantages/min": kept.iter().map(|r| r.advantage).fold(f64::NAN, f64::min),
-            "train/num_gen_batches": report.gen_batches,
-            "train/filtered_groups_frac": report.filtered_fraction(),
-            "train/groups_kept": groups.len(),
-        });
-        let actor = json!({
-            "actor/pg_loss": loss_stats.pg_loss,
-            "actor/pg_clipfrac": loss_stats.clipped / tok,
-            "actor/pg_clipfrac_low": loss_stats.clipped_low / tok,
-            "actor/pg_clipfrac_high": loss_stats.clipped_high / tok,
-            "actor/ppo_kl": loss_stats.ppo_kl / tok,
-            "actor/kl_loss": loss_stats.kl_loss,
-            "actor/kl": loss_stats.kl / tok,
-            "actor/entropy": loss_stats.entropy / tok,
-            "actor/grad_norm": mean(grad_norms.iter().copied()),
-            "actor/lr": lr,
-            "actor/updates": grad_norms.len(),
-            "actor/skipped_updates": skipped_updates,
-        });
-        let lengths = json!({
-            "response_length/mean": mean(lens.iter().copied()),
-            "response_length/max": lens.iter().copied().fold(0.0, f64::max),
-            "response_length/min": lens.iter().copied().fold(f64::INFINITY, f64::min).min(f64::MAX),
-            "response_length/clip_ratio": mean(kept.iter().map(|r| r.truncated as u8 as f64)),
-            "prompt_length/mean": mean(prompt_lens.iter().copied()),
-            "prompt_length/max": prompt_lens.iter().copied().fold(0.0, f64::max),
-        });
-        let other = json!({
-            "reward/judge_calls": reward_stats.judge_calls,
-            "reward/judge_flips": reward_stats.judge_flips,
-            "reward/judge_failures": reward_stats.judge_failures,
-            "reward/judge_unparsed": reward_stats.judge_unparsed,
-            "reward/judge_cache_hits": reward_stats.judge_cache_hits,
-            "reward/overlong_penalised": reward_stats.overlong_penalised,
-            "timing_s/gen": t_gen.as_secs_f64(),
-            "timing_s/reward": t_reward.as_secs_f64(),
-            "timing_s/update_actor": t_train.as_secs_f64(),
-            "timing_s/step": t_step.elapsed().as_secs_f64(),
-        });
-        let mut record = record;
-        for part in [actor, lengths, other] {
-            if let (Some(map), serde_json::Value::Object(more)) = (record.as_object_mut(), part) {
-                map.extend(more);
-            }
-        }
-        if leader {
-            run_dir.log_metrics(&record)?;
-        }
-        bar.set_message(format!(
-            "score {score_mean:.3} entropy {:.3}",
-            loss_stats.entropy / tok
-        ));
-        bar.inc(1);
-        if leader && ((run.save_steps > 0 && done % run.save_steps == 0) || done == total_steps) {
-            let state = RlState {
-                step: done,
-                total_steps,
-                sampler: sampler.state(),
-                observer: observer.state(),
-            };
-            run_dir.save_checkpoint(
-                done,
-                &policy,
-                &model_section.path,
-                |p| optim.save(p),
-                &state,
-                (run.save_total_limit > 0).then_some(run.save_total_limit),
-            )?;
-        }
-    }
-    bar.finish_and_clear();
-    let final_dir = if leader {
-        run_dir.save_final(&policy, &model_section.path, model_section.save_dtype()?)?
-    } else {
-        run_dir.final_dir()
-    };
-    // The final model is read by whatever comes next (a pipeline's next phase).
-    worker.barrier::<B::InnerBackend>("waiting for the final model", &device)?;
-    Ok(RlSummary {
-        steps: total_steps,
-        first_score_mean: first_score.unwrap_or(last_score),
-        last_score_mean: last_score,
-        skipped_prompts: 0,
-        final_dir,
-    })
-}
-
-fn filter_short(report: &FilterReport, kept: usize, config: &RlConfig) -> bool {
-    config.dynamic_sampling && kept < config.train_batch_size && report.gen_batches > 0
-}
-
-/// The sequences of this worker's groups among `groups`, flattened in order.
-fn sequences<'a>(
-    groups: &'a [Group],
-    prompts: &'a [PreparedPrompt],
-) -> Vec<(Sequence<'a>, &'a Rollout)> {
-    groups
-        .iter()
-        .filter(|g| g.mine)
-        .flat_map(|g| {
-            g.rollouts.iter().map(move |r| {
-                (
-                    Sequence {
-                        prompt: &prompts[g.prompt].ids,
-                        response: &r.response,
-                    },
-                    r,
-                )
-            })
-        })
-        .collect()
-}
-
-/// Reference log-probs of every rollout of this worker's groups, per group then rollout (none for
-/// other workers' groups).
-fn reference_logprobs<B: ModelBackend>(
-    reference: &Qwen2ForCausalLM<B>,
-    groups: &[Group],
-    prompts: &[PreparedPrompt],
-    pad: u32,
-    config: &RlConfig,
-    device: &B::Device,
-) -> Result<Vec<Vec<Vec<f32>>>> {
-    let mut out = Vec::with_capacity(groups.len());
-    for g in groups {
-        if !g.mine {
-            out.push(Vec::new());
-            continue;
-        }
-        let seqs = sequences(std::slice::from_ref(g), prompts);
-        let plain: Vec<Sequence<'_>> = seqs.iter().map(|(s, _)| *s).collect();
-        let mut per_rollout = vec![Vec::new(); plain.len()];
-        for mb in token_budget_batches(&plain, config.micro_batch_tokens) {
-            let part: Vec<Sequence<'_>> = mb.iter().map(|&i| plain[i]).collect();
-            let packed = Packed::<B>::new(&part, pad, device);
-            let (logp, _) =
-                packed.logprobs(reference, config.temperature, config.logits_chunk, false)?;
-            let r = packed.response_cols;
-            let values: Vec<f32> = logp.into_data().to_vec().unwrap_or_default();
-            for (row, &i) in mb.iter().enumerate() {
-                per_rollout[i] = values[row * r..row * r + plain[i].response.len()].to_vec();
-            }
-        }
-        out.push(per_rollout);
-    }
-    Ok(out)
-}
-
-/// This worker's gradients of one mini-batch (none when the mini-batch has no loss tokens on any
-/// worker; zeros when it has none of them) and its statistics. The loss is normalised by the whole
-/// mini-batch's token and sequence counts, so the workers' gradients sum to the mini-batch's.
-#[allow(clippy::type_complexity)]
-fn mini_batch_grads<B: TrainBackend>(
-    policy: &Qwen2ForCausalLM<B>,
-    groups: &[Group],
-    ref_logps: Option<&[Vec<Vec<f32>>]>,
-    prompts: &[PreparedPrompt],
-    pad: u32,
-    config: &RlConfig,
-    device: &B::Device,
-) -> Result<(Option<GradientsParams>, PolicyLossStats)> {
-    let seqs = sequences(groups, prompts);
-    let refs: Option<Vec<&Vec<f32>>> = ref_logps.map(|r| r.iter().flatten().collect());
-    let counts = |r: &Rollout| !(config.mask_truncated_completions && r.truncated);
-    let all = || {
-        groups
-            .iter()
-            .flat_map(|g| &g.rollouts)
-            .filter(|r| counts(r))
-    };
-    let tokens: usize = all().map(|r| r.len).sum();
-    let sequences_counted = all().count();
-    let mut stats = PolicyLossStats::default();
-    if tokens == 0 {
-        return Ok((None, stats));
-    }
-    if seqs.is_empty() {
-        // No group of this worker: it sends zeros (see `Worker::sum_grads`).
-        return Ok((Some(GradientsParams::new()), stats));
-    }
-    let scale = AggScale {
-        tokens: tokens as f64,
-        sequences: sequences_counted as f64,
-        norm_constant: config.max_response_length as f64,
-    };
-    let plain: Vec<Sequence<'_>> = seqs.iter().map(|(s, _)| *s).collect();
-    let mut acc = GradientsAccumulator::<Qwen2ForCausalLM<B>>::new();
-    for mb in token_budget_batches(&plain, config.micro_batch_tokens) {
-        let part: Vec<Sequence<'_>> = mb.iter().map(|&i| plain[i]).collect();
-        let packed = Packed::<B>::new(&part, pad, device);
-        let (logp, entropy) =
-            packed.logprobs(policy, config.temperature, config.logits_chunk, true)?;
-        let rollouts: Vec<&Rollout> = mb.iter().map(|&i| seqs[i].1).collect();
-        let old: Vec<Vec<f32>> = rollouts.iter().map(|r| r.old_logp.clone()).collect();
-        let adv: Vec<Vec<f32>> = rollouts
-            .iter()
-            .map(|r| vec![r.advantage as f32; r.response.len()])
-            .collect();
-        let keep: Vec<Vec<f32>> = rollouts
-            .iter()
-            .map(|r| vec![if counts(r) { 1.0 } else { 0.0 }; r.response.len()])
-            .collect();
-        let mask: Tensor<B, 2> = packed.response_grid(&keep, device);
-        let ref_logp = refs.as_ref().map(|refs| {
-            let rows: Vec<Vec<f32>> = mb.iter().map(|&i| refs[i].clone()).collect();
-            packed.response_grid(&rows, device)
-        });
-        let inputs = PolicyLossInputs {
-            logp,
-            old_logp: packed.response_grid(&old, device),
-            advantages: packed.response_grid(&adv, device),
-            mask,
-            ref_logp,
-            entropy,
+        let pack_ctx = PackContext {
+            config: self.config,
+            prompts: self.prompts,
+            pad: self.pad,
         };
-        let (loss, s) = policy_loss(inputs, &config.loss, &scale);
-        stats.add(&s);
-        acc.accumulate(policy, GradientsParams::from_grads(loss.backward(), policy));
+        let packed = pack::<B>(&batch.groups, refs.as_ref(), &pack_ctx, &self.device)?;
+        drop(refs);
+        let update_ctx = UpdateContext {
+            config: self.config,
+            worker: self.worker,
+            step,
+            total_steps: self.total_steps,
+        };
+        let policy = self.policy.take().ok_or_else(policy_lost)?;
+        let (policy, updates) =
+            update(policy, &mut self.optim, &packed, &update_ctx, &self.device)?;
+        self.policy = Some(policy);
+        drop(packed);
+        let t_update = t_update.elapsed();
+
+        let mut reward_stats = generation.reward_stats;
+        if self.worker.world > 1 {
+            let what = format!("step {}: summing reward counters", step + 1);
+            reward_stats =
+                sum_one::<_, B::InnerBackend>(self.worker, &what, &reward_stats, &self.device)?;
+        }
+        let metrics = StepMetrics {
+            step: step + 1,
+            epoch: self.sampler.epochs_done(),
+            batch: &batch,
+            update: &updates,
+            reward: &reward_stats,
+            times: StepTimes {
+                gen: generation.t_gen,
+                reward: generation.t_reward,
+                update_actor: t_update,
+                step: t_step.elapsed(),
+            },
+        };
+        let report = StepReport {
+            step: step + 1,
+            score_mean: metrics.score_mean(),
+            entropy: metrics.entropy(),
+            record: metrics.record(),
+        };
+        self.first_score.get_or_insert(report.score_mean);
+        self.last_score = report.score_mean;
+        self.steps_done = step + 1;
+        if self.worker.is_leader() {
+            self.run_dir.log_metrics(&report.record)?;
+        }
+        self.save_checkpoint_if_due()?;
+        Ok(report)
     }
-    Ok((Some(acc.grads()), stats))
+
+    /// The rollout and score stages, over as many generation batches as dynamic sampling asks
+    /// for; every group generated goes to the observer, then to the selection.
+    fn generate(&mut self, step: usize, seed: u64) -> Result<Generation> {
+        let config = self.config;
+        let policy = self.policy.as_ref().ok_or_else(policy_lost)?;
+        let ctx = RolloutContext {
+            config,
+            prompts: self.prompts,
+            tokenizer: &self.tokenizer,
+            params: &self.params,
+            pad: self.pad,
+            worker: self.worker,
+        };
+        let mut out = Generation {
+            selection: GroupSelection::new(config),
+            reward_stats: RewardStats::default(),
+            t_gen: Duration::ZERO,
+            t_reward: Duration::ZERO,
+        };
+        let mut position = 0u64;
+        loop {
+            out.selection.start_batch();
+            let batch = GenBatch {
+                prompts: self.sampler.take(config.gen_batch()),
+                first_position: position,
+            };
+            position += batch.prompts.len() as u64;
+            let rollouts = rollout(policy, &batch, seed, &ctx, &self.device)?;
+            out.t_gen += rollouts.elapsed;
+            let scored = score(&*self.rewarder, self.prompts, rollouts, batch.prompts.len())?;
+            out.reward_stats.add(&scored.stats);
+            out.t_reward += scored.elapsed;
+            let what = format!("step {}: sharing rollout rewards", step + 1);
+            let groups = share::<B::InnerBackend>(
+                scored.own,
+                &batch.prompts,
+                config.num_generations,
+                self.worker,
+                &what,
+                &self.device,
+            )?;
+            for group in groups {
+                let prompt = &self.prompts[group.prompt];
+                let scores: Vec<f64> = group.rollouts.iter().map(|r| r.score).collect();
+                self.observer.on_group(prompt, &scores);
+                out.selection.offer(group, prompt.ids.len());
+            }
+            if !out.selection.wants_more() {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// The leader saves a checkpoint every `save_steps` steps and after the last one.
+    fn save_checkpoint_if_due(&self) -> Result<()> {
+        let (done, run) = (self.steps_done, self.run);
+        let due = (run.save_steps > 0 && done % run.save_steps == 0) || done == self.total_steps;
+        if !self.worker.is_leader() || !due {
+            return Ok(());
+        }
+        let policy = self.policy.as_ref().ok_or_else(policy_lost)?;
+        let state = RlState {
+            step: done,
+            total_steps: self.total_steps,
+            sampler: self.sampler.state(),
+            observer: self.observer.state(),
+        };
+        let optim = &self.optim;
+        self.run_dir.save_checkpoint(
+            done,
+            policy,
+            &self.model_section.path,
+            |p| optim.save(p),
+            &state,
+            (run.save_total_limit > 0).then_some(run.save_total_limit),
+        )?;
+        Ok(())
+    }
+
+    /// Saves the final model (the leader) and waits until every worker is done, so whatever
+    /// comes next (a pipeline's next phase) reads it complete; the run's summary.
+    pub fn finish(self) -> Result<RlSummary> {
+        let policy = self.policy.as_ref().ok_or_else(policy_lost)?;
+        let final_dir = if self.worker.is_leader() {
+            self.run_dir.save_final(
+                policy,
+                &self.model_section.path,
+                self.model_section.save_dtype()?,
+            )?
+        } else {
+            self.run_dir.final_dir()
+        };
+        self.worker
+            .barrier::<B::InnerBackend>("waiting for the final model", &self.device)?;
+        Ok(RlSummary {
+            steps: self.total_steps,
+            first_score_mean: self.first_score.unwrap_or(self.last_score),
+            last_score_mean: self.last_score,
+            skipped_prompts: 0,
+            final_dir,
+        })
+    }
 }

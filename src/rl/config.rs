@@ -1,0 +1,185 @@
+//! The `[rl]` settings (GRPO / DAPO, QwenLong-L1's defaults) and the file `longrl rl --config`
+//! reads.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::advantage::{AdvantageEstimator, ScaleRewards};
+use super::loss::PolicyLossConfig;
+use crate::config::{ModelSection, RunSection};
+use crate::error::{Error, Result};
+use crate::reward::RewardSection;
+use crate::train::OptimConfig;
+
+/// `[rl]`: the GRPO / DAPO settings. Defaults are QwenLong-L1's public script.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RlConfig {
+    /// Training prompts (longrl JSONL).
+    pub train_file: PathBuf,
+    /// Training steps (rollout batches); 0 derives them from `num_epochs`.
+    pub max_steps: usize,
+    /// Passes over the prompts when `max_steps` is 0.
+    pub num_epochs: f64,
+    /// Prompts per training step (after dynamic sampling).
+    pub train_batch_size: usize,
+    /// Prompts per generation batch; 0: 3 x `train_batch_size` with dynamic sampling, else
+    /// `train_batch_size`.
+    pub gen_batch_size: usize,
+    /// Rollouts per prompt (G).
+    pub num_generations: usize,
+    /// Sampling temperature of rollouts (log-probs use the same temperature).
+    pub temperature: f32,
+    /// Nucleus sampling mass.
+    pub top_p: f32,
+    /// Top-k (0: off).
+    pub top_k: usize,
+    /// Longest prompt in tokens; longer prompts are skipped and counted.
+    pub max_prompt_length: usize,
+    /// Most response tokens (L_max).
+    pub max_response_length: usize,
+    /// Advantage estimator.
+    pub advantage: AdvantageEstimator,
+    /// Reward scaling of `grpo` (TRL's `scale_rewards`).
+    pub scale_rewards: ScaleRewards,
+    /// DAPO dynamic sampling: drop groups whose accuracy is all 0 or all 1 and refill.
+    pub dynamic_sampling: bool,
+    /// Most generation batches per step under dynamic sampling.
+    pub max_num_gen_batches: usize,
+    /// Prompts per optimiser step (their G rollouts each).
+    pub ppo_mini_batch_size: usize,
+    /// Passes over the rollout batch.
+    pub ppo_epochs: usize,
+    /// Padded tokens per micro-batch (verl's `ppo_max_token_len_per_gpu`).
+    pub micro_batch_tokens: usize,
+    /// Zero the loss of rollouts cut at `max_response_length` (TRL's `mask_truncated_completions`).
+    pub mask_truncated_completions: bool,
+    /// Prompts decoded together in one engine call (bounds the KV cache).
+    pub rollout_batch_size: usize,
+    /// Prompt columns prefilled per forward pass.
+    pub prefill_chunk: usize,
+    /// Positions projected to the vocabulary at once in the loss.
+    pub logits_chunk: usize,
+    /// Recompute each decoder layer of the policy in the backward pass instead of keeping its
+    /// activations (verl's `enable_gradient_checkpointing`).
+    pub gradient_checkpointing: bool,
+    /// Mixed precision for the policy's training forward and backward (TRL's `bf16`): bf16
+    /// compute from f32 master weights and optimiser state; rollouts stay in f32.
+    pub bf16: bool,
+    /// Shuffle the prompts every epoch.
+    pub shuffle: bool,
+    /// The policy loss.
+    pub loss: PolicyLossConfig,
+    /// AdamW and schedule.
+    pub optim: OptimConfig,
+    /// The reward.
+    pub reward: RewardSection,
+}
+
+impl Default for RlConfig {
+    fn default() -> Self {
+        Self {
+            train_file: PathBuf::new(),
+            max_steps: 0,
+            num_epochs: 1.0,
+            train_batch_size: 128,
+            gen_batch_size: 0,
+            num_generations: 8,
+            temperature: 0.7,
+            top_p: 0.95,
+            top_k: 0,
+            max_prompt_length: 60000,
+            max_response_length: 10000,
+            advantage: AdvantageEstimator::Grpo,
+            scale_rewards: ScaleRewards::Group,
+            dynamic_sampling: true,
+            max_num_gen_batches: 10,
+            ppo_mini_batch_size: 32,
+            ppo_epochs: 1,
+            micro_batch_tokens: 10000,
+            mask_truncated_completions: false,
+            rollout_batch_size: 16,
+            prefill_chunk: 2048,
+            logits_chunk: 1024,
+            gradient_checkpointing: false,
+            bf16: false,
+            shuffle: true,
+            loss: PolicyLossConfig::default(),
+            optim: OptimConfig {
+                lr: 2e-6,
+                weight_decay: 0.01,
+                max_grad_norm: 1.0,
+                ..OptimConfig::default()
+            },
+            reward: RewardSection::default(),
+        }
+    }
+}
+
+impl RlConfig {
+    /// Checks the settings, naming the bad field.
+    pub fn validate(&self) -> Result<()> {
+        let positive = [
+            ("train_batch_size", self.train_batch_size),
+            ("num_generations", self.num_generations),
+            ("max_response_length", self.max_response_length),
+            ("max_prompt_length", self.max_prompt_length),
+            ("ppo_mini_batch_size", self.ppo_mini_batch_size),
+            ("ppo_epochs", self.ppo_epochs),
+            ("micro_batch_tokens", self.micro_batch_tokens),
+            ("rollout_batch_size", self.rollout_batch_size),
+            ("max_num_gen_batches", self.max_num_gen_batches),
+        ];
+        for (name, v) in positive {
+            if v == 0 {
+                return Err(Error::Invalid(format!("rl.{name} must be at least 1")));
+            }
+        }
+        if self.max_steps == 0 && (self.num_epochs.is_nan() || self.num_epochs <= 0.0) {
+            return Err(Error::Invalid(
+                "rl: set max_steps, or num_epochs > 0".into(),
+            ));
+        }
+        if self.dynamic_sampling && self.num_generations < 2 {
+            return Err(Error::Invalid(
+                "rl.dynamic_sampling needs num_generations >= 2 (a group of one has no spread)"
+                    .into(),
+            ));
+        }
+        if self.reward.judge_url.is_some() != self.reward.judge_model.is_some() {
+            return Err(Error::Invalid(
+                "rl.reward: judge_url and judge_model go together".into(),
+            ));
+        }
+        self.loss
+            .validate()
+            .map_err(|e| Error::Invalid(format!("rl.loss.{e}")))?;
+        self.optim.validate("rl.optim")
+    }
+
+    /// Prompts per generation batch.
+    pub fn gen_batch(&self) -> usize {
+        match (self.gen_batch_size, self.dynamic_sampling) {
+            (0, true) => 3 * self.train_batch_size,
+            (0, false) => self.train_batch_size,
+            (n, _) => n,
+        }
+    }
+}
+
+/// The file `longrl rl --config` reads.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RlFile {
+    /// `[model]`.
+    pub model: ModelSection,
+    /// `[run]`.
+    #[serde(default)]
+    pub run: RunSection,
+    /// `[rl]`.
+    pub rl: RlConfig,
+    /// `[distributed]`: data parallelism (devices, machines).
+    #[serde(default)]
+    pub distributed: crate::distributed::DistributedSection,
+}

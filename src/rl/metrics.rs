@@ -1,0 +1,163 @@
+//! The metrics stage: a step's batch, update statistics, reward counters and timings -> one
+//! metrics record under verl's names (`critic/...`, `actor/...`, `response_length/...`,
+//! `timing_s/...`).
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::groups::{Rollout, TrainBatch};
+use super::update::UpdateStats;
+use crate::reward::RewardStats;
+
+/// Wall-clock times of a step's stages.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct StepTimes {
+    /// Generating rollouts.
+    pub gen: Duration,
+    /// Rewarding them.
+    pub reward: Duration,
+    /// Reference log-probs, packing and the policy update.
+    pub update_actor: Duration,
+    /// The whole step.
+    pub step: Duration,
+}
+
+/// Everything a step's metrics record is made of.
+pub(crate) struct StepMetrics<'a> {
+    /// Steps done (1-based step number).
+    pub step: usize,
+    /// Passes over the prompts so far.
+    pub epoch: f64,
+    /// The groups trained on and every rollout generated.
+    pub batch: &'a TrainBatch,
+    /// The update's statistics.
+    pub update: &'a UpdateStats,
+    /// The rewarder's counters (all workers).
+    pub reward: &'a RewardStats,
+    /// Stage timings.
+    pub times: StepTimes,
+}
+
+fn mean(x: impl Iterator<Item = f64>) -> f64 {
+    let (s, n) = x.fold((0.0, 0usize), |(s, n), v| (s + v, n + 1));
+    if n == 0 {
+        0.0
+    } else {
+        s / n as f64
+    }
+}
+
+fn std(x: &[f64]) -> f64 {
+    if x.len() < 2 {
+        return 0.0;
+    }
+    let m = mean(x.iter().copied());
+    (x.iter().map(|v| (v - m) * (v - m)).sum::<f64>() / (x.len() - 1) as f64).sqrt()
+}
+
+impl StepMetrics<'_> {
+    /// Mean correctness score of every rollout generated this step (kept or filtered).
+    pub fn score_mean(&self) -> f64 {
+        mean(self.batch.generated.scores.iter().copied())
+    }
+
+    /// Mean entropy per loss token of the applied updates.
+    pub fn entropy(&self) -> f64 {
+        self.update.loss.entropy / self.update.loss.tokens.max(1.0)
+    }
+
+    /// The record written to `metrics.jsonl`.
+    pub fn record(&self) -> serde_json::Value {
+        let mut record = self.rollout_part();
+        for part in [self.actor_part(), self.length_part(), self.other_part()] {
+            if let (Some(map), serde_json::Value::Object(more)) = (record.as_object_mut(), part) {
+                map.extend(more);
+            }
+        }
+        record
+    }
+
+    fn kept(&self) -> Vec<&Rollout> {
+        self.batch.groups.iter().flat_map(|g| &g.rollouts).collect()
+    }
+
+    fn rollout_part(&self) -> serde_json::Value {
+        let kept = self.kept();
+        let all_scores = &self.batch.generated.scores;
+        let all_rewards = &self.batch.generated.rewards;
+        let report = &self.batch.report;
+        let kept_scores: Vec<f64> = kept.iter().map(|r| r.score).collect();
+        let kept_rewards: Vec<f64> = kept.iter().map(|r| r.reward).collect();
+        json!({
+            "step": self.step,
+            "epoch": self.epoch,
+            "critic/score/mean": mean(kept_scores.iter().copied()),
+            "critic/score/std": std(&kept_scores),
+            "critic/rewards/mean": mean(kept_rewards.iter().copied()),
+            "critic/rewards/std": std(&kept_rewards),
+            "critic/acc/mean": mean(kept.iter().map(|r| r.acc as u8 as f64)),
+            "rollout/score/mean": self.score_mean(),
+            "rollout/score/std": std(all_scores),
+            "rollout/rewards/mean": mean(all_rewards.iter().copied()),
+            "rollout/acc/mean": mean(all_scores.iter().map(|&s| (s == 1.0) as u8 as f64)),
+            "critic/advantages/mean": mean(kept.iter().map(|r| r.advantage)),
+            "critic/advantages/max": kept.iter().map(|r| r.advantage).fold(f64::NAN, f64::max),
+            "critic/advantages/min": kept.iter().map(|r| r.advantage).fold(f64::NAN, f64::min),
+            "train/num_gen_batches": report.gen_batches,
+            "train/filtered_groups_frac": report.filtered_fraction(),
+            "train/groups_kept": self.batch.groups.len(),
+        })
+    }
+
+    fn actor_part(&self) -> serde_json::Value {
+        let u = self.update;
+        let s = &u.loss;
+        let tok = s.tokens.max(1.0);
+        json!({
+            "actor/pg_loss": s.pg_loss,
+            "actor/pg_clipfrac": s.clipped / tok,
+            "actor/pg_clipfrac_low": s.clipped_low / tok,
+            "actor/pg_clipfrac_high": s.clipped_high / tok,
+            "actor/ppo_kl": s.ppo_kl / tok,
+            "actor/kl_loss": s.kl_loss,
+            "actor/kl": s.kl / tok,
+            "actor/entropy": s.entropy / tok,
+            "actor/grad_norm": mean(u.grad_norms.iter().copied()),
+            "actor/lr": u.lr,
+            "actor/updates": u.grad_norms.len(),
+            "actor/skipped_updates": u.skipped_updates,
+        })
+    }
+
+    fn length_part(&self) -> serde_json::Value {
+        let kept = self.kept();
+        let lens: Vec<f64> = kept.iter().map(|r| r.len as f64).collect();
+        let prompt_lens = &self.batch.generated.prompt_lens;
+        json!({
+            "response_length/mean": mean(lens.iter().copied()),
+            "response_length/max": lens.iter().copied().fold(0.0, f64::max),
+            "response_length/min": lens.iter().copied().fold(f64::INFINITY, f64::min).min(f64::MAX),
+            "response_length/clip_ratio": mean(kept.iter().map(|r| r.truncated as u8 as f64)),
+            "prompt_length/mean": mean(prompt_lens.iter().copied()),
+            "prompt_length/max": prompt_lens.iter().copied().fold(0.0, f64::max),
+        })
+    }
+
+    fn other_part(&self) -> serde_json::Value {
+        let r = self.reward;
+        let t = &self.times;
+        json!({
+            "reward/judge_calls": r.judge_calls,
+            "reward/judge_flips": r.judge_flips,
+            "reward/judge_failures": r.judge_failures,
+            "reward/judge_unparsed": r.judge_unparsed,
+            "reward/judge_cache_hits": r.judge_cache_hits,
+            "reward/overlong_penalised": r.overlong_penalised,
+            "timing_s/gen": t.gen.as_secs_f64(),
+            "timing_s/reward": t.reward.as_secs_f64(),
+            "timing_s/update_actor": t.update_actor.as_secs_f64(),
+            "timing_s/step": t.step.as_secs_f64(),
+        })
+    }
+}
