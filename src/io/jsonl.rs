@@ -96,11 +96,6 @@ impl<'a> JsonlReader<'a> {
         self
     }
 
-    /// The file being read.
-    pub fn path(&self) -> &'a Path {
-        self.path
-    }
-
     /// Every line of the file as written, blank ones included (for loaders with their own
     /// tolerance, e.g. of an unfinished last line). Opening a missing file is an I/O error
     /// ([`Error::is_not_found`]).
