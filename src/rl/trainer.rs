@@ -311,14 +311,8 @@ impl<'a, B: TrainBackend> RlTrainer<'a, B> {
         let run_dir = RunDir::open(&run.run_dir)?;
         let resume_from = run_dir.resume_point(resume)?;
         let tokenizer = model_section.load_tokenizer()?;
-        let (policy, state) = match &resume_from {
-            Some(ckpt) => {
-                log::info!("resuming from {}", ckpt.display());
-                let state: RlState = RunDir::load_state(ckpt)?;
-                (load_model::<B>(ckpt, &device)?, Some(state))
-            }
-            None => (load_model::<B>(&model_section.path, &device)?, None),
-        };
+        let (policy, state): (_, Option<RlState>) =
+            RunDir::starting_point::<B, _>(resume_from.as_deref(), &model_section.path, &device)?;
         let policy = stable_param_ids(policy)
             .with_gradient_checkpointing(config.gradient_checkpointing)
             .with_compute_dtype(config.bf16.then_some(FloatDType::BF16));

@@ -19,7 +19,7 @@ use crate::data::{load_sft, EpochSampler, SamplerState, SftRecord};
 use crate::distributed::Worker;
 use crate::error::{Error, Result};
 use crate::generate::stop_token_ids;
-use crate::model::{load_model, Qwen2ForCausalLM};
+use crate::model::Qwen2ForCausalLM;
 use crate::tokenizer::{ChatTemplate, Tokenizer};
 use crate::train::{
     clip_grad_norm, stable_param_ids, token_budget_batches, AdamWOptimizer, OptimConfig, Packed,
@@ -289,7 +289,8 @@ pub fn train_with<B: TrainBackend>(
     let run_dir = RunDir::open(&run.run_dir)?;
     let resume_from = run_dir.resume_point(resume)?;
     let tokenizer = model_section.load_tokenizer()?;
-    let (model, state) = starting_point::<B>(resume_from.as_deref(), model_section, &device)?;
+    let (model, state): (_, Option<SftState>) =
+        RunDir::starting_point::<B, _>(resume_from.as_deref(), &model_section.path, &device)?;
     let mut model = stable_param_ids(model)
         .with_gradient_checkpointing(config.gradient_checkpointing)
         .with_compute_dtype(config.bf16.then_some(FloatDType::BF16));
@@ -423,22 +424,6 @@ pub fn train_with<B: TrainBackend>(
         last_train_loss: last_loss,
         skipped,
         final_dir,
-    })
-}
-
-/// The model to start from and, when resuming from checkpoint `resume_from`, its state.
-fn starting_point<B: TrainBackend>(
-    resume_from: Option<&Path>,
-    model_section: &ModelSection,
-    device: &B::Device,
-) -> Result<(Qwen2ForCausalLM<B>, Option<SftState>)> {
-    Ok(match resume_from {
-        Some(ckpt) => {
-            log::info!("resuming from {}", ckpt.display());
-            let state: SftState = RunDir::load_state(ckpt)?;
-            (load_model::<B>(ckpt, device)?, Some(state))
-        }
-        None => (load_model::<B>(&model_section.path, device)?, None),
     })
 }
 

@@ -22,7 +22,7 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::io::{write_atomic, JsonlReader};
-use crate::model::{save_model, Qwen2ForCausalLM, SaveDtype};
+use crate::model::{load_model, save_model, Qwen2ForCausalLM, SaveDtype};
 use burn::tensor::backend::Backend;
 
 /// Name of the trainer's JSON state inside a checkpoint.
@@ -168,6 +168,23 @@ impl RunDir {
                 &path,
                 format!("trainer state does not match this trainer: {e}"),
             )
+        })
+    }
+
+    /// The model a run starts from: checkpoint `resume_from` with its trainer state when resuming,
+    /// else the `base` model folder (no state).
+    pub fn starting_point<B: Backend, S: DeserializeOwned>(
+        resume_from: Option<&Path>,
+        base: &Path,
+        device: &B::Device,
+    ) -> Result<(Qwen2ForCausalLM<B>, Option<S>)> {
+        Ok(match resume_from {
+            Some(ckpt) => {
+                log::info!("resuming from {}", ckpt.display());
+                let state: S = Self::load_state(ckpt)?;
+                (load_model::<B>(ckpt, device)?, Some(state))
+            }
+            None => (load_model::<B>(base, device)?, None),
         })
     }
 
