@@ -161,3 +161,97 @@ impl StepMetrics<'_> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rl::dynamic::FilterReport;
+    use crate::rl::groups::{Generated, Group, RolloutNumbers};
+    use crate::rl::loss::PolicyLossStats;
+
+    fn rollout(score: f64, len: usize, advantage: f64) -> Rollout {
+        Rollout {
+            advantage,
+            ..Rollout::remote(RolloutNumbers {
+                score,
+                reward: 2.0 * score,
+                acc: score == 1.0,
+                truncated: len == 8,
+                len,
+            })
+        }
+    }
+
+    #[test]
+    fn the_record_has_verl_names_and_hand_computed_values() {
+        let batch = TrainBatch {
+            groups: vec![Group {
+                prompt: 0,
+                mine: true,
+                rollouts: vec![rollout(1.0, 4, 0.5), rollout(0.0, 8, -0.5)],
+            }],
+            report: FilterReport {
+                gen_batches: 2,
+                groups_seen: 4,
+                groups_kept: 1,
+                dropped_all_wrong: 2,
+                dropped_all_right: 1,
+                truncated: 0,
+            },
+            generated: Generated {
+                scores: vec![1.0, 0.0, 0.0, 0.0],
+                rewards: vec![2.0, 0.0, 0.0, 0.0],
+                prompt_lens: vec![10.0, 30.0],
+            },
+        };
+        let update = UpdateStats {
+            loss: PolicyLossStats {
+                tokens: 12.0,
+                pg_loss: 0.25,
+                clipped: 3.0,
+                entropy: 6.0,
+                ..PolicyLossStats::default()
+            },
+            grad_norms: vec![1.0, 3.0],
+            lr: 1e-3,
+            skipped_updates: 1,
+        };
+        let reward = RewardStats {
+            judge_calls: 5,
+            ..RewardStats::default()
+        };
+        let m = StepMetrics {
+            step: 7,
+            epoch: 0.5,
+            batch: &batch,
+            update: &update,
+            reward: &reward,
+            times: StepTimes::default(),
+        };
+        let r = m.record();
+        let f = |k: &str| r[k].as_f64().unwrap_or_else(|| panic!("{k} missing"));
+        assert_eq!(r.as_object().unwrap().len(), 45);
+        assert_eq!(f("step"), 7.0);
+        assert_eq!(f("critic/score/mean"), 0.5);
+        assert_eq!(f("critic/rewards/mean"), 1.0);
+        assert_eq!(f("critic/acc/mean"), 0.5);
+        assert_eq!(f("rollout/score/mean"), 0.25);
+        assert_eq!(f("rollout/acc/mean"), 0.25);
+        assert_eq!(f("critic/advantages/max"), 0.5);
+        assert_eq!(f("critic/advantages/min"), -0.5);
+        assert_eq!(f("train/filtered_groups_frac"), 0.75);
+        assert_eq!(f("train/groups_kept"), 1.0);
+        assert_eq!(f("actor/pg_clipfrac"), 0.25);
+        assert_eq!(f("actor/entropy"), 0.5);
+        assert_eq!(f("actor/grad_norm"), 2.0);
+        assert_eq!(f("actor/updates"), 2.0);
+        assert_eq!(f("actor/skipped_updates"), 1.0);
+        assert_eq!(f("response_length/mean"), 6.0);
+        assert_eq!(f("response_length/min"), 4.0);
+        assert_eq!(f("response_length/clip_ratio"), 0.5);
+        assert_eq!(f("prompt_length/mean"), 20.0);
+        assert_eq!(f("reward/judge_calls"), 5.0);
+        assert_eq!(f("timing_s/step"), 0.0);
+        assert_eq!((m.score_mean(), m.entropy()), (0.25, 0.5));
+    }
+}

@@ -139,3 +139,97 @@ pub(crate) fn share<B: Backend>(
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::generate::Sample;
+    use crate::reward::{RewardOutput, TaskKind};
+    use crate::rl::rollout::PromptSamples;
+
+    /// Score: the response's length; accurate at 2 tokens or more.
+    struct ByLength;
+
+    impl Rewarder for ByLength {
+        fn reward(&self, items: &[RewardItem<'_>]) -> (Vec<RewardOutput>, RewardStats) {
+            let out = items
+                .iter()
+                .map(|it| {
+                    let n = it.response_ids.len();
+                    RewardOutput::from_score(n as f64, n >= 2)
+                })
+                .collect();
+            let stats = RewardStats {
+                items: items.len(),
+                ..RewardStats::default()
+            };
+            (out, stats)
+        }
+    }
+
+    fn sample(ids: &[u32], finish_reason: FinishReason) -> Sample {
+        Sample {
+            output_ids: ids.to_vec(),
+            logprobs: ids.iter().map(|&t| -(t as f32)).collect(),
+            finish_reason,
+            text: None,
+        }
+    }
+
+    #[test]
+    fn samples_become_rewarded_rollouts_in_their_batch_slots_then_groups_in_batch_order() {
+        let prompts: Vec<PreparedPrompt> = (0..3)
+            .map(|index| PreparedPrompt {
+                index,
+                id: format!("p{index}"),
+                text: String::new(),
+                ids: vec![1, 2],
+                task: TaskKind::Qa,
+                answer: String::new(),
+            })
+            .collect();
+        // This worker generated slots 0 and 2 of a batch of three (prompts 2, 0).
+        let rollouts = Rollouts {
+            prompts: vec![
+                PromptSamples {
+                    slot: 0,
+                    prompt: 2,
+                    samples: vec![
+                        sample(&[5], FinishReason::Stop),
+                        sample(&[6, 7], FinishReason::Length),
+                    ],
+                },
+                PromptSamples {
+                    slot: 2,
+                    prompt: 0,
+                    samples: vec![
+                        sample(&[8, 9, 10], FinishReason::Stop),
+                        sample(&[11], FinishReason::Stop),
+                    ],
+                },
+            ],
+            elapsed: Duration::ZERO,
+        };
+        let scored = score(&ByLength, &prompts, rollouts, 3).unwrap();
+        assert_eq!(scored.stats.items, 4);
+        assert!(scored.own[1].is_none());
+        let slot0 = scored.own[0].as_ref().unwrap();
+        assert_eq!(slot0[1].response, vec![6, 7]);
+        assert_eq!(slot0[1].old_logp, vec![-6.0, -7.0]);
+        assert_eq!((slot0[1].len, slot0[1].score, slot0[1].acc), (2, 2.0, true));
+        assert!(slot0[1].truncated && !slot0[0].truncated && !slot0[0].acc);
+
+        // A single worker owns every slot of its batches; here slot 1 is missing: an error.
+        let w = Worker::single(crate::DeviceSpec::best_available());
+        let device = Default::default();
+        let own = scored.own.clone();
+        assert!(share::<burn::backend::Flex>(own, &[2, 1, 0], 2, &w, "t", &device).is_err());
+        let mut own = scored.own;
+        own.remove(1);
+        let groups = share::<burn::backend::Flex>(own, &[2, 0], 2, &w, "t", &device).unwrap();
+        let prompts_of: Vec<usize> = groups.iter().map(|g| g.prompt).collect();
+        assert_eq!(prompts_of, vec![2, 0]);
+        assert!(groups.iter().all(|g| g.mine && g.rollouts.len() == 2));
+        assert_eq!(groups[1].rollouts[0].len, 3);
+    }
+}
