@@ -35,6 +35,11 @@ impl PreparedPrompt {
     pub fn new(index: usize, sample: &RlSample, tokenizer: &Tokenizer) -> Result<Self> {
         let text = sample.user_prompt()?;
         let ids = prompt_ids(tokenizer, &text)?;
+        Self::with_ids(index, sample, text, ids)
+    }
+
+    /// Sample `index` with its user message `text` already tokenised to `ids`.
+    fn with_ids(index: usize, sample: &RlSample, text: String, ids: Vec<u32>) -> Result<Self> {
         Ok(Self {
             index,
             id: sample.id.clone(),
@@ -55,12 +60,14 @@ pub fn prepare_prompts(
     let mut out = Vec::new();
     let mut skipped = 0;
     for (index, s) in samples.iter().enumerate() {
-        let prompt = PreparedPrompt::new(index, s, tokenizer)?;
-        if prompt.ids.len() > max_prompt_length {
+        // Too long is decided before the task is resolved, as the loaders always did.
+        let text = s.user_prompt()?;
+        let ids = prompt_ids(tokenizer, &text)?;
+        if ids.len() > max_prompt_length {
             skipped += 1;
             continue;
         }
-        out.push(prompt);
+        out.push(PreparedPrompt::with_ids(index, s, text, ids)?);
     }
     Ok((out, skipped))
 }

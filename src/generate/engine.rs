@@ -102,8 +102,8 @@ fn new_seqs(requests: &[GenerateRequest], live: &[usize]) -> Vec<Seq> {
         .collect()
 }
 
-/// When a sequence stops: its stop token ids, and how many trailing characters are decoded to
-/// look for a stop string.
+/// When a sequence stops: its stop token ids, and how many trailing tokens are decoded to look
+/// for a stop string (the longest stop string's characters plus 8).
 struct Stops {
     ids: HashSet<u32>,
     window: usize,

@@ -59,12 +59,13 @@ mod tests {
         let missing = dir.path().join("no_such_dir").join("x.json");
         let e = write_atomic(&missing, b"x").unwrap_err().to_string();
         assert!(e.contains("no_such_dir"), "{e}");
-        // A folder in the way: the rename fails and the folder is left as it was.
-        let blocked = dir.path().join("blocked");
-        std::fs::create_dir(&blocked).unwrap();
-        std::fs::write(blocked.join("inner"), b"keep").unwrap();
-        let e = write_atomic(&blocked, b"x").unwrap_err().to_string();
-        assert!(e.contains("blocked"), "{e}");
-        assert_eq!(std::fs::read(blocked.join("inner")).unwrap(), b"keep");
+        // A write that fails part-way leaves the file as it was: a folder where the temporary
+        // file goes makes the write fail before the rename.
+        let state = dir.path().join("state.json");
+        std::fs::write(&state, b"old").unwrap();
+        std::fs::create_dir(tmp_path(&state)).unwrap();
+        let e = write_atomic(&state, b"new").unwrap_err().to_string();
+        assert!(e.contains("state.json"), "{e}");
+        assert_eq!(std::fs::read(&state).unwrap(), b"old");
     }
 }

@@ -1,6 +1,7 @@
 //! `[rl.reward]`: the hybrid reward's settings and building the rewarder they describe (rule
-//! verifiers, an optional HTTP or local judge, overlong shaping). Training, the pipeline and the
-//! CLI all build their reward here.
+//! verifiers, an optional HTTP or local judge, overlong shaping). `longrl rl`, the pipeline and
+//! the library's `rl::train*` build their reward here; `longrl reward` and `longrl eval` build
+//! theirs from their own flags (`cli/judge.rs`).
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -51,15 +51,8 @@ pub(crate) fn sum_one<T: Exchanged, B: Backend>(
     value: &T,
     device: &B::Device,
 ) -> Result<T> {
-    let summed = worker.sum_f64::<B>(what, value.to_array(), device)?;
-    if summed.len() != T::LEN {
-        return Err(Error::Distributed(format!(
-            "{what}: expected {} numbers back, got {}",
-            T::LEN,
-            summed.len()
-        )));
-    }
-    Ok(T::from_array(&summed))
+    let mut summed = sum_slots::<T, B>(worker, what, &[Some(value)], device)?;
+    Ok(summed.pop().expect("sum_slots returns one value per slot"))
 }
 
 impl Exchanged for PolicyLossStats {

@@ -2,10 +2,10 @@
 //! trainer that ties rollouts, rewards and updates together.
 //!
 //! One training step is a sequence of stages, each a module with one job and a typed output:
-//! [`rollout`] (prompts -> samples with behaviour log-probs), [`score`] (samples -> rewards, shared
-//! between workers), [`groups`] (dynamic sampling and advantages), [`pack`] (mini- and
-//! micro-batches as device tensors, reference log-probs included), [`update`] (`ppo_epochs` passes
-//! -> update statistics) and [`metrics`] (statistics -> a verl-named record), run in order by
+//! `rollout` (prompts -> samples with behaviour log-probs), `score` (samples -> rewards, shared
+//! between workers), `groups` (dynamic sampling and advantages), `pack` (mini- and
+//! micro-batches as device tensors, reference log-probs included), `update` (`ppo_epochs` passes
+//! -> update statistics) and `metrics` (statistics -> a verl-named record), run in order by
 //! [`RlTrainer::step`].
 
 pub mod advantage;

@@ -34,7 +34,8 @@ pub(crate) struct MicroBatch<B: TrainBackend> {
 pub(crate) enum MiniBatch<B: TrainBackend> {
     /// No loss token on any worker: no update.
     Empty,
-    /// Loss tokens on other workers only: this worker sends zero gradients.
+    /// No sequence of this worker in the mini-batch (loss tokens on others): it sends zero
+    /// gradients.
     Others,
     /// This worker's micro-batches, with the normalisers of the whole mini-batch (all workers).
     Mine {

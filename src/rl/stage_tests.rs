@@ -1,7 +1,9 @@
-//! Stage boundaries of the RL step on the tiny model: pack -> update gives, bit for bit, the loss,
-//! statistics and gradients of the former path that re-packed every micro-batch from host vectors
-//! each epoch (reference log-probs through the host included), every epoch alike; a missing
-//! reference log-prob is an error.
+//! Stage boundaries of the RL step on the tiny model: the mini-batches packed once per step give,
+//! bit for bit, the loss statistics and gradients (`mini_batch_grads`, the update stage's inner
+//! step) of the former path that re-packed every micro-batch from host vectors each epoch
+//! (reference log-probs through the host included), every epoch alike; a missing reference
+//! log-prob is an error. The update's epoch loop around it is covered by the RL runs' bitwise
+//! comparison in BENCHMARKS.md and the integration tests.
 
 use burn::backend::{Autodiff, Flex};
 use burn::module::{ModuleVisitor, Param};

@@ -87,15 +87,6 @@ pub struct RlSummary {
     pub final_dir: PathBuf,
 }
 
-/// The hybrid reward of `[rl.reward]` (the local judge runs on backend `B`), shaped against the
-/// run's `max_response_length`.
-fn build_rewarder<B: ModelBackend>(
-    config: &RlConfig,
-    device: &B::Device,
-) -> Result<Arc<dyn Rewarder>> {
-    config.reward.build::<B>(config.max_response_length, device)
-}
-
 /// Runs RL on autodiff backend `B`. `rewarder: None` builds the hybrid reward of `[rl.reward]`.
 ///
 /// With `resume`, training continues from the run directory's latest checkpoint; without it, a run
@@ -232,9 +223,9 @@ pub fn train_prompts_with<B: TrainBackend>(
 
 /// An RL run in progress: the policy and its optimiser, the frozen reference, the reward and the
 /// prompt sampler. [`RlTrainer::step`] runs one training step as named stages, each with a typed
-/// output: rollout ([`rollout`](super::rollout)) -> score ([`score`](super::score)) -> advantages
-/// with dynamic sampling ([`groups`](super::groups)) -> pack ([`pack`](super::pack)) -> update
-/// ([`update`](super::update)) -> metrics ([`metrics`](super::metrics)). The CLI, the pipeline
+/// output: rollout (`rl/rollout.rs`) -> score (`rl/score.rs`) -> advantages with dynamic
+/// sampling (`rl/groups.rs`) -> pack (`rl/pack.rs`) -> update (`rl/update.rs`) -> metrics
+/// (`rl/metrics.rs`). The CLI, the pipeline
 /// and every data-parallel worker go through it (via [`train_prompts_with`]).
 pub struct RlTrainer<'a, B: TrainBackend> {
     model_section: &'a ModelSection,
@@ -327,7 +318,9 @@ impl<'a, B: TrainBackend> RlTrainer<'a, B> {
         let pad = pad_token_id(Some(&tokenizer), &stop);
         let rewarder = match rewarder {
             Some(r) => r,
-            None => build_rewarder::<B::InnerBackend>(config, &device)?,
+            None => config
+                .reward
+                .build::<B::InnerBackend>(config.max_response_length, &device)?,
         };
         let total_steps = if config.max_steps > 0 {
             config.max_steps
