@@ -9,7 +9,7 @@
 //! so a run resumes exactly and data parallelism can split the batch by prompts without changing
 //! the rollouts.
 
-use crate::model::{ModelBackend, TrainBackend};
+use crate::model::TrainBackend;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
