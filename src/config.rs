@@ -7,7 +7,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::model::SaveDtype;
+use crate::model::{BaseDtype, LoraConfig, SaveDtype};
 
 /// `[model]`: the checkpoint training starts from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -22,9 +22,57 @@ pub struct ModelSection {
     /// dtype of the final model (float32, bfloat16, float16); default: float32.
     #[serde(default)]
     pub save_dtype: Option<String>,
+    /// dtype the frozen base is kept in while `[lora]` adapters train: `auto` (the checkpoint's
+    /// own), float32, bfloat16 or float16; default float32. TRL's `torch_dtype`. Adapters and
+    /// their optimiser state are f32 whatever this is.
+    #[serde(default, alias = "torch_dtype")]
+    pub base_dtype: Option<String>,
+    /// A PEFT adapter folder to start from: its weights (and its settings when there is no
+    /// `[lora]`); relative paths as `path`.
+    #[serde(default)]
+    pub adapter: Option<PathBuf>,
+    /// The file's `[lora]` section, attached by [`ModelSection::resolve`]: train adapters on a
+    /// frozen base instead of every weight.
+    #[serde(skip)]
+    pub lora: Option<LoraConfig>,
 }
 
 impl ModelSection {
+    /// Resolves `path` and `adapter` against the config file at `config_path` and attaches the
+    /// file's `[lora]` (validated); `base_dtype` without adapters is an error naming the field.
+    pub fn resolve(&mut self, config_path: &Path, lora: Option<LoraConfig>) -> Result<()> {
+        self.path = resolve_path(config_path, &self.path);
+        self.adapter = self.adapter.as_ref().map(|p| resolve_path(config_path, p));
+        if let Some(l) = &lora {
+            l.validate("lora")?;
+        }
+        self.lora = lora;
+        if self.lora.is_none() {
+            if let Some(dir) = &self.adapter {
+                let path = dir.join(crate::model::adapter::ADAPTER_CONFIG);
+                self.lora = Some(LoraConfig::from_adapter_config(&path)?);
+            }
+        }
+        let dtype = self.base_dtype()?;
+        if self.lora.is_none() && dtype != Some(BaseDtype::Float32) && dtype.is_some() {
+            return Err(Error::Invalid(
+                "model.base_dtype: a base kept in low precision is frozen, so it needs adapters \
+                 to train ([lora] or model.adapter); full fine-tuning keeps f32 weights"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The parsed `base_dtype` (`None`: not set, f32).
+    pub fn base_dtype(&self) -> Result<Option<BaseDtype>> {
+        self.base_dtype
+            .as_deref()
+            .map(BaseDtype::parse)
+            .transpose()
+            .map_err(|e| Error::Invalid(format!("model.base_dtype: {e}")))
+    }
+
     /// The model folder's tokenizer, with the `chat_template` override applied.
     pub fn load_tokenizer(&self) -> Result<crate::tokenizer::Tokenizer> {
         let mut tokenizer = crate::tokenizer::Tokenizer::from_dir(&self.path)?;

@@ -104,6 +104,9 @@ pub struct PipelineFile {
     /// `[distributed]`: data parallelism (devices, machines).
     #[serde(default)]
     pub distributed: crate::distributed::DistributedSection,
+    /// `[lora]`: train PEFT LoRA adapters on a frozen base (absent: every weight trains).
+    #[serde(default)]
+    pub lora: Option<crate::model::LoraConfig>,
 }
 
 /// One finished phase.

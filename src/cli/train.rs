@@ -160,7 +160,7 @@ fn run_job<J: Job>(plan: &Plan, job: J) -> Result<J::Output> {
 /// Reads an SFT config, resolving its paths and applying the overrides.
 pub fn load_sft_file(path: &Path, overrides: &Overrides) -> Result<SftFile> {
     let mut file: SftFile = load_toml(path)?;
-    file.model.path = resolve_path(path, &file.model.path);
+    file.model.resolve(path, file.lora.clone())?;
     file.sft.train_file = resolve_path(path, &file.sft.train_file);
     file.sft.valid_file = file.sft.valid_file.as_ref().map(|p| resolve_path(path, p));
     overrides.apply(&mut file.run);
@@ -207,7 +207,7 @@ pub fn run_sft(args: TrainArgs, device: Option<DeviceSpec>) -> Result<()> {
 /// Reads an RL config, resolving its paths and applying the overrides.
 pub fn load_rl_file(path: &Path, overrides: &Overrides) -> Result<RlFile> {
     let mut file: RlFile = load_toml(path)?;
-    file.model.path = resolve_path(path, &file.model.path);
+    file.model.resolve(path, file.lora.clone())?;
     file.rl.train_file = resolve_path(path, &file.rl.train_file);
     file.rl.reward.judge_checkpoint = file
         .rl
@@ -296,7 +296,7 @@ pub fn load_pipeline_file(
     overrides: &Overrides,
 ) -> Result<crate::pipeline::PipelineFile> {
     let mut file: crate::pipeline::PipelineFile = load_toml(path)?;
-    file.model.path = resolve_path(path, &file.model.path);
+    file.model.resolve(path, file.lora.clone())?;
     for p in [
         &mut file.data.train_file,
         &mut file.data.eval_file,

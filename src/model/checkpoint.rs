@@ -90,6 +90,47 @@ impl SaveDtype {
     }
 }
 
+/// The dtype a frozen base is held in (`[model] base_dtype`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BaseDtype {
+    /// The checkpoint's own float type (bf16 for published Qwen2 checkpoints).
+    Auto,
+    /// 32-bit floats (the default).
+    Float32,
+    /// bfloat16.
+    Bfloat16,
+    /// IEEE half precision.
+    Float16,
+}
+
+impl BaseDtype {
+    /// Parses `auto`, `float32`/`f32`, `bfloat16`/`bf16`, `float16`/`f16`.
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            other => Ok(
+                match SaveDtype::parse(other).map_err(|_| {
+                    Error::Invalid(format!(
+                        "unknown dtype \"{other}\": expected auto, float32, bfloat16 or float16"
+                    ))
+                })? {
+                    SaveDtype::F32 => Self::Float32,
+                    SaveDtype::Bf16 => Self::Bfloat16,
+                    SaveDtype::F16 => Self::Float16,
+                },
+            ),
+        }
+    }
+
+    /// Bytes per weight (`auto` counts as 2: published checkpoints are bf16).
+    pub fn bytes(self) -> usize {
+        match self {
+            Self::Float32 => 4,
+            _ => 2,
+        }
+    }
+}
+
 /// One tensor of a checkpoint: where its bytes are and what they are.
 struct StoredTensor {
     file: usize,

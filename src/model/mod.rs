@@ -1,15 +1,18 @@
 //! The Qwen2 model family: configuration, layers, rotary tables, KV cache and checkpoint I/O. It
 //! knows no training; its fused ops come from [`crate::kernels`] through [`ModelBackend`].
 
+pub mod adapter;
 pub mod cache;
 pub mod checkpoint;
 pub mod config;
+pub mod lora;
 pub mod qwen2;
 pub mod rope;
 
 pub use crate::kernels::{HeadLayout, ModelBackend, TrainBackend};
 pub use cache::KvCache;
-pub use checkpoint::{load_model, save_model, SaveDtype};
+pub use checkpoint::{load_model, save_model, BaseDtype, SaveDtype};
 pub use config::{Qwen2Config, RopeScaling};
+pub use lora::{LoraConfig, TargetModules};
 pub use qwen2::{Qwen2ForCausalLM, DEFAULT_LOGITS_CHUNK};
 pub use rope::RopeParams;

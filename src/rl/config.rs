@@ -182,4 +182,7 @@ pub struct RlFile {
     /// `[distributed]`: data parallelism (devices, machines).
     #[serde(default)]
     pub distributed: crate::distributed::DistributedSection,
+    /// `[lora]`: train PEFT LoRA adapters on a frozen base (absent: every weight trains).
+    #[serde(default)]
+    pub lora: Option<crate::model::LoraConfig>,
 }

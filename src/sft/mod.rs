@@ -120,6 +120,9 @@ pub struct SftFile {
     /// `[distributed]`: data parallelism (devices, machines).
     #[serde(default)]
     pub distributed: crate::distributed::DistributedSection,
+    /// `[lora]`: train PEFT LoRA adapters on a frozen base (absent: every weight trains).
+    #[serde(default)]
+    pub lora: Option<crate::model::LoraConfig>,
 }
 
 /// A tokenised example.
