@@ -49,11 +49,7 @@ impl AutodiffBackendFn for Steps {
             .map(|i| format!("{{\"prompt\": \"Say {i}\", \"response\": \"{i} {i} {i}\"}}"))
             .collect();
         std::fs::write(&data, lines.join("\n"))?;
-        let model = ModelSection {
-            path: self.root.join("models/tiny-qwen2-chatml"),
-            chat_template: None,
-            save_dtype: None,
-        };
+        let model = ModelSection::new(self.root.join("models/tiny-qwen2-chatml"));
         let run = |name: &str| RunSection {
             run_dir: self.out.join(name),
             progress: false,

@@ -64,11 +64,7 @@ fn run() -> anyhow::Result<(f64, f64)> {
         ..RlConfig::default()
     };
     config.loss.entropy_coeff = 0.0;
-    let model = ModelSection {
-        path: root.join("models/tiny-qwen2-chatml"),
-        chat_template: None,
-        save_dtype: None,
-    };
+    let model = ModelSection::new(root.join("models/tiny-qwen2-chatml"));
     let run = RunSection {
         run_dir: dir.path().join("run"),
         progress: false,

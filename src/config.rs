@@ -38,6 +38,18 @@ pub struct ModelSection {
 }
 
 impl ModelSection {
+    /// The model folder `path` with every other setting at its default (full fine-tuning, f32).
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self {
+            path: path.into(),
+            chat_template: None,
+            save_dtype: None,
+            base_dtype: None,
+            adapter: None,
+            lora: None,
+        }
+    }
+
     /// Resolves `path` and `adapter` against the config file at `config_path` and attaches the
     /// file's `[lora]` (validated); `base_dtype` without adapters is an error naming the field.
     pub fn resolve(&mut self, config_path: &Path, lora: Option<LoraConfig>) -> Result<()> {

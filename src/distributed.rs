@@ -522,8 +522,9 @@ impl Worker {
 
     /// Sums the gradients of `module`'s parameters over all workers, in buckets of at most
     /// [`BUCKET_ELEMENTS`] values (one all-reduce each, like PyTorch DDP's buckets) taken in the
-    /// module's parameter order, which every replica shares. A parameter without a gradient
-    /// counts as zeros, so workers with nothing to train on still take part.
+    /// module's parameter order, which every replica shares. A trainable parameter without a
+    /// gradient counts as zeros, so workers with nothing to train on still take part; frozen
+    /// parameters (a LoRA run's base) are not exchanged.
     pub fn sum_grads<B: AutodiffBackend, M: AutodiffModule<B>>(
         &self,
         what: &str,
@@ -586,7 +587,8 @@ impl Worker {
 /// Values per gradient all-reduce (128 MiB of f32).
 pub const BUCKET_ELEMENTS: usize = 32 << 20;
 
-/// Takes every parameter's gradient (zeros where it has none) as a flat tensor, in module order.
+/// Takes every trainable parameter's gradient (zeros where it has none) as a flat tensor, in
+/// module order.
 struct Flatten<'a, B: AutodiffBackend> {
     grads: &'a mut GradientsParams,
     parts: Vec<Tensor<B::InnerBackend, 1>>,
@@ -594,6 +596,9 @@ struct Flatten<'a, B: AutodiffBackend> {
 
 impl<B: AutodiffBackend> ModuleVisitor<B> for Flatten<'_, B> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        if !param.val().is_require_grad() {
+            return;
+        }
         let grad = self
             .grads
             .remove::<B::InnerBackend, D>(param.id)
@@ -603,7 +608,7 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for Flatten<'_, B> {
     }
 }
 
-/// Gives every parameter its slice of the summed buckets back, in module order.
+/// Gives every trainable parameter its slice of the summed buckets back, in module order.
 struct Unflatten<'a, B: AutodiffBackend> {
     parts: VecDeque<Tensor<B::InnerBackend, 1>>,
     grads: &'a mut GradientsParams,
@@ -611,6 +616,9 @@ struct Unflatten<'a, B: AutodiffBackend> {
 
 impl<B: AutodiffBackend> ModuleVisitor<B> for Unflatten<'_, B> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        if !param.val().is_require_grad() {
+            return;
+        }
         if let Some(flat) = self.parts.pop_front() {
             let shape: [usize; D] = param.val().dims();
             self.grads

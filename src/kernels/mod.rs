@@ -29,6 +29,7 @@ pub mod backend;
 #[cfg(feature = "flex")]
 mod flex;
 pub mod head;
+pub mod linear;
 pub mod norm;
 pub mod recompute;
 pub mod rope;
@@ -37,4 +38,5 @@ pub mod swiglu;
 pub use adamw::AdamWHyper;
 pub use backend::{ModelBackend, TrainBackend};
 pub use head::HeadLayout;
+pub use linear::{Linear, LoraAdapter};
 pub use recompute::DecoderWeights;

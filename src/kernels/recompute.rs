@@ -14,7 +14,7 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::Autodiff;
 use burn::module::{AutodiffModule, Module, Param};
-use burn::nn::Linear;
+use super::linear::Linear;
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::{BoolTensor, FloatTensor};
 use burn::tensor::{Bool, DType, Tensor, TensorMetadata, TensorPrimitive};
@@ -90,25 +90,46 @@ impl<B: ModelBackend> DecoderWeights<B> {
     }
 }
 
-/// Parameters of a decoder layer, in the order [`layer_backward`] returns their gradients: input
-/// norm; q, k, v weight and bias; o weight; post-attention norm; gate, up, down weights.
-const PARAMS: usize = 12;
+/// Base parameters of a decoder layer, in the order [`layer_backward`] returns their
+/// gradients: input norm; q, k, v weight and bias; o weight; post-attention norm; gate, up, down
+/// weights.
+const BASE_PARAMS: usize = 12;
+/// Projections that may carry a LoRA adapter, in the order of their `(A, B)` gradients after
+/// the base ones: q, k, v, o, gate, up, down.
+const PROJECTIONS: usize = 7;
+/// All parameter slots: the base ones, then `A` and `B` of each projection's adapter (empty
+/// slots when a projection has none).
+const PARAMS: usize = BASE_PARAMS + 2 * PROJECTIONS;
 /// Graph parents of a checkpointed layer: its input, then its parameters.
 const NODES: usize = PARAMS + 1;
 
-/// The layer's parameters as primitives, in [`PARAMS`] order.
-fn params<B: Backend>(w: &DecoderWeights<B>) -> [FloatTensor<B>; PARAMS] {
-    let p = |l: &Linear<B>| l.weight.val().into_primitive().tensor();
+impl<B: Backend> DecoderWeights<B> {
+    /// The projections in adapter-slot order.
+    fn projections(&self) -> [&Linear<B>; PROJECTIONS] {
+        [
+            &self.q_proj,
+            &self.k_proj,
+            &self.v_proj,
+            &self.o_proj,
+            &self.gate_proj,
+            &self.up_proj,
+            &self.down_proj,
+        ]
+    }
+}
+
+/// The layer's parameters as primitives in [`PARAMS`] order (`None`: a projection without an
+/// adapter).
+fn params<B: Backend>(w: &DecoderWeights<B>) -> [Option<FloatTensor<B>>; PARAMS] {
+    let p = |l: &Linear<B>| Some(l.weight.val().into_primitive().tensor());
     let bias = |l: &Linear<B>| {
-        l.bias
-            .as_ref()
-            .expect("Qwen2 q/k/v projections have a bias")
-            .val()
-            .into_primitive()
-            .tensor()
+        let b = l.bias.as_ref().expect("Qwen2 q/k/v projections have a bias");
+        Some(b.val().into_primitive().tensor())
     };
-    [
-        w.input_norm.val().into_primitive().tensor(),
+    let norm = |n: &Param<Tensor<B, 1>>| Some(n.val().into_primitive().tensor());
+    let mut out: [Option<FloatTensor<B>>; PARAMS] = Default::default();
+    let base = [
+        norm(&w.input_norm),
         p(&w.q_proj),
         bias(&w.q_proj),
         p(&w.k_proj),
@@ -116,28 +137,64 @@ fn params<B: Backend>(w: &DecoderWeights<B>) -> [FloatTensor<B>; PARAMS] {
         p(&w.v_proj),
         bias(&w.v_proj),
         p(&w.o_proj),
-        w.post_norm.val().into_primitive().tensor(),
+        norm(&w.post_norm),
         p(&w.gate_proj),
         p(&w.up_proj),
         p(&w.down_proj),
-    ]
+    ];
+    for (slot, t) in out.iter_mut().zip(base) {
+        *slot = t;
+    }
+    for (j, l) in w.projections().into_iter().enumerate() {
+        if let Some(lora) = &l.lora {
+            out[BASE_PARAMS + 2 * j] = Some(lora.a.val().into_primitive().tensor());
+            out[BASE_PARAMS + 2 * j + 1] = Some(lora.b.val().into_primitive().tensor());
+        }
+    }
+    out
 }
 
-/// `x W (+ b)` on rows `[n, in]`.
+/// `x W (+ b)` (plus the adapter's update) on rows `[n, in]`.
 fn linear<B: Backend>(l: &Linear<B>, x: Tensor<B, 2>) -> Tensor<B, 2> {
     l.forward(x)
 }
 
-/// `(dx, dW)` of `y = x W` given `dy`.
+/// Gradients of one projection `y = x W + s (x A) B` given `dy`: always `dx`; `dW`, `dA` and
+/// `dB` only when asked for (a frozen base weight costs no product).
+struct LinearGrads<B: Backend> {
+    dx: Tensor<B, 2>,
+    dw: Option<Tensor<B, 2>>,
+    da: Option<Tensor<B, 2>>,
+    db: Option<Tensor<B, 2>>,
+}
+
+/// [`LinearGrads`] of `l` at input `x`; `need` = `(dW, dA, dB)` wanted.
 fn linear_backward<B: Backend>(
     l: &Linear<B>,
     x: Tensor<B, 2>,
     dy: Tensor<B, 2>,
-) -> (Tensor<B, 2>, Tensor<B, 2>) {
-    let w = l.weight.val();
+    need: (bool, bool, bool),
+) -> LinearGrads<B> {
+    let dtype = dy.dtype();
+    let as_dy = |t: Tensor<B, 2>| if t.dtype() == dtype { t } else { t.cast(dtype) };
+    let w = as_dy(l.weight.val());
     // dx = dy Wᵀ = (W dyᵀ)ᵀ: multiplies the weight as stored.
-    let dx = w.matmul(dy.clone().transpose()).transpose();
-    (dx, x.transpose().matmul(dy))
+    let mut dx = w.matmul(dy.clone().transpose()).transpose();
+    let dw = need.0.then(|| x.clone().transpose().matmul(dy.clone()));
+    let (mut da, mut db) = (None, None);
+    if let Some(lora) = &l.lora {
+        let (a, b) = (as_dy(lora.a.val()), as_dy(lora.b.val()));
+        // g = s dy Bᵀ `[n, r]`: the gradient at the adapter's bottleneck.
+        let g = dy.clone().matmul(b.transpose()).mul_scalar(lora.scaling);
+        dx = dx + g.clone().matmul(a.clone().transpose());
+        if need.1 {
+            da = Some(x.clone().transpose().matmul(g));
+        }
+        if need.2 {
+            db = Some(x.matmul(a).transpose().matmul(dy).mul_scalar(lora.scaling));
+        }
+    }
+    LinearGrads { dx, dw, da, db }
 }
 
 /// The layer's input and everything else its recomputation needs.
@@ -149,13 +206,17 @@ struct LayerInputs<B: Backend> {
     key_valid: Tensor<B, 2, Bool>,
 }
 
+/// Parameter gradients in [`PARAMS`] order; `None` where not asked for.
+type ParamGrads<B> = [Option<Tensor<B, 2>>; PARAMS];
+
 /// `(dx, parameter gradients)` of the layer's output given its gradient `dy`, re-running the
-/// forward first.
+/// forward first; only the gradients `need` marks are computed (frozen weights cost nothing).
 fn layer_backward<B: ModelBackend>(
     layer: &DecoderWeights<B>,
     inputs: LayerInputs<B>,
     dy: Tensor<B, 3>,
-) -> (Tensor<B, 3>, [Tensor<B, 2>; PARAMS]) {
+    need: [bool; PARAMS],
+) -> (Tensor<B, 3>, ParamGrads<B>) {
     let LayerInputs {
         x,
         cos,
@@ -207,14 +268,23 @@ fn layer_backward<B: ModelBackend>(
     let mlp_in = B::swiglu(gate.clone(), up.clone());
 
     // Backward.
+    let mut grads: ParamGrads<B> = Default::default();
+    // Projection `j` (adapter-slot order) with base weight slot `w`, leaving its gradients.
+    let mut proj = |j: usize, w: usize, x: Tensor<B, 2>, dy: Tensor<B, 2>| {
+        let l = layer.projections()[j];
+        let (a, b) = (BASE_PARAMS + 2 * j, BASE_PARAMS + 2 * j + 1);
+        let g = linear_backward(l, x, dy, (need[w], need[a], need[b]));
+        (grads[w], grads[a], grads[b]) = (g.dw, g.da, g.db);
+        g.dx
+    };
     let dy = rows(dy);
-    let (d_mlp_in, d_down) = linear_backward(&layer.down_proj, mlp_in, dy.clone());
+    let d_mlp_in = proj(6, 11, mlp_in, dy.clone());
     let (d_gate, d_up) = B::swiglu_backward(gate, up, d_mlp_in);
-    let (dn2_gate, d_gate_w) = linear_backward(&layer.gate_proj, n2.clone(), d_gate);
-    let (dn2_up, d_up_w) = linear_backward(&layer.up_proj, n2, d_up);
+    let dn2_gate = proj(4, 9, n2.clone(), d_gate);
+    let dn2_up = proj(5, 10, n2, d_up);
     let (dx2_norm, d_norm2) = norm_backward(post_norm, x2, dn2_gate + dn2_up);
     let dx2 = dy + dx2_norm;
-    let (da, d_o) = linear_backward(&layer.o_proj, a, dx2.clone());
+    let da = proj(3, 7, a, dx2.clone());
     let d_out = heads(da, nh).reshape([b, nkv, groups * t, hd]);
     // In f32, as the attention node of the plain graph.
     let dtype = q.dtype();
@@ -238,19 +308,17 @@ fn layer_backward<B: ModelBackend>(
         )
     };
     let (dq, dk, dv) = (unrotate(dq, nh), unrotate(dk, nkv), unheads(dv, nkv));
-    let bias = |d: &Tensor<B, 2>| d.clone().sum_dim(0);
-    let (d_qb, d_kb, d_vb) = (bias(&dq), bias(&dk), bias(&dv));
-    let (dn1_q, d_qw) = linear_backward(&layer.q_proj, n1.clone(), dq);
-    let (dn1_k, d_kw) = linear_backward(&layer.k_proj, n1.clone(), dk);
-    let (dn1_v, d_vw) = linear_backward(&layer.v_proj, n1, dv);
+    let bias = |d: &Tensor<B, 2>, slot: usize| need[slot].then(|| d.clone().sum_dim(0));
+    let (d_qb, d_kb, d_vb) = (bias(&dq, 2), bias(&dk, 4), bias(&dv, 6));
+    let dn1_q = proj(0, 1, n1.clone(), dq);
+    let dn1_k = proj(1, 3, n1.clone(), dk);
+    let dn1_v = proj(2, 5, n1, dv);
     let (dx_norm, d_norm1) = norm_backward(input_norm, x, dn1_q + dn1_k + dn1_v);
     let dx = (dx2 + dx_norm).reshape([b, t, h]);
-    (
-        dx,
-        [
-            d_norm1, d_qw, d_qb, d_kw, d_kb, d_vw, d_vb, d_o, d_norm2, d_gate_w, d_up_w, d_down,
-        ],
-    )
+    grads[0] = need[0].then_some(d_norm1);
+    grads[8] = need[8].then_some(d_norm2);
+    (grads[2], grads[4], grads[6]) = (d_qb, d_kb, d_vb);
+    (dx, grads)
 }
 
 /// The autodiff node of one checkpointed layer: saves the inner layer (its weights are shared
@@ -278,22 +346,33 @@ impl<B: ModelBackend> Backward<B, NODES> for LayerBackward<B> {
     ) {
         let dy = grads.consume::<B>(&ops.node);
         let (x, cos, sin, key_valid) = ops.state;
-        let shapes = params(&self.layer).map(|p| p.shape());
+        let shapes = params(&self.layer).map(|p| p.map(|p| (p.shape(), p.dtype())));
+        let need = ops.parents.each_ref().map(Option::is_some);
         let inputs = LayerInputs {
             x: float(x),
             cos: float(cos),
             sin: float(sin),
             key_valid: Tensor::from_primitive(key_valid),
         };
-        let (dx, dparams) = layer_backward(&self.layer, inputs, float(dy));
+        let mut param_need = [false; PARAMS];
+        param_need.copy_from_slice(&need[1..]);
+        let (dx, dparams) = layer_backward(&self.layer, inputs, float(dy), param_need);
         let [x_parent, param_parents @ ..] = ops.parents;
         if let Some(node) = x_parent {
             grads.register::<B>(node.id, dx.into_primitive().tensor());
         }
-        for ((parent, grad), shape) in param_parents.into_iter().zip(dparams).zip(shapes) {
-            if let Some(node) = parent {
+        for ((parent, grad), meta) in param_parents.into_iter().zip(dparams).zip(shapes) {
+            if let (Some(node), Some(grad), Some((shape, dtype))) = (parent, grad, meta) {
                 // Norm weights and biases are 1-D; their gradients come as `[1, n]`.
                 let grad = B::float_reshape(grad.into_primitive().tensor(), shape);
+                let grad = match dtype {
+                    DType::F64 | DType::F32 | DType::F16 | DType::BF16 | DType::Flex32
+                        if grad.dtype() != dtype =>
+                    {
+                        B::float_cast(grad, dtype.into())
+                    }
+                    _ => grad,
+                };
                 grads.register::<B>(node.id, grad);
             }
         }
@@ -322,22 +401,18 @@ pub(super) fn checkpointed_layer<B: ModelBackend, C: CheckpointStrategy>(
         .forward(inputs.x, inputs.cos, inputs.sin, &inputs.key_valid)
         .into_primitive()
         .tensor();
-    let [p0, p1, p2, p3, p4, p5, p6, p7, p8, p9, p10, p11] = params(layer);
-    let nodes = [
-        x.node.clone(),
-        p0.node,
-        p1.node,
-        p2.node,
-        p3.node,
-        p4.node,
-        p5.node,
-        p6.node,
-        p7.node,
-        p8.node,
-        p9.node,
-        p10.node,
-        p11.node,
-    ];
+    // An empty slot (no adapter) is an untracked constant: its parent is `None`.
+    let constant = || {
+        Tensor::<Autodiff<B, C>, 1>::zeros([1], &layer.input_norm.device())
+            .into_primitive()
+            .tensor()
+            .node
+    };
+    let params = params(layer);
+    let nodes: [_; NODES] = std::array::from_fn(|i| match i {
+        0 => x.node.clone(),
+        i => params[i - 1].as_ref().map_or_else(constant, |p| p.node.clone()),
+    });
     let node = match (LayerBackward { layer: inner })
         .prepare::<C>(nodes)
         .compute_bound()

@@ -5,19 +5,16 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
 use std::sync::Arc;
 
-use burn::module::ParamId;
-use burn::tensor::{backend::Backend, DType, Shape, Tensor, TensorData};
-use burn_store::{
-    ApplyResult, BurnToPyTorchAdapter, ModuleSnapshot, PyTorchToBurnAdapter, TensorSnapshot,
-    TensorSnapshotError,
-};
+use burn::module::Param;
+use burn::tensor::{backend::Backend, DType, Tensor, TensorCreationOptions, TensorData};
+use burn_store::{BurnToPyTorchAdapter, ModuleSnapshot};
 use safetensors::tensor::{Dtype as StDtype, SafeTensors, TensorView};
 
 use super::config::Qwen2Config;
 use super::qwen2::Qwen2ForCausalLM;
+use super::weights::{TensorKind, WeightSource};
 use crate::error::{Error, Result};
 use crate::io::{tmp_path, write_atomic};
 
@@ -245,30 +242,147 @@ impl WeightFiles {
         })
     }
 
-    /// Lazy snapshots that read, convert to `target` and hand over each tensor when applied.
-    fn snapshots(&self, skip: &dyn Fn(&str) -> bool, target: DType) -> Vec<TensorSnapshot> {
-        self.tensors
-            .iter()
-            .filter(|(name, _)| !skip(name))
-            .map(|(name, t)| {
-                let map = self.maps[t.file].clone();
-                let (start, end, dtype, shape) = (t.start, t.end, t.dtype, t.shape.clone());
-                let data_shape = shape.clone();
-                let read = move || -> Result<TensorData, TensorSnapshotError> {
-                    let bytes = map[start..end].to_vec();
-                    Ok(TensorData::from_bytes_vec(bytes, data_shape.clone(), dtype)
-                        .convert_dtype(target))
-                };
-                TensorSnapshot::from_closure(
-                    Rc::new(read),
-                    target,
-                    Shape::from(shape),
-                    name.split('.').map(str::to_string).collect(),
-                    Vec::new(),
-                    ParamId::new(),
-                )
-            })
-            .collect()
+    /// The tensor's values as `target`, `[out, in]` turned into `[in, out]` when `transpose`:
+    /// one pass from the mapped file into the buffer the tensor takes over. The file's pages are
+    /// released afterwards, so resident memory holds one copy of the weights, not two.
+    fn read(&self, t: &StoredTensor, transpose: bool, target: DType) -> TensorData {
+        let map = &self.maps[t.file];
+        let bytes = &map[t.start..t.end];
+        let (rows, cols) = match (transpose, t.shape.as_slice()) {
+            (true, [r, c]) => (*r, *c),
+            _ => (1, t.shape.iter().product()),
+        };
+        let shape = if transpose {
+            vec![cols, rows]
+        } else {
+            t.shape.clone()
+        };
+        let data = match target {
+            DType::BF16 => TensorData::new(convert(bytes, t.dtype, rows, cols, transpose, bf16_from), shape),
+            DType::F16 => TensorData::new(convert(bytes, t.dtype, rows, cols, transpose, f16_from), shape),
+            _ => TensorData::new(convert(bytes, t.dtype, rows, cols, transpose, |x| x), shape)
+                .convert_dtype(target),
+        };
+        release(map, t.start, t.end);
+        data
+    }
+}
+
+fn bf16_from(x: f32) -> half::bf16 {
+    half::bf16::from_f32(x)
+}
+
+fn f16_from(x: f32) -> half::f16 {
+    half::f16::from_f32(x)
+}
+
+/// Element `i` of little-endian `bytes` holding `dtype` values, as f32.
+#[inline(always)]
+fn element(bytes: &[u8], dtype: DType, i: usize) -> f32 {
+    match dtype {
+        DType::BF16 => half::bf16::from_bits(u16::from_le_bytes([bytes[2 * i], bytes[2 * i + 1]])).to_f32(),
+        DType::F16 => half::f16::from_bits(u16::from_le_bytes([bytes[2 * i], bytes[2 * i + 1]])).to_f32(),
+        _ => f32::from_le_bytes([bytes[4 * i], bytes[4 * i + 1], bytes[4 * i + 2], bytes[4 * i + 3]]),
+    }
+}
+
+/// `rows x cols` values of `dtype` in `bytes` converted by `f`, transposed to `cols x rows` when
+/// `transpose`; rows of the output are filled in parallel (tiles keep the reads cache-friendly).
+fn convert<T: Copy + Default + Send>(
+    bytes: &[u8],
+    dtype: DType,
+    rows: usize,
+    cols: usize,
+    transpose: bool,
+    f: impl Fn(f32) -> T + Sync,
+) -> Vec<T> {
+    use rayon::prelude::*;
+    let n = rows * cols;
+    let mut out = vec![T::default(); n];
+    if !transpose {
+        out.par_chunks_mut(1 << 16).enumerate().for_each(|(c, chunk)| {
+            let base = c << 16;
+            for (j, o) in chunk.iter_mut().enumerate() {
+                *o = f(element(bytes, dtype, base + j));
+            }
+        });
+        return out;
+    }
+    // Output row `i` (an input column) is read down input rows; blocks of 16 output rows share
+    // each input row's cache lines.
+    const TILE: usize = 16;
+    out.par_chunks_mut(rows * TILE).enumerate().for_each(|(b, block)| {
+        let i0 = b * TILE;
+        let width = block.len() / rows;
+        for r in 0..rows {
+            for k in 0..width {
+                block[k * rows + r] = f(element(bytes, dtype, r * cols + i0 + k));
+            }
+        }
+    });
+    out
+}
+
+/// Drops the mapped pages of `[start, end)` from this process's resident memory (they stay in
+/// the page cache): a loaded tensor's bytes live in its own buffer from then on.
+fn release(map: &memmap2::Mmap, start: usize, end: usize) {
+    let page = 4096;
+    let first = start.div_ceil(page) * page;
+    let last = end / page * page;
+    if last > first {
+        // SAFETY: the map is read-only and private to this loader; discarding its pages only
+        // means a later read faults them in again from the file.
+        let _ = unsafe {
+            map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, first, last - first)
+        };
+    }
+}
+
+/// Builds a model from a checkpoint's tensors: a dry pass checks every name and shape (nothing
+/// read), the real pass reads each tensor once into its device buffer.
+struct FileSource<'a, B: Backend> {
+    files: &'a WeightFiles,
+    device: &'a B::Device,
+    /// `None`: each tensor in its stored dtype.
+    dtype: Option<DType>,
+    dry: bool,
+    used: std::collections::BTreeSet<String>,
+    problems: Vec<String>,
+}
+
+impl<B: Backend> WeightSource<B> for FileSource<'_, B> {
+    fn param<const D: usize>(
+        &mut self,
+        name: &str,
+        shape: [usize; D],
+        kind: TensorKind,
+    ) -> Param<Tensor<B, D>> {
+        self.used.insert(name.to_string());
+        let transpose = kind == TensorKind::LinearWeight;
+        let expected: Vec<usize> = if transpose {
+            shape.iter().rev().copied().collect()
+        } else {
+            shape.to_vec()
+        };
+        let placeholder = || Param::from_tensor(Tensor::zeros([1; D], self.device));
+        let Some(t) = self.files.tensors.get(name) else {
+            self.problems.push(format!("missing tensor `{name}`"));
+            return placeholder();
+        };
+        if t.shape != expected {
+            self.problems.push(format!(
+                "tensor `{name}` has shape {:?}, expected {expected:?}",
+                t.shape
+            ));
+            return placeholder();
+        }
+        if self.dry {
+            return placeholder();
+        }
+        let dtype = self.dtype.unwrap_or(t.dtype);
+        let data = self.files.read(t, transpose, dtype);
+        let options = TensorCreationOptions::new(self.device.clone()).with_dtype(dtype);
+        Param::from_tensor(Tensor::from_data(data, options))
     }
 }
 
@@ -277,13 +391,26 @@ pub(crate) fn float_dtype<B: Backend>(device: &B::Device) -> DType {
     Tensor::<B, 1>::zeros([1], device).dtype()
 }
 
-/// Loads config.json and the safetensors weights of the model folder `dir` onto `device`.
+/// Loads config.json and the safetensors weights of the model folder `dir` onto `device`, in the
+/// backend's float type.
 ///
-/// Weights stored as bf16/f16/f32 are converted to the backend's float type. Any tensor the model
-/// needs but the checkpoint lacks, any tensor the checkpoint has but the model does not use, and any
-/// shape mismatch is an error that lists every offending tensor by name.
+/// The model is built from the file's tensors (memory-mapped, each converted once into its
+/// device buffer; nothing is initialised first). Any tensor the model needs but the checkpoint
+/// lacks, any tensor the checkpoint has but the model does not use, and any shape mismatch is
+/// an error that lists every offending tensor by name, before any weight is read.
 pub fn load_model<B: Backend>(
     dir: impl AsRef<Path>,
+    device: &B::Device,
+) -> Result<Qwen2ForCausalLM<B>> {
+    load_model_as(dir, None, device)
+}
+
+/// [`load_model`] with the weights held in `dtype` (`None`: the backend's float type);
+/// [`BaseDtype::Auto`] keeps each tensor's stored dtype. A dtype the backend cannot hold is an
+/// error.
+pub fn load_model_as<B: Backend>(
+    dir: impl AsRef<Path>,
+    dtype: Option<BaseDtype>,
     device: &B::Device,
 ) -> Result<Qwen2ForCausalLM<B>> {
     let dir = dir.as_ref();
@@ -295,78 +422,63 @@ pub fn load_model<B: Backend>(
     }
     let config = Qwen2Config::from_file(dir.join("config.json"))?;
     let files = WeightFiles::open(weight_files(dir)?)?;
-    let mut model = Qwen2ForCausalLM::init(&config, device);
-    let tied = config.tie_word_embeddings;
+    let dtype = match dtype {
+        None | Some(BaseDtype::Float32) => Some(float_dtype::<B>(device)),
+        Some(BaseDtype::Bfloat16) => Some(DType::BF16),
+        Some(BaseDtype::Float16) => Some(DType::F16),
+        Some(BaseDtype::Auto) => None,
+    };
+    let wanted: Vec<DType> = match dtype {
+        Some(d) => vec![d],
+        None => files.tensors.values().map(|t| t.dtype).collect(),
+    };
+    for d in wanted {
+        if !B::supports_dtype(device, d) {
+            return Err(Error::Invalid(format!(
+                "model.base_dtype: the {} backend cannot hold {d:?} tensors; use float32 or \
+                 another device",
+                B::name(device)
+            )));
+        }
+    }
+    let mut source = FileSource::<B> {
+        files: &files,
+        device,
+        dtype,
+        dry: true,
+        used: Default::default(),
+        problems: Vec::new(),
+    };
+    let _ = Qwen2ForCausalLM::build(&config, &mut source);
     // A tied checkpoint may still carry lm_head.weight (a copy of the embeddings): transformers
     // ignores it, and so does longrl.
-    let skip = |name: &str| ignorable(name) || (tied && name == "lm_head.weight");
-    let snapshots = files.snapshots(&skip, float_dtype::<B>(device));
-    let result = model.apply(snapshots, None, Some(Box::new(PyTorchToBurnAdapter)), false);
-    check_apply(dir, &files, &result)?;
-    Ok(model)
-}
-
-fn check_apply(dir: &Path, files: &WeightFiles, result: &ApplyResult) -> Result<()> {
-    let mut problems = Vec::new();
-    let mut missing: Vec<&str> = result.missing.iter().map(|(p, _)| p.as_str()).collect();
-    missing.sort();
-    if !missing.is_empty() {
-        problems.push(format!(
-            "{} missing tensor(s): {}",
-            missing.len(),
-            missing.join(", ")
-        ));
-    }
-    let mut unused: Vec<&str> = result.unused.iter().map(String::as_str).collect();
-    unused.sort();
+    let tied = config.tie_word_embeddings;
+    let unused: Vec<&str> = files
+        .tensors
+        .keys()
+        .filter(|n| !source.used.contains(*n) && !ignorable(n) && !(tied && *n == "lm_head.weight"))
+        .map(String::as_str)
+        .collect();
     if !unused.is_empty() {
-        problems.push(format!(
+        source.problems.push(format!(
             "{} unexpected tensor(s) the model does not use: {}",
             unused.len(),
             unused.join(", ")
         ));
     }
-    for e in &result.errors {
-        let detail = match e {
-            burn_store::ApplyError::ShapeMismatch {
-                path,
-                expected,
-                found,
-            } => {
-                // burn stores linear weights as [in, out]; report in the checkpoint's [out, in].
-                let stored = files.tensors.get(path.as_str()).map(|t| t.shape.clone());
-                let (exp, fnd) = match stored {
-                    Some(s) if path.ends_with("proj.weight") || path == "lm_head.weight" => {
-                        (rev(expected.as_slice()), s)
-                    }
-                    _ => (expected.to_vec(), found.to_vec()),
-                };
-                format!("tensor `{path}` has shape {fnd:?}, expected {exp:?}")
-            }
-            other => other.to_string(),
-        };
-        problems.push(detail);
+    if !source.problems.is_empty() {
+        let paths: Vec<String> = files.paths.iter().map(|p| p.display().to_string()).collect();
+        return Err(Error::checkpoint(
+            dir,
+            format!(
+                "does not match config.json ({}): {}",
+                paths.join(", "),
+                source.problems.join("; ")
+            ),
+        ));
     }
-    if problems.is_empty() {
-        return Ok(());
-    }
-    let files: Vec<String> = files
-        .paths
-        .iter()
-        .map(|p| p.display().to_string())
-        .collect();
-    Err(Error::checkpoint(
-        dir,
-        format!(
-            "does not match config.json ({}): {}",
-            files.join(", "),
-            problems.join("; ")
-        ),
-    ))
-}
-
-fn rev(dims: &[usize]) -> Vec<usize> {
-    dims.iter().rev().copied().collect()
+    source.dry = false;
+    Ok(Qwen2ForCausalLM::build(&config, &mut source))
 }
 
 /// Saves `model` to `dir` in the HuggingFace layout: `model.safetensors` (or shards of at most
@@ -381,7 +493,12 @@ pub fn save_model<B: Backend>(
 ) -> Result<()> {
     let dir = dir.as_ref();
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let snapshots = model.collect(None, Some(Box::new(BurnToPyTorchAdapter)), false);
+    // Adapters are not part of the base: a LoRA run saves them as a PEFT folder instead.
+    let snapshots: Vec<_> = model
+        .collect(None, Some(Box::new(BurnToPyTorchAdapter)), false)
+        .into_iter()
+        .filter(|s| !s.full_path().contains(".lora."))
+        .collect();
     // Materialise one tensor at a time, converted to the storage dtype, into shards.
     let mut shards: Vec<Vec<(String, TensorData)>> = vec![Vec::new()];
     let mut shard_bytes = 0usize;
@@ -451,4 +568,121 @@ pub fn save_model<B: Backend>(
         }
     }
     Ok(())
+}
+
+#[cfg(all(test, feature = "flex"))]
+mod tests {
+    use super::*;
+    use burn::backend::Flex;
+    use burn::tensor::Distribution;
+
+    fn tiny() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny-qwen2-chatml")
+    }
+
+    /// Every tensor of `model` by HF name, in HF's layout, as f32.
+    fn model_tensors<B: Backend>(model: &Qwen2ForCausalLM<B>) -> BTreeMap<String, Vec<f32>> {
+        model
+            .collect(None, Some(Box::new(BurnToPyTorchAdapter)), false)
+            .into_iter()
+            .map(|s| {
+                let data = s.to_data().expect("tensor").convert_dtype(DType::F32);
+                (s.full_path(), data.to_vec::<f32>().expect("f32"))
+            })
+            .collect()
+    }
+
+    /// Every tensor of the safetensors file, read by the safetensors crate, as f32.
+    fn file_tensors(path: &Path) -> BTreeMap<String, Vec<f32>> {
+        let bytes = std::fs::read(path).expect("file");
+        let st = SafeTensors::deserialize(&bytes).expect("safetensors");
+        st.tensors()
+            .into_iter()
+            .map(|(name, view)| {
+                let d = view.data();
+                let v = match view.dtype() {
+                    StDtype::F32 => d
+                        .chunks(4)
+                        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                        .collect(),
+                    StDtype::BF16 => d
+                        .chunks(2)
+                        .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                        .collect(),
+                    other => panic!("unexpected dtype {other:?}"),
+                };
+                (name, v)
+            })
+            .collect()
+    }
+
+    /// Runs `name` alone in a child process: the backend's random generator is global, so a
+    /// check that loading leaves it untouched cannot share the process with other tests.
+    fn isolated(name: &str) -> bool {
+        if std::env::var_os("LONGRL_ISOLATED_TEST").is_some() {
+            return true;
+        }
+        let out = std::process::Command::new(std::env::current_exe().expect("test binary"))
+            .args([name, "--exact", "--test-threads=1", "--nocapture"])
+            .env("LONGRL_ISOLATED_TEST", "1")
+            .output()
+            .expect("child test");
+        assert!(
+            out.status.success() && String::from_utf8_lossy(&out.stdout).contains("1 passed"),
+            "isolated run failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        false
+    }
+
+    #[test]
+    fn loading_draws_no_random_numbers_and_yields_exactly_the_files_weights() {
+        if !isolated("model::checkpoint::tests::loading_draws_no_random_numbers_and_yields_exactly_the_files_weights") {
+            return;
+        }
+        let device = Default::default();
+        let draw = || Tensor::<Flex, 1>::random([16], Distribution::Default, &device).into_data();
+        Flex::seed(&device, 42);
+        let expected = draw();
+        Flex::seed(&device, 42);
+        let model = load_model::<Flex>(tiny(), &device).expect("tiny model");
+        assert_eq!(draw(), expected, "loading drew from the backend's random generator");
+        let loaded = model_tensors(&model);
+        let file = file_tensors(&tiny().join("model.safetensors"));
+        assert_eq!(loaded.len(), file.len());
+        for (name, values) in &file {
+            assert!(loaded[name] == *values, "tensor `{name}` differs from the file");
+        }
+    }
+
+    #[test]
+    fn a_bf16_base_stays_bf16_and_equals_the_file() {
+        let device = Default::default();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let f32_model = load_model::<Flex>(tiny(), &device).expect("tiny model");
+        save_model(&f32_model, dir.path(), SaveDtype::Bf16, Some(&tiny()), DEFAULT_MAX_SHARD_BYTES)
+            .expect("save bf16");
+        for dtype in [BaseDtype::Auto, BaseDtype::Bfloat16] {
+            let model = load_model_as::<Flex>(dir.path(), Some(dtype), &device).expect("load");
+            let w = model.model.layers[0].self_attn.q_proj.weight.val();
+            assert_eq!(w.dtype(), DType::BF16, "{dtype:?}");
+            let file = file_tensors(&dir.path().join("model.safetensors"));
+            for (name, values) in model_tensors(&model) {
+                assert!(file[&name] == values, "tensor `{name}` differs from the file");
+            }
+        }
+        let upcast = load_model::<Flex>(dir.path(), &device).expect("load as f32");
+        assert_eq!(upcast.model.norm.weight.val().dtype(), DType::F32);
+    }
+
+    #[cfg(feature = "ndarray")]
+    #[test]
+    fn a_backend_without_bf16_refuses_a_bf16_base() {
+        let device = Default::default();
+        let err = load_model_as::<burn::backend::NdArray>(tiny(), Some(BaseDtype::Bfloat16), &device)
+            .err()
+            .expect("ndarray holds no bf16");
+        assert!(err.to_string().contains("model.base_dtype"), "{err}");
+    }
 }

@@ -8,6 +8,7 @@ pub mod config;
 pub mod lora;
 pub mod qwen2;
 pub mod rope;
+pub mod weights;
 
 pub use crate::kernels::{HeadLayout, ModelBackend, TrainBackend};
 pub use cache::KvCache;

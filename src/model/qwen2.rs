@@ -3,14 +3,16 @@
 //! module tree without a rename table (`model.layers.3.self_attn.q_proj.weight`, ...).
 
 use burn::module::{Module, Param};
-use burn::nn::{Embedding, EmbeddingConfig, Initializer, Linear, LinearConfig};
+use burn::nn::Embedding;
 use burn::tensor::{backend::Backend, Bool, DType, FloatDType, Int, Tensor};
 
 use super::cache::{KvCache, LayerKv};
 use super::config::Qwen2Config;
 use super::rope::RopeParams;
 use crate::error::{Error, Result};
-use crate::kernels::{DecoderWeights, HeadLayout, ModelBackend};
+use super::weights::{RandomInit, TensorKind, WeightSource};
+use super::lora::LoraConfig;
+use crate::kernels::{DecoderWeights, HeadLayout, Linear, LoraAdapter, ModelBackend};
 
 /// Root-mean-square layer norm with a learned scale (`weight`, as HF names it).
 #[derive(Module, Debug)]
@@ -22,9 +24,9 @@ pub struct RmsNorm<B: Backend> {
 }
 
 impl<B: Backend> RmsNorm<B> {
-    fn new(dim: usize, eps: f64, device: &B::Device) -> Self {
+    fn new<S: WeightSource<B>>(source: &mut S, name: &str, dim: usize, eps: f64) -> Self {
         Self {
-            weight: Initializer::Ones.init([dim], device),
+            weight: source.param(&format!("{name}.weight"), [dim], TensorKind::NormScale),
             eps,
         }
     }
@@ -112,14 +114,22 @@ pub struct Qwen2ForCausalLM<B: Backend> {
     compute_dtype: Option<FloatDType>,
 }
 
-fn linear<B: Backend>(d_in: usize, d_out: usize, bias: bool, device: &B::Device) -> Linear<B> {
-    LinearConfig::new(d_in, d_out)
-        .with_bias(bias)
-        .with_initializer(Initializer::Normal {
-            mean: 0.0,
-            std: 0.02,
-        })
-        .init(device)
+/// A projection named `name` (`...q_proj`) from `source`.
+fn linear<B: Backend, S: WeightSource<B>>(
+    source: &mut S,
+    name: &str,
+    [d_in, d_out]: [usize; 2],
+    bias: bool,
+) -> Linear<B> {
+    Linear {
+        weight: source.param(
+            &format!("{name}.weight"),
+            [d_in, d_out],
+            TensorKind::LinearWeight,
+        ),
+        bias: bias.then(|| source.param(&format!("{name}.bias"), [d_out], TensorKind::LinearBias)),
+        lora: None,
+    }
 }
 
 /// Applies `layer` to `[batch, seq, in]` as one `[batch * seq, in]` matrix product: a 3-D input
@@ -133,17 +143,17 @@ fn linear_3d<B: Backend>(layer: &Linear<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
 }
 
 impl<B: Backend> Attention<B> {
-    fn new(c: &Qwen2Config, device: &B::Device) -> Self {
+    fn new<S: WeightSource<B>>(source: &mut S, name: &str, c: &Qwen2Config) -> Self {
         let (h, q, kv) = (
             c.hidden_size,
             c.num_attention_heads * c.head_dim,
             c.num_key_value_heads * c.head_dim,
         );
         Self {
-            q_proj: linear(h, q, true, device),
-            k_proj: linear(h, kv, true, device),
-            v_proj: linear(h, kv, true, device),
-            o_proj: linear(q, h, false, device),
+            q_proj: linear(source, &format!("{name}.q_proj"), [h, q], true),
+            k_proj: linear(source, &format!("{name}.k_proj"), [h, kv], true),
+            v_proj: linear(source, &format!("{name}.v_proj"), [h, kv], true),
+            o_proj: linear(source, &format!("{name}.o_proj"), [q, h], false),
             num_heads: c.num_attention_heads,
             num_kv_heads: c.num_key_value_heads,
             head_dim: c.head_dim,
@@ -204,11 +214,12 @@ impl<B: ModelBackend> Attention<B> {
 }
 
 impl<B: Backend> Mlp<B> {
-    fn new(c: &Qwen2Config, device: &B::Device) -> Self {
+    fn new<S: WeightSource<B>>(source: &mut S, name: &str, c: &Qwen2Config) -> Self {
+        let (h, i) = (c.hidden_size, c.intermediate_size);
         Self {
-            gate_proj: linear(c.hidden_size, c.intermediate_size, false, device),
-            up_proj: linear(c.hidden_size, c.intermediate_size, false, device),
-            down_proj: linear(c.intermediate_size, c.hidden_size, false, device),
+            gate_proj: linear(source, &format!("{name}.gate_proj"), [h, i], false),
+            up_proj: linear(source, &format!("{name}.up_proj"), [h, i], false),
+            down_proj: linear(source, &format!("{name}.down_proj"), [i, h], false),
         }
     }
 }
@@ -225,12 +236,18 @@ impl<B: ModelBackend> Mlp<B> {
 }
 
 impl<B: Backend> DecoderLayer<B> {
-    fn new(c: &Qwen2Config, device: &B::Device) -> Self {
+    fn new<S: WeightSource<B>>(source: &mut S, name: &str, c: &Qwen2Config) -> Self {
+        let (h, eps) = (c.hidden_size, c.rms_norm_eps);
         Self {
-            self_attn: Attention::new(c, device),
-            mlp: Mlp::new(c, device),
-            input_layernorm: RmsNorm::new(c.hidden_size, c.rms_norm_eps, device),
-            post_attention_layernorm: RmsNorm::new(c.hidden_size, c.rms_norm_eps, device),
+            self_attn: Attention::new(source, &format!("{name}.self_attn"), c),
+            mlp: Mlp::new(source, &format!("{name}.mlp"), c),
+            input_layernorm: RmsNorm::new(source, &format!("{name}.input_layernorm"), h, eps),
+            post_attention_layernorm: RmsNorm::new(
+                source,
+                &format!("{name}.post_attention_layernorm"),
+                h,
+                eps,
+            ),
         }
     }
 }
@@ -288,39 +305,137 @@ pub const DEFAULT_LOGITS_CHUNK: usize = 256;
 impl<B: Backend> Qwen2ForCausalLM<B> {
     /// A randomly initialised model (normal(0, 0.02) weights, as HF's `initializer_range`).
     pub fn init(config: &Qwen2Config, device: &B::Device) -> Self {
+        Self::build(config, &mut RandomInit { device })
+    }
+
+    /// The model with every tensor taken from `source` by its HF name, in module order.
+    pub fn build<S: WeightSource<B>>(config: &Qwen2Config, source: &mut S) -> Self {
+        let (h, v) = (config.hidden_size, config.vocab_size);
         let model = Qwen2Model {
-            embed_tokens: EmbeddingConfig::new(config.vocab_size, config.hidden_size)
-                .with_initializer(Initializer::Normal {
-                    mean: 0.0,
-                    std: 0.02,
-                })
-                .init(device),
+            embed_tokens: Embedding {
+                weight: source.param("model.embed_tokens.weight", [v, h], TensorKind::Embedding),
+            },
             layers: (0..config.num_hidden_layers)
-                .map(|_| DecoderLayer::new(config, device))
+                .map(|i| DecoderLayer::new(source, &format!("model.layers.{i}"), config))
                 .collect(),
-            norm: RmsNorm::new(config.hidden_size, config.rms_norm_eps, device),
+            norm: RmsNorm::new(source, "model.norm", h, config.rms_norm_eps),
         };
         let lm_head = (!config.tie_word_embeddings)
-            .then(|| linear(config.hidden_size, config.vocab_size, false, device));
-        let model = Self {
+            .then(|| linear(source, "lm_head", [h, v], false));
+        Self {
             model,
             lm_head,
             config: config.clone(),
             rope: RopeParams::new(config),
             gradient_checkpointing: false,
             compute_dtype: None,
-        };
-        // burn initialises parameters lazily, and a clone of an uninitialised parameter draws
-        // its own values: initialise now, so that clones (mixed-precision copies, replicas)
-        // share one set of weights.
-        struct Touch;
-        impl<B: Backend> burn::module::ModuleVisitor<B> for Touch {
-            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-                let _ = param.val();
+        }
+    }
+
+    /// Every projection of the decoder layers with its HF module path
+    /// (`model.layers.3.self_attn.q_proj`) and PEFT module name (`q_proj`), in module order.
+    pub fn projections(&self) -> Vec<(String, &'static str, &Linear<B>)> {
+        let mut out = Vec::new();
+        for (i, l) in self.model.layers.iter().enumerate() {
+            let (a, m) = (&l.self_attn, &l.mlp);
+            for (group, name, p) in [
+                ("self_attn", "q_proj", &a.q_proj),
+                ("self_attn", "k_proj", &a.k_proj),
+                ("self_attn", "v_proj", &a.v_proj),
+                ("self_attn", "o_proj", &a.o_proj),
+                ("mlp", "gate_proj", &m.gate_proj),
+                ("mlp", "up_proj", &m.up_proj),
+                ("mlp", "down_proj", &m.down_proj),
+            ] {
+                out.push((format!("model.layers.{i}.{group}.{name}"), name, p));
             }
         }
-        model.visit(&mut Touch);
-        model
+        out
+    }
+
+    /// The model with `f` applied to every decoder projection (module path, PEFT name, layer).
+    pub fn map_projections(
+        mut self,
+        mut f: impl FnMut(&str, &'static str, Linear<B>) -> Result<Linear<B>>,
+    ) -> Result<Self> {
+        for (i, l) in self.model.layers.iter_mut().enumerate() {
+            let (a, m) = (&mut l.self_attn, &mut l.mlp);
+            for (group, name, p) in [
+                ("self_attn", "q_proj", &mut a.q_proj),
+                ("self_attn", "k_proj", &mut a.k_proj),
+                ("self_attn", "v_proj", &mut a.v_proj),
+                ("self_attn", "o_proj", &mut a.o_proj),
+                ("mlp", "gate_proj", &mut m.gate_proj),
+                ("mlp", "up_proj", &mut m.up_proj),
+                ("mlp", "down_proj", &mut m.down_proj),
+            ] {
+                let path = format!("model.layers.{i}.{group}.{name}");
+                let owned = std::mem::replace(p, p.without_adapter());
+                *p = f(&path, name, owned)?;
+            }
+        }
+        Ok(self)
+    }
+
+    /// Whether any projection carries a LoRA adapter.
+    pub fn has_adapters(&self) -> bool {
+        self.projections().iter().any(|(_, _, p)| p.lora.is_some())
+    }
+
+    /// Every weight of the model marked frozen (no gradient, no optimiser state): the base of a
+    /// LoRA run. Adapters attached afterwards train.
+    pub fn frozen(self) -> Self {
+        struct Freeze;
+        impl<B: Backend> burn::module::ModuleMapper<B> for Freeze {
+            fn map_float<const D: usize>(
+                &mut self,
+                param: Param<Tensor<B, D>>,
+            ) -> Param<Tensor<B, D>> {
+                param.set_require_grad(false)
+            }
+        }
+        self.map(&mut Freeze)
+    }
+
+    /// Fresh adapters (PEFT's initialisation) on the projections `lora` targets, on a frozen
+    /// base: the model computes exactly what the base does until the adapters train.
+    pub fn with_lora(self, lora: &LoraConfig) -> Result<Self> {
+        let targets = lora.targets()?;
+        let device = self.model.norm.weight.device();
+        self.frozen().map_projections(|_, name, p| {
+            if !targets.contains(&name) {
+                return Ok(p);
+            }
+            let [d_in, d_out] = p.dims();
+            let adapter = LoraAdapter::init(
+                d_in,
+                d_out,
+                lora.r,
+                lora.scaling(),
+                lora.lora_dropout,
+                &device,
+            );
+            Ok(Linear {
+                lora: Some(adapter),
+                ..p
+            })
+        })
+    }
+
+    /// The same model without its adapters (the weights are shared, not copied): the base that
+    /// a LoRA run's KL term compares against.
+    pub fn without_adapters(&self) -> Self {
+        self.clone()
+            .map_projections(|_, _, p| Ok(p.without_adapter()))
+            .expect("dropping adapters cannot fail")
+    }
+
+    /// The adapters folded into the weights (PEFT's `merge_and_unload`): a plain model that
+    /// computes what the adapted one does.
+    pub fn merged(&self) -> Self {
+        self.clone()
+            .map_projections(|_, _, p| Ok(p.merged()))
+            .expect("merging cannot fail")
     }
 
     /// The configuration this model was built from.

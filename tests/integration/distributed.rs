@@ -36,11 +36,7 @@ fn plan(workers: usize) -> Plan {
 }
 
 fn model() -> ModelSection {
-    ModelSection {
-        path: model_dir("tiny-qwen2-chatml"),
-        chat_template: None,
-        save_dtype: None,
-    }
+    ModelSection::new(model_dir("tiny-qwen2-chatml"))
 }
 
 fn run_section(dir: &Path, save_steps: usize) -> RunSection {

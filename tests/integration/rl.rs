@@ -71,11 +71,7 @@ fn write_prompts(dir: &Path, answers: &[&str]) -> PathBuf {
 }
 
 fn model() -> ModelSection {
-    ModelSection {
-        path: model_dir("tiny-qwen2-chatml"),
-        chat_template: None,
-        save_dtype: None,
-    }
+    ModelSection::new(model_dir("tiny-qwen2-chatml"))
 }
 
 fn run(dir: &Path, save_steps: usize) -> RunSection {

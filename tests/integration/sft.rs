@@ -54,11 +54,7 @@ fn config(dir: &Path, steps: usize) -> SftConfig {
 }
 
 fn model() -> ModelSection {
-    ModelSection {
-        path: model_dir("tiny-qwen2-chatml"),
-        chat_template: None,
-        save_dtype: None,
-    }
+    ModelSection::new(model_dir("tiny-qwen2-chatml"))
 }
 
 fn run(dir: &Path, save_steps: usize) -> RunSection {
