@@ -7,7 +7,12 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::model::{BaseDtype, LoraConfig, SaveDtype};
+use burn::tensor::backend::Backend;
+
+use crate::model::{
+    is_adapter_dir, load_adapted, load_adapter, load_model, load_model_as, BaseDtype, LoraConfig,
+    Qwen2ForCausalLM, SaveDtype,
+};
 
 /// `[model]`: the checkpoint training starts from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -74,6 +79,75 @@ impl ModelSection {
             ));
         }
         Ok(())
+    }
+
+    /// The model a run trains, on `device`: without `[lora]`, the checkpoint `resume_from` or
+    /// else the model folder; with it, the frozen base (in `base_dtype`) plus the adapters of
+    /// `resume_from`, else of `adapter`, else fresh ones drawn from `seed`.
+    pub fn load_trainable<B: Backend>(
+        &self,
+        resume_from: Option<&Path>,
+        seed: u64,
+        device: &B::Device,
+    ) -> Result<Qwen2ForCausalLM<B>> {
+        let Some(lora) = &self.lora else {
+            return load_model::<B>(resume_from.unwrap_or(&self.path), device);
+        };
+        let base = load_model_as::<B>(&self.path, self.base_dtype()?, device)?;
+        let Some(dir) = resume_from.or(self.adapter.as_deref()) else {
+            return base.with_lora(lora, seed);
+        };
+        let (model, found) = load_adapter(base, dir)?;
+        let same = found.r == lora.r
+            && found.targets()? == lora.targets()?
+            && found.scaling() == lora.scaling();
+        if !same {
+            return Err(Error::checkpoint(
+                dir,
+                format!(
+                    "adapter (r = {}, lora_alpha = {}, target_modules = {:?}) differs from \
+                     [lora] (r = {}, lora_alpha = {}, target_modules = {:?})",
+                    found.r,
+                    found.lora_alpha,
+                    found.targets()?,
+                    lora.r,
+                    lora.lora_alpha,
+                    lora.targets()?
+                ),
+            ));
+        }
+        Ok(model)
+    }
+
+    /// The model a phase left in `dir` (a full model folder, or an adapter on this base) for
+    /// inference.
+    pub fn load_phase_model<B: Backend>(&self, dir: &Path, device: &B::Device) -> Result<Qwen2ForCausalLM<B>> {
+        if is_adapter_dir(dir) {
+            load_adapted::<B>(&self.path, Some(dir), self.base_dtype()?, device)
+        } else {
+            load_model::<B>(dir, device)
+        }
+    }
+
+    /// `base_model_name_or_path` for the adapters this run writes.
+    pub fn adapter_base_name(&self) -> String {
+        self.lora
+            .as_ref()
+            .and_then(|l| l.base_model_name_or_path.clone())
+            .unwrap_or_else(|| self.path.display().to_string())
+    }
+
+    /// Refuses LoRA dropout under gradient checkpointing: the recomputed layers run without
+    /// dropout, so the two cannot be combined (`section`: where checkpointing was asked for).
+    pub fn check_dropout(&self, gradient_checkpointing: bool, section: &str) -> Result<()> {
+        match &self.lora {
+            Some(l) if l.lora_dropout > 0.0 && gradient_checkpointing => Err(Error::Invalid(format!(
+                "lora.lora_dropout = {} with {section}.gradient_checkpointing = true: the \
+                 recomputed layers run without dropout; set one of them off",
+                l.lora_dropout
+            ))),
+            _ => Ok(()),
+        }
     }
 
     /// The parsed `base_dtype` (`None`: not set, f32).

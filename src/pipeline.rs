@@ -25,7 +25,7 @@ use crate::error::{Error, Result};
 use crate::eval::{evaluate, EvalItem, EvalOptions, EvalReport};
 use crate::generate::{pad_token_id, stop_token_ids};
 use crate::io::{write_atomic, JsonlReader};
-use crate::model::load_model;
+use crate::model::is_adapter_dir;
 use crate::reward::Rewarder;
 use crate::rl::{self, RlConfig, RlObserver};
 use crate::sft::{self, SftConfig};
@@ -281,6 +281,23 @@ fn eval_items(
     Ok(items)
 }
 
+/// The model section a phase trains from `current`, the model the last phase left: a model
+/// folder replaces the base; an adapter folder (a LoRA phase's output) is the adapter the next
+/// phase continues, on the same base.
+fn phase_section(model: &ModelSection, current: &Path) -> ModelSection {
+    if is_adapter_dir(current) {
+        ModelSection {
+            adapter: Some(current.to_path_buf()),
+            ..model.clone()
+        }
+    } else {
+        ModelSection {
+            path: current.to_path_buf(),
+            ..model.clone()
+        }
+    }
+}
+
 /// The difficulty store as an RL observer: every group's mean score updates its sample.
 struct DifficultyObserver<'a> {
     store: &'a mut DifficultyStore,
@@ -332,8 +349,10 @@ fn phase_result(name: &str, model_dir: &Path, report: EvalReport) -> PhaseResult
     }
 }
 
-/// Evaluates the model in `dir` on the held-out items.
+/// Evaluates the model in `dir` (a model folder, or an adapter on `section`'s base) on the
+/// held-out items.
 fn eval_dir<B: ModelBackend>(
+    section: &ModelSection,
     dir: &Path,
     tokenizer: &Tokenizer,
     data: &Data,
@@ -341,8 +360,8 @@ fn eval_dir<B: ModelBackend>(
     options: &EvalOptions,
     device: &B::Device,
 ) -> Result<EvalReport> {
-    let model = load_model::<B>(dir, device)?;
-    let stop = stop_token_ids(dir, model.config(), Some(tokenizer))?;
+    let model = section.load_phase_model::<B>(dir, device)?;
+    let stop = stop_token_ids(&section.path, model.config(), Some(tokenizer))?;
     let pad = pad_token_id(Some(tokenizer), &stop);
     evaluate(
         &model, tokenizer, &data.eval, rewarder, options, &stop, pad, device,
@@ -540,6 +559,7 @@ impl<B: TrainBackend> Phases<'_, B> {
             return Ok(());
         }
         let report = eval_dir::<B::InnerBackend>(
+            &self.file.model,
             dir,
             &self.tokenizer,
             &self.data,
@@ -573,10 +593,7 @@ impl<B: TrainBackend> Phases<'_, B> {
         let mut cfg = sft_cfg.clone();
         cfg.train_file = sft_file;
         let run = phase_run(&file.run, &self.root, "sft");
-        let model = ModelSection {
-            path: current.to_path_buf(),
-            ..file.model.clone()
-        };
+        let model = phase_section(&file.model, current);
         let summary = sft::train_with::<B>(&model, &run, &cfg, true, self.device.clone(), worker)?;
         self.report(state, "sft", &summary.final_dir)
     }
@@ -607,10 +624,7 @@ impl<B: TrainBackend> Phases<'_, B> {
                     .as_bytes(),
             )?;
         }
-        let model = ModelSection {
-            path: current.clone(),
-            ..file.model.clone()
-        };
+        let model = phase_section(&file.model, &current);
         let summary = rl::train_prompts_with::<B>(
             &model,
             &run,

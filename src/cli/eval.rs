@@ -16,7 +16,7 @@ use crate::eval::benchmarks::Benchmark;
 use crate::eval::harness::{run_eval, HarnessOptions, JudgePolicy, Responder, Summary};
 use crate::eval::responder::{EndpointResponder, EndpointSampling, LocalResponder};
 use crate::generate::{pad_token_id, stop_token_ids, Engine, EngineOptions, SamplingParams};
-use crate::model::load_model;
+use crate::model::load_adapted;
 use crate::openai::{ChatClient, ChatClientConfig, OptionNames};
 use crate::tokenizer::Tokenizer;
 
@@ -30,6 +30,9 @@ pub struct EvalArgs {
         conflicts_with = "endpoint"
     )]
     pub model: Option<PathBuf>,
+    /// A PEFT LoRA adapter folder applied on `--model` (its base).
+    #[arg(long, requires = "model")]
+    pub adapter: Option<PathBuf>,
     /// Evaluate a served model instead: an OpenAI-compatible base URL (`http://host:8000/v1`).
     #[arg(long, requires = "served_model")]
     pub endpoint: Option<String>,
@@ -214,7 +217,7 @@ impl BackendFn for EvalTask {
         let Some(dir) = args.model.clone() else {
             return run_endpoint(&args, judge);
         };
-        let model = load_model::<B>(&dir, &device)?;
+        let model = load_adapted::<B>(&dir, args.adapter.as_deref(), None, &device)?;
         let config = model.config().clone();
         let tokenizer = Tokenizer::from_dir(&dir)?;
         tokenizer.check_fits(config.vocab_size)?;

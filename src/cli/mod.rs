@@ -4,6 +4,7 @@
 mod bench;
 mod eval;
 mod judge;
+mod merge;
 mod plot;
 mod reward;
 mod train;
@@ -22,7 +23,7 @@ use crate::generate::{
     SamplingParams,
 };
 use crate::io::JsonlReader;
-use crate::model::{checkpoint, load_model, Qwen2Config, DEFAULT_LOGITS_CHUNK};
+use crate::model::{checkpoint, load_adapted, Qwen2Config, DEFAULT_LOGITS_CHUNK};
 use crate::tokenizer::{ChatTemplate, Message, Tokenizer};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -69,6 +70,8 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// PNG charts of a run (reward, entropy, KL, response length, clip fraction, SFT loss).
     Plot(plot::PlotArgs),
+    /// Fold a PEFT LoRA adapter into its base and write a plain HuggingFace model folder.
+    Merge(merge::MergeArgs),
 }
 
 /// Arguments of `longrl info`.
@@ -88,6 +91,9 @@ pub struct ScoreArgs {
     /// HuggingFace model folder.
     #[arg(long)]
     pub model: PathBuf,
+    /// A PEFT LoRA adapter folder applied on `--model` (its base).
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
     /// JSONL file: each line `{"input_ids": [..]}` or `{"text": ".."}`.
     #[arg(long)]
     pub input: PathBuf,
@@ -102,6 +108,9 @@ pub struct GenerateArgs {
     /// HuggingFace model folder.
     #[arg(long)]
     pub model: PathBuf,
+    /// A PEFT LoRA adapter folder applied on `--model` (its base).
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
     /// JSONL file: each line `{"input_ids": [..]}`, `{"text": ".."}` or `{"messages": [..]}`.
     #[arg(long)]
     pub input: PathBuf,
@@ -164,6 +173,7 @@ pub fn main() -> anyhow::Result<()> {
         Command::Eval(args) => eval::run(*args, device)?,
         Command::Bench(args) => bench::run(args, device)?,
         Command::Plot(args) => plot::run(&args)?,
+        Command::Merge(args) => device.run(merge::MergeTask(args))??,
     }
     Ok(())
 }
@@ -322,7 +332,7 @@ impl BackendFn for ScoreTask {
         let args = self.0;
         let inputs = read_inputs(&args.input, false)?;
         let needs_tok = inputs.iter().any(|i| matches!(i, InputLine::Text(_)));
-        let model = load_model::<B>(&args.model, &device)?;
+        let model = load_adapted::<B>(&args.model, args.adapter.as_deref(), None, &device)?;
         let vocab = model.config().vocab_size;
         let tok = tokenizer_for(&args.model, needs_tok, vocab)?;
         let stdout = std::io::stdout();
@@ -352,7 +362,7 @@ impl BackendFn for GenerateTask {
         let inputs = read_inputs(&args.input, true)?;
         let needs_tok =
             !args.stop.is_empty() || inputs.iter().any(|i| !matches!(i, InputLine::Ids(_)));
-        let model = load_model::<B>(&args.model, &device)?;
+        let model = load_adapted::<B>(&args.model, args.adapter.as_deref(), None, &device)?;
         let config = model.config().clone();
         let mut tok = tokenizer_for(&args.model, needs_tok, config.vocab_size)?;
         if let (Some(t), Some(name)) = (tok.as_mut(), &args.chat_template) {

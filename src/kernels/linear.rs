@@ -24,21 +24,11 @@ pub struct LoraAdapter<B: Backend> {
 }
 
 impl<B: Backend> LoraAdapter<B> {
-    /// PEFT's initialisation: `A` Kaiming-uniform (`a = sqrt(5)`, bound `1 / sqrt(in)`), `B`
-    /// zero, so the adapted projection starts equal to the base.
-    pub fn init(
-        d_in: usize,
-        d_out: usize,
-        r: usize,
-        scaling: f64,
-        dropout: f64,
-        device: &B::Device,
-    ) -> Self {
-        let bound = 1.0 / (d_in as f64).sqrt();
-        let a = Tensor::random([d_in, r], Distribution::Uniform(-bound, bound), device);
+    /// An adapter from `A` `[in, r]` and `B` `[r, out]`.
+    pub fn new(a: Tensor<B, 2>, b: Tensor<B, 2>, scaling: f64, dropout: f64) -> Self {
         Self {
             a: Param::from_tensor(a),
-            b: Param::from_tensor(Tensor::zeros([r, d_out], device)),
+            b: Param::from_tensor(b),
             scaling,
             dropout,
         }

@@ -6,7 +6,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
-use burn::module::Param;
 use burn::tensor::{backend::Backend, DType, Tensor, TensorData};
 use safetensors::tensor::{Dtype as StDtype, SafeTensors, TensorView};
 
@@ -166,16 +165,36 @@ pub fn load_adapter<B: Backend>(
         if !targets.contains(&name) {
             return Ok(p);
         }
-        let adapter = LoraAdapter {
-            a: Param::from_tensor(read(&peft_key(module, 'A'))),
-            b: Param::from_tensor(read(&peft_key(module, 'B'))),
-            scaling: lora.scaling(),
-            dropout: lora.lora_dropout,
-        };
+        let adapter = LoraAdapter::new(
+            read(&peft_key(module, 'A')),
+            read(&peft_key(module, 'B')),
+            lora.scaling(),
+            lora.lora_dropout,
+        );
         Ok(Linear {
             lora: Some(adapter),
             ..p
         })
     })?;
     Ok((model, lora))
+}
+
+/// Whether `dir` is a PEFT adapter folder (it has `adapter_config.json`).
+pub fn is_adapter_dir(dir: &Path) -> bool {
+    dir.join(ADAPTER_CONFIG).is_file()
+}
+
+/// The base model of `base` (weights in `dtype`, see [`super::checkpoint::load_model_as`]) with
+/// the adapter in `adapter` when given: what `--adapter` on `score`, `generate` and `eval` runs.
+pub fn load_adapted<B: Backend>(
+    base: &Path,
+    adapter: Option<&Path>,
+    dtype: Option<super::BaseDtype>,
+    device: &B::Device,
+) -> Result<Qwen2ForCausalLM<B>> {
+    let model = super::checkpoint::load_model_as::<B>(base, dtype, device)?;
+    match adapter {
+        Some(dir) => Ok(load_adapter(model, dir)?.0),
+        None => Ok(model),
+    }
 }

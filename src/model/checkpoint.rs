@@ -386,6 +386,22 @@ impl<B: Backend> WeightSource<B> for FileSource<'_, B> {
     }
 }
 
+/// The float type most of the weights of the model folder `dir` are stored in (by bytes).
+pub fn stored_dtype(dir: &Path) -> Result<SaveDtype> {
+    let files = WeightFiles::open(weight_files(dir)?)?;
+    let mut bytes: BTreeMap<&'static str, usize> = BTreeMap::new();
+    for t in files.tensors.values() {
+        let name = match t.dtype {
+            DType::BF16 => "bfloat16",
+            DType::F16 => "float16",
+            _ => "float32",
+        };
+        *bytes.entry(name).or_default() += t.end - t.start;
+    }
+    let top = bytes.into_iter().max_by_key(|(_, n)| *n).map(|(d, _)| d);
+    SaveDtype::parse(top.unwrap_or("float32"))
+}
+
 /// Float dtype of the backend's default float tensors on `device`.
 pub(crate) fn float_dtype<B: Backend>(device: &B::Device) -> DType {
     Tensor::<B, 1>::zeros([1], device).dtype()

@@ -12,7 +12,8 @@ pub mod weights;
 
 pub use crate::kernels::{HeadLayout, ModelBackend, TrainBackend};
 pub use cache::KvCache;
-pub use checkpoint::{load_model, save_model, BaseDtype, SaveDtype};
+pub use adapter::{is_adapter_dir, load_adapted, load_adapter, save_adapter};
+pub use checkpoint::{load_model, load_model_as, save_model, BaseDtype, SaveDtype};
 pub use config::{Qwen2Config, RopeScaling};
 pub use lora::{LoraConfig, TargetModules};
 pub use qwen2::{Qwen2ForCausalLM, DEFAULT_LOGITS_CHUNK};

@@ -299,6 +299,13 @@ impl<B: ModelBackend> DecoderLayer<B> {
     }
 }
 
+/// FNV-1a of `s`: a stable per-module seed offset.
+fn fnv1a(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
 /// Default number of positions per chunk when projecting to the vocabulary.
 pub const DEFAULT_LOGITS_CHUNK: usize = 256;
 
@@ -397,24 +404,27 @@ impl<B: Backend> Qwen2ForCausalLM<B> {
         self.map(&mut Freeze)
     }
 
-    /// Fresh adapters (PEFT's initialisation) on the projections `lora` targets, on a frozen
-    /// base: the model computes exactly what the base does until the adapters train.
-    pub fn with_lora(self, lora: &LoraConfig) -> Result<Self> {
+    /// Fresh adapters on the projections `lora` targets, on a frozen base, initialised as PEFT
+    /// does (`A` Kaiming-uniform with `a = sqrt(5)`, i.e. uniform in `±1/sqrt(in)`; `B` zero),
+    /// from `seed` on the host (the same adapters on every backend): the model computes exactly
+    /// what the base does until the adapters train.
+    pub fn with_lora(self, lora: &LoraConfig, seed: u64) -> Result<Self> {
+        use rand::{Rng, SeedableRng};
         let targets = lora.targets()?;
         let device = self.model.norm.weight.device();
-        self.frozen().map_projections(|_, name, p| {
+        self.frozen().map_projections(|path, name, p| {
             if !targets.contains(&name) {
                 return Ok(p);
             }
             let [d_in, d_out] = p.dims();
-            let adapter = LoraAdapter::init(
-                d_in,
-                d_out,
-                lora.r,
-                lora.scaling(),
-                lora.lora_dropout,
-                &device,
-            );
+            let bound = 1.0 / (d_in as f32).sqrt();
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ fnv1a(path));
+            let a: Vec<f32> = (0..d_in * lora.r)
+                .map(|_| rng.random_range(-bound..bound))
+                .collect();
+            let a = Tensor::from_data(burn::tensor::TensorData::new(a, [d_in, lora.r]), &device);
+            let b = Tensor::zeros([lora.r, d_out], &device);
+            let adapter = LoraAdapter::new(a, b, lora.scaling(), lora.lora_dropout);
             Ok(Linear {
                 lora: Some(adapter),
                 ..p

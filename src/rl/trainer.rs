@@ -295,6 +295,7 @@ impl<'a, B: TrainBackend> RlTrainer<'a, B> {
         worker: &'a Worker,
     ) -> Result<Self> {
         config.validate()?;
+        model_section.check_dropout(config.gradient_checkpointing, "rl")?;
         let leader = worker.is_leader();
         if prompts.is_empty() {
             return Err(Error::Invalid("RL needs at least one prompt".into()));
@@ -303,13 +304,14 @@ impl<'a, B: TrainBackend> RlTrainer<'a, B> {
         let resume_from = run_dir.resume_point(resume)?;
         let tokenizer = model_section.load_tokenizer()?;
         let (policy, state): (_, Option<RlState>) =
-            RunDir::starting_point::<B, _>(resume_from.as_deref(), &model_section.path, &device)?;
+            RunDir::starting_point::<B, _>(resume_from.as_deref(), model_section, run.seed, &device)?;
         let policy = stable_param_ids(policy)
             .with_gradient_checkpointing(config.gradient_checkpointing)
             .with_compute_dtype(config.bf16.then_some(FloatDType::BF16));
         tokenizer.check_fits(policy.config().vocab_size)?;
-        // The frozen reference is the policy at the start of RL (loaded again when resuming).
-        let reference = if config.loss.beta > 0.0 {
+        // The frozen reference is the policy at the start of RL (loaded again when resuming);
+        // with LoRA it is the policy's own base with the adapters off (no second copy).
+        let reference = if config.loss.beta > 0.0 && model_section.lora.is_none() {
             Some(load_model::<B::InnerBackend>(&model_section.path, &device)?)
         } else {
             None
@@ -422,7 +424,13 @@ impl<'a, B: TrainBackend> RlTrainer<'a, B> {
         let batch = generation.selection.finish(self.config, step);
 
         let t_update = Instant::now();
-        let refs = match &self.reference {
+        let base = match (&self.reference, &self.policy) {
+            (None, Some(p)) if self.config.loss.beta > 0.0 && p.has_adapters() => {
+                Some(burn::module::AutodiffModule::valid(p).without_adapters())
+            }
+            _ => None,
+        };
+        let refs = match self.reference.as_ref().or(base.as_ref()) {
             Some(r) => Some(reference_logprobs(
                 r,
                 &batch.groups,
@@ -560,7 +568,7 @@ impl<'a, B: TrainBackend> RlTrainer<'a, B> {
         self.run_dir.save_checkpoint(
             done,
             policy,
-            &self.model_section.path,
+            self.model_section,
             |p| optim.save(p),
             &state,
             (run.save_total_limit > 0).then_some(run.save_total_limit),
@@ -573,11 +581,7 @@ impl<'a, B: TrainBackend> RlTrainer<'a, B> {
     pub fn finish(self) -> Result<RlSummary> {
         let policy = self.policy.as_ref().ok_or_else(policy_lost)?;
         let final_dir = if self.worker.is_leader() {
-            self.run_dir.save_final(
-                policy,
-                &self.model_section.path,
-                self.model_section.save_dtype()?,
-            )?
+            self.run_dir.save_final(policy, self.model_section)?
         } else {
             self.run_dir.final_dir()
         };

@@ -288,12 +288,13 @@ pub fn train_with<B: TrainBackend>(
     worker: &Worker,
 ) -> Result<SftSummary> {
     config.validate()?;
+    model_section.check_dropout(config.gradient_checkpointing, "sft")?;
     let leader = worker.is_leader();
     let run_dir = RunDir::open(&run.run_dir)?;
     let resume_from = run_dir.resume_point(resume)?;
     let tokenizer = model_section.load_tokenizer()?;
     let (model, state): (_, Option<SftState>) =
-        RunDir::starting_point::<B, _>(resume_from.as_deref(), &model_section.path, &device)?;
+        RunDir::starting_point::<B, _>(resume_from.as_deref(), model_section, run.seed, &device)?;
     let mut model = stable_param_ids(model)
         .with_gradient_checkpointing(config.gradient_checkpointing)
         .with_compute_dtype(config.bf16.then_some(FloatDType::BF16));
@@ -401,7 +402,7 @@ pub fn train_with<B: TrainBackend>(
             run_dir.save_checkpoint(
                 done,
                 &model,
-                &model_section.path,
+                model_section,
                 |p| optim.save(p),
                 &state,
                 (run.save_total_limit > 0).then_some(run.save_total_limit),
@@ -414,7 +415,7 @@ pub fn train_with<B: TrainBackend>(
         if let Some(l) = final_valid_loss {
             run_dir.log_metrics(&json!({"step": total_steps, "eval/loss": l, "final": true}))?;
         }
-        run_dir.save_final(&model, &model_section.path, model_section.save_dtype()?)?
+        run_dir.save_final(&model, model_section)?
     } else {
         run_dir.final_dir()
     };

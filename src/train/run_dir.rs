@@ -22,7 +22,8 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::io::{write_atomic, JsonlReader};
-use crate::model::{load_model, save_model, Qwen2ForCausalLM, SaveDtype};
+use crate::config::ModelSection;
+use crate::model::{save_adapter, save_model, Qwen2ForCausalLM, SaveDtype};
 use burn::tensor::backend::Backend;
 
 /// Name of the trainer's JSON state inside a checkpoint.
@@ -122,13 +123,14 @@ impl RunDir {
     }
 
     /// Writes a checkpoint for `step`: the model (f32, HF layout, tokenizer files copied from
-    /// `source_dir`), the optimiser state written by `save_optimizer` into the given path, and
-    /// the trainer `state`. Keeps the newest `keep` checkpoints (all when `None`).
+    /// the model folder; with `[lora]`, only the adapters, as a PEFT folder), the optimiser state
+    /// written by `save_optimizer` into the given path, and the trainer `state`. Keeps the
+    /// newest `keep` checkpoints (all when `None`).
     pub fn save_checkpoint<B: Backend, S: Serialize>(
         &self,
         step: usize,
         model: &Qwen2ForCausalLM<B>,
-        source_dir: &Path,
+        section: &ModelSection,
         save_optimizer: impl FnOnce(&Path) -> Result<()>,
         state: &S,
         keep: Option<usize>,
@@ -139,7 +141,7 @@ impl RunDir {
             std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
         }
         std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
-        save_model(model, &tmp, SaveDtype::F32, Some(source_dir), SHARD_BYTES)?;
+        save_weights(model, section, &tmp, SaveDtype::F32)?;
         save_optimizer(&tmp.join(OPTIMIZER_FILE))?;
         let json = serde_json::to_vec_pretty(state)
             .map_err(|e| Error::Invalid(format!("trainer state cannot be serialised: {e}")))?;
@@ -171,21 +173,22 @@ impl RunDir {
         })
     }
 
-    /// The model a run starts from: checkpoint `resume_from` with its trainer state when resuming,
-    /// else the `base` model folder (no state).
+    /// The model a run starts from ([`ModelSection::load_trainable`]) and, when resuming from
+    /// checkpoint `resume_from`, its trainer state.
     pub fn starting_point<B: Backend, S: DeserializeOwned>(
         resume_from: Option<&Path>,
-        base: &Path,
+        section: &ModelSection,
+        seed: u64,
         device: &B::Device,
     ) -> Result<(Qwen2ForCausalLM<B>, Option<S>)> {
-        Ok(match resume_from {
+        let state = match resume_from {
             Some(ckpt) => {
                 log::info!("resuming from {}", ckpt.display());
-                let state: S = Self::load_state(ckpt)?;
-                (load_model::<B>(ckpt, device)?, Some(state))
+                Some(Self::load_state(ckpt)?)
             }
-            None => (load_model::<B>(base, device)?, None),
-        })
+            None => None,
+        };
+        Ok((section.load_trainable::<B>(resume_from, seed, device)?, state))
     }
 
     /// Appends one metrics record to `metrics.jsonl`.
@@ -223,15 +226,35 @@ impl RunDir {
         write_atomic(&path, kept.as_bytes())
     }
 
-    /// Writes the final model in HuggingFace layout to `RUN_DIR/final`.
+    /// Writes the final model to `RUN_DIR/final`: HuggingFace's layout in `[model] save_dtype`,
+    /// or with `[lora]` the adapters as PEFT writes them (`longrl merge` folds them in).
     pub fn save_final<B: Backend>(
         &self,
         model: &Qwen2ForCausalLM<B>,
-        source_dir: &Path,
-        dtype: SaveDtype,
+        section: &ModelSection,
     ) -> Result<PathBuf> {
         let dir = self.final_dir();
-        save_model(model, &dir, dtype, Some(source_dir), SHARD_BYTES)?;
+        save_weights(model, section, &dir, section.save_dtype()?)?;
         Ok(dir)
+    }
+}
+
+/// Saves `model` into `dir`: its adapters as a PEFT folder when it has them, else the whole
+/// model in `dtype`; tokenizer files come from the section's model folder.
+fn save_weights<B: Backend>(
+    model: &Qwen2ForCausalLM<B>,
+    section: &ModelSection,
+    dir: &Path,
+    dtype: SaveDtype,
+) -> Result<()> {
+    match &section.lora {
+        Some(lora) if model.has_adapters() => save_adapter(
+            model,
+            lora,
+            &section.adapter_base_name(),
+            dir,
+            Some(&section.path),
+        ),
+        _ => save_model(model, dir, dtype, Some(&section.path), SHARD_BYTES),
     }
 }
