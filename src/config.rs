@@ -121,7 +121,11 @@ impl ModelSection {
 
     /// The model a phase left in `dir` (a full model folder, or an adapter on this base) for
     /// inference.
-    pub fn load_phase_model<B: Backend>(&self, dir: &Path, device: &B::Device) -> Result<Qwen2ForCausalLM<B>> {
+    pub fn load_phase_model<B: Backend>(
+        &self,
+        dir: &Path,
+        device: &B::Device,
+    ) -> Result<Qwen2ForCausalLM<B>> {
         if is_adapter_dir(dir) {
             load_adapted::<B>(&self.path, Some(dir), self.base_dtype()?, device)
         } else {
@@ -141,11 +145,13 @@ impl ModelSection {
     /// dropout, so the two cannot be combined (`section`: where checkpointing was asked for).
     pub fn check_dropout(&self, gradient_checkpointing: bool, section: &str) -> Result<()> {
         match &self.lora {
-            Some(l) if l.lora_dropout > 0.0 && gradient_checkpointing => Err(Error::Invalid(format!(
-                "lora.lora_dropout = {} with {section}.gradient_checkpointing = true: the \
+            Some(l) if l.lora_dropout > 0.0 && gradient_checkpointing => {
+                Err(Error::Invalid(format!(
+                    "lora.lora_dropout = {} with {section}.gradient_checkpointing = true: the \
                  recomputed layers run without dropout; set one of them off",
-                l.lora_dropout
-            ))),
+                    l.lora_dropout
+                )))
+            }
             _ => Ok(()),
         }
     }

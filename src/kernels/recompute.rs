@@ -8,13 +8,13 @@
 //! re-entrant), so the layer's backward is written out: linear layers, RMSNorm, RoPE (whose
 //! adjoint is the rotation by `-θ`), SwiGLU, and the blockwise attention backward.
 
+use super::linear::Linear;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::Autodiff;
 use burn::module::{AutodiffModule, Module, Param};
-use super::linear::Linear;
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::{BoolTensor, FloatTensor};
 use burn::tensor::{Bool, DType, Tensor, TensorMetadata, TensorPrimitive};
@@ -123,7 +123,10 @@ impl<B: Backend> DecoderWeights<B> {
 fn params<B: Backend>(w: &DecoderWeights<B>) -> [Option<FloatTensor<B>>; PARAMS] {
     let p = |l: &Linear<B>| Some(l.weight.val().into_primitive().tensor());
     let bias = |l: &Linear<B>| {
-        let b = l.bias.as_ref().expect("Qwen2 q/k/v projections have a bias");
+        let b = l
+            .bias
+            .as_ref()
+            .expect("Qwen2 q/k/v projections have a bias");
         Some(b.val().into_primitive().tensor())
     };
     let norm = |n: &Param<Tensor<B, 1>>| Some(n.val().into_primitive().tensor());
@@ -411,7 +414,9 @@ pub(super) fn checkpointed_layer<B: ModelBackend, C: CheckpointStrategy>(
     let params = params(layer);
     let nodes: [_; NODES] = std::array::from_fn(|i| match i {
         0 => x.node.clone(),
-        i => params[i - 1].as_ref().map_or_else(constant, |p| p.node.clone()),
+        i => params[i - 1]
+            .as_ref()
+            .map_or_else(constant, |p| p.node.clone()),
     });
     let node = match (LayerBackward { layer: inner })
         .prepare::<C>(nodes)

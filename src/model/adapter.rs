@@ -65,8 +65,8 @@ pub fn save_adapter<B: Backend>(
     safetensors::tensor::serialize_to_file(views, Some(metadata), &tmp)
         .map_err(|e| Error::checkpoint(&path, format!("writing safetensors: {e}")))?;
     std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
-    let config = serde_json::to_string_pretty(&lora.adapter_config_json(base_model))
-        .unwrap_or_default();
+    let config =
+        serde_json::to_string_pretty(&lora.adapter_config_json(base_model)).unwrap_or_default();
     write_atomic(&dir.join(ADAPTER_CONFIG), config.as_bytes())?;
     if let Some(src) = source_dir.filter(|s| *s != dir) {
         for name in TOKENIZER_FILES {
@@ -89,7 +89,10 @@ pub fn load_adapter<B: Backend>(
     dir: &Path,
 ) -> Result<(Qwen2ForCausalLM<B>, LoraConfig)> {
     if !dir.is_dir() {
-        return Err(Error::checkpoint(dir, "not a directory (expected a PEFT adapter folder)"));
+        return Err(Error::checkpoint(
+            dir,
+            "not a directory (expected a PEFT adapter folder)",
+        ));
     }
     for file in [ADAPTER_CONFIG, ADAPTER_WEIGHTS] {
         if !dir.join(file).is_file() {
@@ -109,11 +112,10 @@ pub fn load_adapter<B: Backend>(
         .into_iter()
         .map(|(n, v)| (n, (v.shape().to_vec(), v.dtype())))
         .collect();
-    let targets = lora.targets()?;
     let mut problems = Vec::new();
     let mut used = Vec::new();
-    for (module, name, p) in model.projections() {
-        if !targets.contains(&name) {
+    for (module, _, p) in model.projections() {
+        if !lora.targets_path(&module) {
             continue;
         }
         let [d_in, d_out] = p.dims();
@@ -124,8 +126,12 @@ pub fn load_adapter<B: Backend>(
                 Some((shape, _)) if *shape != want => problems.push(format!(
                     "tensor `{key}` has shape {shape:?}, the base needs {want:?}"
                 )),
-                Some((_, dtype)) if !matches!(dtype, StDtype::F32 | StDtype::BF16 | StDtype::F16) => {
-                    problems.push(format!("tensor `{key}` has dtype {dtype:?}; expected a float"))
+                Some((_, dtype))
+                    if !matches!(dtype, StDtype::F32 | StDtype::BF16 | StDtype::F16) =>
+                {
+                    problems.push(format!(
+                        "tensor `{key}` has dtype {dtype:?}; expected a float"
+                    ))
                 }
                 Some(_) => used.push(key),
             }
@@ -146,10 +152,14 @@ pub fn load_adapter<B: Backend>(
     if !problems.is_empty() {
         return Err(Error::checkpoint(
             dir,
-            format!("adapter does not match the base model: {}", problems.join("; ")),
+            format!(
+                "adapter does not match the base model: {}",
+                problems.join("; ")
+            ),
         ));
     }
     let device = model.model.norm.weight.device();
+    // PEFT's `[rows, cols]` as burn's contiguous `[cols, rows]`, f32.
     let read = |key: &str| -> Tensor<B, 2> {
         let view = file.tensor(key).expect("checked above");
         let dtype = match view.dtype() {
@@ -157,12 +167,21 @@ pub fn load_adapter<B: Backend>(
             StDtype::F16 => DType::F16,
             _ => DType::F32,
         };
-        let data = TensorData::from_bytes_vec(view.data().to_vec(), view.shape().to_vec(), dtype)
-            .convert_dtype(DType::F32);
-        Tensor::<B, 2>::from_data(data, &device).transpose()
+        let (rows, cols) = (view.shape()[0], view.shape()[1]);
+        let values = TensorData::from_bytes_vec(view.data().to_vec(), vec![rows, cols], dtype)
+            .convert_dtype(DType::F32)
+            .to_vec::<f32>()
+            .expect("f32 values");
+        let mut t = vec![0f32; rows * cols];
+        for r in 0..rows {
+            for c in 0..cols {
+                t[c * rows + r] = values[r * cols + c];
+            }
+        }
+        Tensor::<B, 2>::from_data(TensorData::new(t, [cols, rows]), &device)
     };
-    let model = model.frozen().map_projections(|module, name, p| {
-        if !targets.contains(&name) {
+    let model = model.frozen().map_projections(|module, _, p| {
+        if !lora.targets_path(module) {
             return Ok(p);
         }
         let adapter = LoraAdapter::new(

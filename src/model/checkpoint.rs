@@ -258,8 +258,14 @@ impl WeightFiles {
             t.shape.clone()
         };
         let data = match target {
-            DType::BF16 => TensorData::new(convert(bytes, t.dtype, rows, cols, transpose, bf16_from), shape),
-            DType::F16 => TensorData::new(convert(bytes, t.dtype, rows, cols, transpose, f16_from), shape),
+            DType::BF16 => TensorData::new(
+                convert(bytes, t.dtype, rows, cols, transpose, bf16_from),
+                shape,
+            ),
+            DType::F16 => TensorData::new(
+                convert(bytes, t.dtype, rows, cols, transpose, f16_from),
+                shape,
+            ),
             _ => TensorData::new(convert(bytes, t.dtype, rows, cols, transpose, |x| x), shape)
                 .convert_dtype(target),
         };
@@ -280,9 +286,18 @@ fn f16_from(x: f32) -> half::f16 {
 #[inline(always)]
 fn element(bytes: &[u8], dtype: DType, i: usize) -> f32 {
     match dtype {
-        DType::BF16 => half::bf16::from_bits(u16::from_le_bytes([bytes[2 * i], bytes[2 * i + 1]])).to_f32(),
-        DType::F16 => half::f16::from_bits(u16::from_le_bytes([bytes[2 * i], bytes[2 * i + 1]])).to_f32(),
-        _ => f32::from_le_bytes([bytes[4 * i], bytes[4 * i + 1], bytes[4 * i + 2], bytes[4 * i + 3]]),
+        DType::BF16 => {
+            half::bf16::from_bits(u16::from_le_bytes([bytes[2 * i], bytes[2 * i + 1]])).to_f32()
+        }
+        DType::F16 => {
+            half::f16::from_bits(u16::from_le_bytes([bytes[2 * i], bytes[2 * i + 1]])).to_f32()
+        }
+        _ => f32::from_le_bytes([
+            bytes[4 * i],
+            bytes[4 * i + 1],
+            bytes[4 * i + 2],
+            bytes[4 * i + 3],
+        ]),
     }
 }
 
@@ -300,26 +315,30 @@ fn convert<T: Copy + Default + Send>(
     let n = rows * cols;
     let mut out = vec![T::default(); n];
     if !transpose {
-        out.par_chunks_mut(1 << 16).enumerate().for_each(|(c, chunk)| {
-            let base = c << 16;
-            for (j, o) in chunk.iter_mut().enumerate() {
-                *o = f(element(bytes, dtype, base + j));
-            }
-        });
+        out.par_chunks_mut(1 << 16)
+            .enumerate()
+            .for_each(|(c, chunk)| {
+                let base = c << 16;
+                for (j, o) in chunk.iter_mut().enumerate() {
+                    *o = f(element(bytes, dtype, base + j));
+                }
+            });
         return out;
     }
     // Output row `i` (an input column) is read down input rows; blocks of 16 output rows share
     // each input row's cache lines.
     const TILE: usize = 16;
-    out.par_chunks_mut(rows * TILE).enumerate().for_each(|(b, block)| {
-        let i0 = b * TILE;
-        let width = block.len() / rows;
-        for r in 0..rows {
-            for k in 0..width {
-                block[k * rows + r] = f(element(bytes, dtype, r * cols + i0 + k));
+    out.par_chunks_mut(rows * TILE)
+        .enumerate()
+        .for_each(|(b, block)| {
+            let i0 = b * TILE;
+            let width = block.len() / rows;
+            for r in 0..rows {
+                for k in 0..width {
+                    block[k * rows + r] = f(element(bytes, dtype, r * cols + i0 + k));
+                }
             }
-        }
-    });
+        });
     out
 }
 
@@ -483,7 +502,11 @@ pub fn load_model_as<B: Backend>(
         ));
     }
     if !source.problems.is_empty() {
-        let paths: Vec<String> = files.paths.iter().map(|p| p.display().to_string()).collect();
+        let paths: Vec<String> = files
+            .paths
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
         return Err(Error::checkpoint(
             dir,
             format!(
@@ -663,12 +686,19 @@ mod tests {
         let expected = draw();
         Flex::seed(&device, 42);
         let model = load_model::<Flex>(tiny(), &device).expect("tiny model");
-        assert_eq!(draw(), expected, "loading drew from the backend's random generator");
+        assert_eq!(
+            draw(),
+            expected,
+            "loading drew from the backend's random generator"
+        );
         let loaded = model_tensors(&model);
         let file = file_tensors(&tiny().join("model.safetensors"));
         assert_eq!(loaded.len(), file.len());
         for (name, values) in &file {
-            assert!(loaded[name] == *values, "tensor `{name}` differs from the file");
+            assert!(
+                loaded[name] == *values,
+                "tensor `{name}` differs from the file"
+            );
         }
     }
 
@@ -677,15 +707,24 @@ mod tests {
         let device = Default::default();
         let dir = tempfile::tempdir().expect("tempdir");
         let f32_model = load_model::<Flex>(tiny(), &device).expect("tiny model");
-        save_model(&f32_model, dir.path(), SaveDtype::Bf16, Some(&tiny()), DEFAULT_MAX_SHARD_BYTES)
-            .expect("save bf16");
+        save_model(
+            &f32_model,
+            dir.path(),
+            SaveDtype::Bf16,
+            Some(&tiny()),
+            DEFAULT_MAX_SHARD_BYTES,
+        )
+        .expect("save bf16");
         for dtype in [BaseDtype::Auto, BaseDtype::Bfloat16] {
             let model = load_model_as::<Flex>(dir.path(), Some(dtype), &device).expect("load");
             let w = model.model.layers[0].self_attn.q_proj.weight.val();
             assert_eq!(w.dtype(), DType::BF16, "{dtype:?}");
             let file = file_tensors(&dir.path().join("model.safetensors"));
             for (name, values) in model_tensors(&model) {
-                assert!(file[&name] == values, "tensor `{name}` differs from the file");
+                assert!(
+                    file[&name] == values,
+                    "tensor `{name}` differs from the file"
+                );
             }
         }
         let upcast = load_model::<Flex>(dir.path(), &device).expect("load as f32");
@@ -696,9 +735,10 @@ mod tests {
     #[test]
     fn a_backend_without_bf16_refuses_a_bf16_base() {
         let device = Default::default();
-        let err = load_model_as::<burn::backend::NdArray>(tiny(), Some(BaseDtype::Bfloat16), &device)
-            .err()
-            .expect("ndarray holds no bf16");
+        let err =
+            load_model_as::<burn::backend::NdArray>(tiny(), Some(BaseDtype::Bfloat16), &device)
+                .err()
+                .expect("ndarray holds no bf16");
         assert!(err.to_string().contains("model.base_dtype"), "{err}");
     }
 }

@@ -102,7 +102,8 @@ impl LoraConfig {
         }
     }
 
-    /// The adapted projections, in [`LINEAR_MODULES`] order.
+    /// The kinds of projection adapted (in [`LINEAR_MODULES`] order); which layers' ones, see
+    /// [`Self::targets_path`].
     pub fn targets(&self) -> Result<Vec<&'static str>> {
         let names: Vec<String> = match &self.target_modules {
             None => return Ok(DEFAULT_TARGETS.to_vec()),
@@ -117,8 +118,11 @@ impl LoraConfig {
                 "an empty list adapts nothing: name modules or use \"all-linear\"".into(),
             ));
         }
+        // PEFT matches a name against the end of a module's path: `q_proj` adapts every
+        // layer's, `model.layers.0.self_attn.q_proj` only layer 0's.
+        let last = |n: &str| n.rsplit('.').next().unwrap_or(n).to_string();
         for n in &names {
-            if !LINEAR_MODULES.contains(&n.as_str()) {
+            if !LINEAR_MODULES.contains(&last(n).as_str()) {
                 return Err(Error::Invalid(format!(
                     "unknown module \"{n}\": Qwen2's linear layers are {} (or \"all-linear\")",
                     LINEAR_MODULES.join(", ")
@@ -128,13 +132,20 @@ impl LoraConfig {
         Ok(LINEAR_MODULES
             .iter()
             .copied()
-            .filter(|m| names.iter().any(|n| n == m))
+            .filter(|m| names.iter().any(|n| last(n) == *m))
             .collect())
     }
 
-    /// Whether the projection `module` (e.g. `q_proj`) gets an adapter.
-    pub fn targets_module(&self, module: &str) -> bool {
-        self.targets().is_ok_and(|t| t.contains(&module))
+    /// Whether the projection at `path` (`model.layers.3.self_attn.q_proj`) gets an adapter, as
+    /// PEFT decides: a target equal to the path or to one of its dotted suffixes.
+    pub fn targets_path(&self, path: &str) -> bool {
+        let matches = |t: &str| path == t || path.ends_with(&format!(".{t}"));
+        match &self.target_modules {
+            None => DEFAULT_TARGETS.iter().any(|t| matches(t)),
+            Some(TargetModules::Shorthand(s)) if s == "all-linear" => true,
+            Some(TargetModules::Shorthand(s)) => matches(s),
+            Some(TargetModules::Names(v)) => v.iter().any(|t| matches(t)),
+        }
     }
 
     /// `adapter_config.json` as PEFT writes it, for the base `base_model`.
@@ -146,7 +157,10 @@ impl LoraConfig {
             "r": self.r,
             "lora_alpha": self.lora_alpha,
             "lora_dropout": self.lora_dropout,
-            "target_modules": self.targets().unwrap_or_default(),
+            "target_modules": match &self.target_modules {
+                Some(TargetModules::Names(v)) => v.clone(),
+                _ => self.targets().unwrap_or_default().iter().map(|m| m.to_string()).collect(),
+            },
             "use_rslora": self.use_rslora,
             "bias": "none",
             "fan_in_fan_out": false,

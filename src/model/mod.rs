@@ -11,8 +11,8 @@ pub mod rope;
 pub mod weights;
 
 pub use crate::kernels::{HeadLayout, ModelBackend, TrainBackend};
-pub use cache::KvCache;
 pub use adapter::{is_adapter_dir, load_adapted, load_adapter, save_adapter};
+pub use cache::KvCache;
 pub use checkpoint::{load_model, load_model_as, save_model, BaseDtype, SaveDtype};
 pub use config::{Qwen2Config, RopeScaling};
 pub use lora::{LoraConfig, TargetModules};

@@ -8,10 +8,10 @@ use burn::tensor::{backend::Backend, Bool, DType, FloatDType, Int, Tensor};
 
 use super::cache::{KvCache, LayerKv};
 use super::config::Qwen2Config;
-use super::rope::RopeParams;
-use crate::error::{Error, Result};
-use super::weights::{RandomInit, TensorKind, WeightSource};
 use super::lora::LoraConfig;
+use super::rope::RopeParams;
+use super::weights::{RandomInit, TensorKind, WeightSource};
+use crate::error::{Error, Result};
 use crate::kernels::{DecoderWeights, HeadLayout, Linear, LoraAdapter, ModelBackend};
 
 /// Root-mean-square layer norm with a learned scale (`weight`, as HF names it).
@@ -327,8 +327,8 @@ impl<B: Backend> Qwen2ForCausalLM<B> {
                 .collect(),
             norm: RmsNorm::new(source, "model.norm", h, config.rms_norm_eps),
         };
-        let lm_head = (!config.tie_word_embeddings)
-            .then(|| linear(source, "lm_head", [h, v], false));
+        let lm_head =
+            (!config.tie_word_embeddings).then(|| linear(source, "lm_head", [h, v], false));
         Self {
             model,
             lm_head,
@@ -410,10 +410,10 @@ impl<B: Backend> Qwen2ForCausalLM<B> {
     /// what the base does until the adapters train.
     pub fn with_lora(self, lora: &LoraConfig, seed: u64) -> Result<Self> {
         use rand::{Rng, SeedableRng};
-        let targets = lora.targets()?;
+        lora.targets()?;
         let device = self.model.norm.weight.device();
-        self.frozen().map_projections(|path, name, p| {
-            if !targets.contains(&name) {
+        self.frozen().map_projections(|path, _, p| {
+            if !lora.targets_path(path) {
                 return Ok(p);
             }
             let [d_in, d_out] = p.dims();

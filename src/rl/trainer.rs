@@ -303,8 +303,12 @@ impl<'a, B: TrainBackend> RlTrainer<'a, B> {
         let run_dir = RunDir::open(&run.run_dir)?;
         let resume_from = run_dir.resume_point(resume)?;
         let tokenizer = model_section.load_tokenizer()?;
-        let (policy, state): (_, Option<RlState>) =
-            RunDir::starting_point::<B, _>(resume_from.as_deref(), model_section, run.seed, &device)?;
+        let (policy, state): (_, Option<RlState>) = RunDir::starting_point::<B, _>(
+            resume_from.as_deref(),
+            model_section,
+            run.seed,
+            &device,
+        )?;
         let policy = stable_param_ids(policy)
             .with_gradient_checkpointing(config.gradient_checkpointing)
             .with_compute_dtype(config.bf16.then_some(FloatDType::BF16));

@@ -20,9 +20,9 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::config::ModelSection;
 use crate::error::{Error, Result};
 use crate::io::{write_atomic, JsonlReader};
-use crate::config::ModelSection;
 use crate::model::{save_adapter, save_model, Qwen2ForCausalLM, SaveDtype};
 use burn::tensor::backend::Backend;
 
@@ -188,7 +188,10 @@ impl RunDir {
             }
             None => None,
         };
-        Ok((section.load_trainable::<B>(resume_from, seed, device)?, state))
+        Ok((
+            section.load_trainable::<B>(resume_from, seed, device)?,
+            state,
+        ))
     }
 
     /// Appends one metrics record to `metrics.jsonl`.

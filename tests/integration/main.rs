@@ -9,6 +9,7 @@ mod distributed;
 mod eval;
 mod generate;
 mod judge_http;
+mod lora;
 mod parity;
 mod parquet_data;
 mod pipeline;
