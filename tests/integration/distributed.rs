@@ -40,6 +40,9 @@ fn model() -> ModelSection {
         path: model_dir("tiny-qwen2-chatml"),
         chat_template: None,
         save_dtype: None,
+        base_dtype: None,
+        adapter: None,
+        lora: None,
     }
 }
 
