@@ -53,6 +53,9 @@ impl AutodiffBackendFn for Steps {
             path: self.root.join("models/tiny-qwen2-chatml"),
             chat_template: None,
             save_dtype: None,
+            base_dtype: None,
+            adapter: None,
+            lora: None,
         };
         let run = |name: &str| RunSection {
             run_dir: self.out.join(name),

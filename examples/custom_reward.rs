@@ -68,6 +68,9 @@ fn run() -> anyhow::Result<(f64, f64)> {
         path: root.join("models/tiny-qwen2-chatml"),
         chat_template: None,
         save_dtype: None,
+        base_dtype: None,
+        adapter: None,
+        lora: None,
     };
     let run = RunSection {
         run_dir: dir.path().join("run"),
