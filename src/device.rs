@@ -140,10 +140,10 @@ impl fmt::Display for DeviceSpec {
     }
 }
 
-impl FromStr for DeviceSpec {
-    type Err = Error;
-
-    fn from_str(s: &str) -> Result<Self> {
+impl DeviceSpec {
+    /// Parses a device name whether or not this build has its backend (for planning; running
+    /// on it is still refused by [`DeviceSpec::run`]).
+    pub fn parse_any(s: &str) -> Result<Self> {
         let bad = || {
             Error::Device(format!(
                 "unknown device `{s}`: expected flex (or cpu), ndarray, wgpu, wgpu:N, cuda or cuda:N"
@@ -160,6 +160,15 @@ impl FromStr for DeviceSpec {
             ("cuda", i) => DeviceSpec::Cuda(i.unwrap_or(0)),
             _ => return Err(bad()),
         };
+        Ok(spec)
+    }
+}
+
+impl FromStr for DeviceSpec {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let spec = Self::parse_any(s)?;
         if !spec.is_compiled() {
             return Err(spec.not_compiled());
         }

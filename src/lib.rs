@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod model;
 pub mod openai;
 pub mod pipeline;
+pub mod plan;
 pub mod reward;
 pub mod rl;
 pub mod sft;

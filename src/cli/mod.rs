@@ -1,13 +1,16 @@
 //! The `longrl` command line: `info`, `score`, `generate`, `reward`, `sft`, `rl`, `pipeline`,
-//! `eval`, `bench`, `plot`.
+//! `eval`, `plan`, `bench`, `plot`.
 
 mod bench;
 mod eval;
 mod judge;
 mod merge;
+mod plan;
 mod plot;
 mod reward;
 mod train;
+
+pub use train::{load_pipeline_file, load_rl_file, load_sft_file};
 
 use crate::model::ModelBackend;
 use std::io::Write;
@@ -42,8 +45,10 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// Any known device name: a device this build lacks is refused where it is used, so `plan` can
+/// plan for it.
 fn parse_device(s: &str) -> std::result::Result<DeviceSpec, String> {
-    s.parse().map_err(|e: Error| e.to_string())
+    DeviceSpec::parse_any(s).map_err(|e: Error| e.to_string())
 }
 
 /// longrl's commands.
@@ -66,6 +71,9 @@ pub enum Command {
     /// The seven long-document QA benchmarks of QwenLong-L1's Table 4, for a longrl model or a
     /// served one (`--endpoint`).
     Eval(Box<eval::EvalArgs>),
+    /// Per-device memory of a training config (weights, gradients, optimiser state,
+    /// activations, KV cache, reference) and whether it fits, without loading anything.
+    Plan(plan::PlanArgs),
     /// Measure training or rollout throughput and peak memory for a model or a bare config.
     Bench(bench::BenchArgs),
     /// PNG charts of a run (reward, entropy, KL, response length, clip fraction, SFT loss).
@@ -171,6 +179,7 @@ pub fn main() -> anyhow::Result<()> {
         Command::Rl(args) => train::run_rl(args, cli.device)?,
         Command::Pipeline(args) => train::run_pipeline(args, cli.device)?,
         Command::Eval(args) => eval::run(*args, device)?,
+        Command::Plan(args) => plan::run(&args, cli.device)?,
         Command::Bench(args) => bench::run(args, device)?,
         Command::Plot(args) => plot::run(&args)?,
         Command::Merge(args) => device.run(merge::MergeTask(args))??,

@@ -10,6 +10,7 @@ use crate::config::{load_toml, resolve_path, Overrides};
 use crate::device::{AutodiffBackendFn, DeviceSpec};
 use crate::distributed::{launch, DistributedSection, Plan, Worker};
 use crate::error::Result;
+use crate::plan::{MemoryPlan, PlanOptions, Workload};
 use crate::reward::Rewarder;
 use crate::rl::{self, RlConfig, RlFile};
 use crate::sft::{self, SftFile};
@@ -52,6 +53,13 @@ pub struct TrainArgs {
     /// The address other machines reach this one at (`[distributed] node_host`).
     #[arg(long)]
     pub node_host: Option<String>,
+    /// Memory of one device in GiB for the memory plan checked before training (default: the
+    /// machine's RAM for CPU devices; GPUs are not checked without it).
+    #[arg(long)]
+    pub device_memory_gib: Option<f64>,
+    /// Start even when the memory plan says the config does not fit.
+    #[arg(long)]
+    pub no_plan_check: bool,
 }
 
 impl TrainArgs {
@@ -77,6 +85,40 @@ impl TrainArgs {
         }
     }
 
+    /// Plans `workload` on `plan`'s devices and refuses it when it cannot fit (skipped with a
+    /// log line when the device's memory is unknown, or with `--no-plan-check`).
+    fn check_memory(&self, workload: &Workload, plan: &Plan) -> Result<()> {
+        if self.no_plan_check {
+            log::info!("memory plan: not checked (--no-plan-check)");
+            return Ok(());
+        }
+        let options = PlanOptions {
+            device: plan.devices.first().copied(),
+            devices: Some(plan.world()),
+            device_memory_gib: self.device_memory_gib,
+            model_config: None,
+        };
+        let memory = MemoryPlan::new(workload, &options)?;
+        match memory.fits {
+            Some(false) => Err(memory.refusal()),
+            Some(true) => {
+                log::info!(
+                    "memory plan: peak {:.2} GiB per device ({}), fits",
+                    memory.peak_bytes as f64 / (1u64 << 30) as f64,
+                    memory.peak_phase
+                );
+                Ok(())
+            }
+            None => {
+                log::info!(
+                    "memory plan: {} memory unknown, not checked (give --device-memory-gib)",
+                    memory.device
+                );
+                Ok(())
+            }
+        }
+    }
+
     fn overrides(&self) -> Overrides {
         Overrides {
             run_dir: self.run_dir.clone(),
@@ -96,16 +138,18 @@ fn pick_device(cli: Option<DeviceSpec>, config: Option<&str>) -> Result<DeviceSp
     }
 }
 
-/// Resolves the devices (one, or the `[distributed]` set) and records the resolved configuration
-/// as `RUN_DIR/config.toml` (node rank 0 only).
+/// Resolves the devices (one, or the `[distributed]` set), runs `check` on them (the memory
+/// plan) and records the resolved configuration as `RUN_DIR/config.toml` (node rank 0 only).
 fn start_run<T: serde::Serialize>(
     file: &T,
     run: &crate::config::RunSection,
     distributed: &DistributedSection,
     device: Option<DeviceSpec>,
+    check: impl FnOnce(&Plan) -> Result<()>,
 ) -> Result<Plan> {
     let device = pick_device(device, run.device.as_deref())?;
     let plan = distributed.plan(device)?;
+    check(&plan)?;
     std::fs::create_dir_all(&run.run_dir).map_err(|e| crate::error::Error::io(&run.run_dir, e))?;
     if distributed.node_rank == 0 {
         let text = toml::to_string_pretty(file).unwrap_or_default();
@@ -192,7 +236,10 @@ pub fn run_sft(args: TrainArgs, device: Option<DeviceSpec>) -> Result<()> {
         file.run.progress = false;
     }
     args.apply_distributed(&mut file.distributed, device);
-    let plan = start_run(&file, &file.run, &file.distributed, device)?;
+    let workload = Workload::from_sft(&file);
+    let plan = start_run(&file, &file.run, &file.distributed, device, |p| {
+        args.check_memory(&workload, p)
+    })?;
     let summary = run_job(
         &plan,
         SftTask {
@@ -277,7 +324,10 @@ pub fn run_rl(args: TrainArgs, device: Option<DeviceSpec>) -> Result<()> {
         file.run.progress = false;
     }
     args.apply_distributed(&mut file.distributed, device);
-    let plan = start_run(&file, &file.run, &file.distributed, device)?;
+    let workload = Workload::from_rl(&file);
+    let plan = start_run(&file, &file.run, &file.distributed, device, |p| {
+        args.check_memory(&workload, p)
+    })?;
     let summary = run_job(
         &plan,
         RlTask {
@@ -340,7 +390,10 @@ pub fn run_pipeline(args: TrainArgs, device: Option<DeviceSpec>) -> Result<()> {
         file.run.progress = false;
     }
     args.apply_distributed(&mut file.distributed, device);
-    let plan = start_run(&file, &file.run, &file.distributed, device)?;
+    let workload = Workload::from_pipeline(&file);
+    let plan = start_run(&file, &file.run, &file.distributed, device, |p| {
+        args.check_memory(&workload, p)
+    })?;
     let run_dir = file.run.run_dir.clone();
     let summary = run_job(
         &plan,

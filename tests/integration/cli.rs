@@ -602,3 +602,69 @@ fn bench_measures_training_and_generation_for_a_folder_or_a_bare_config() {
         "{err}"
     );
 }
+
+#[test]
+fn plan_prints_the_memory_of_a_tiny_config_as_json() {
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/tiny-sft.toml");
+    let out = longrl(&[
+        "plan",
+        "--config",
+        config.to_str().unwrap(),
+        "--device-memory-gib",
+        "1",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let plan: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(plan["fits"], true);
+    let peak = plan["peak_bytes"].as_u64().unwrap();
+    assert!(peak > 10 << 20 && peak < 1 << 30, "{plan}");
+    assert_eq!(plan["phases"][0]["name"], "sft");
+    assert!(plan["phases"][0]["optimizer_bytes"].as_u64().unwrap() > 0);
+    // A GPU this build may lack is planned without touching it.
+    let out = longrl(&[
+        "--device",
+        "cuda",
+        "plan",
+        "--config",
+        config.to_str().unwrap(),
+        "--device-memory-gib",
+        "0.01",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let plan: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(plan["fits"], false);
+    assert!(!plan["advice"].as_array().unwrap().is_empty());
+}
+
+#[test]
+fn sft_refuses_a_config_that_cannot_fit() {
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/tiny-sft.toml");
+    let out = longrl(&[
+        "sft",
+        "--config",
+        config.to_str().unwrap(),
+        "--device-memory-gib",
+        "0.01",
+        "--run-dir",
+        std::env::temp_dir()
+            .join("longrl-plan-refusal")
+            .to_str()
+            .unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--no-plan-check") && err.contains("GiB"),
+        "{err}"
+    );
+}
