@@ -26,7 +26,7 @@ const GIB: f64 = (1u64 << 30) as f64;
 
 /// Factor between the values the model's layers produce per token and what a plain micro-batch
 /// adds to the peak (the graph frees or reuses some), calibrated on the 0.39B shape on the CPU.
-pub const PLAIN_ACTIVATION_FACTOR: f64 = 0.5;
+pub const PLAIN_ACTIVATION_FACTOR: f64 = 1.0;
 /// The same factor with per-layer gradient checkpointing.
 pub const CHECKPOINTED_ACTIVATION_FACTOR: f64 = 1.0;
 /// Host buffers of a checkpoint save per byte of weights and optimiser state (their copies to
@@ -459,7 +459,9 @@ impl Shape {
                 // The micro-batch's gradients and their accumulated (then clipped) copy.
                 b.gradients_bytes = 2 * 4 * self.trainable();
                 b.optimizer_bytes = 8 * self.trainable();
-                let (plain, ckpt) = self.activations(tokens, t.bf16, t.logits_chunk);
+                // A bf16 base under LoRA computes in bf16 whatever `bf16` says.
+                let low = t.bf16 || (self.lora.is_some() && self.base_bytes == 2);
+                let (plain, ckpt) = self.activations(tokens, low, t.logits_chunk);
                 b.activations_plain_bytes = plain;
                 b.activations_checkpointed_bytes = ckpt;
                 b.activations_bytes = if t.gradient_checkpointing {
@@ -494,7 +496,12 @@ impl Shape {
         }
         let resident = b.weights_bytes + b.optimizer_bytes + b.reference_bytes + b.runtime_bytes;
         if matches!(spec, PhaseSpec::Train(_)) && !self.gpu {
-            let state = self.weights(false).0 + b.optimizer_bytes;
+            // A LoRA checkpoint holds the adapters (f32) and their optimiser state only.
+            let saved = match self.lora {
+                Some(_) => 4 * self.adapter_params(),
+                None => self.weights(false).0,
+            };
+            let state = saved + b.optimizer_bytes;
             b.checkpoint_save_bytes = (SAVE_BUFFER_FACTOR * state as f64) as u64;
         }
         b.peak_bytes = (resident

@@ -491,7 +491,7 @@ pub fn load_model_as<B: Backend>(
     let unused: Vec<&str> = files
         .tensors
         .keys()
-        .filter(|n| !source.used.contains(*n) && !ignorable(n) && !(tied && *n == "lm_head.weight"))
+        .filter(|n| !(source.used.contains(*n) || ignorable(n) || tied && *n == "lm_head.weight"))
         .map(String::as_str)
         .collect();
     if !unused.is_empty() {
@@ -737,8 +737,7 @@ mod tests {
         let device = Default::default();
         let err =
             load_model_as::<burn::backend::NdArray>(tiny(), Some(BaseDtype::Bfloat16), &device)
-                .err()
-                .expect("ndarray holds no bf16");
+                .expect_err("ndarray holds no bf16");
         assert!(err.to_string().contains("model.base_dtype"), "{err}");
     }
 }

@@ -153,8 +153,7 @@ fn adapters_round_trip_through_save_adapter() {
 fn load_err(base_dir: &Path, adapter_dir: &Path) -> String {
     let base = load_model::<Flex>(base_dir, &Default::default()).unwrap();
     load_adapter(base, adapter_dir)
-        .err()
-        .expect("an error")
+        .expect_err("an error")
         .to_string()
 }
 
