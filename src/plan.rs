@@ -325,15 +325,20 @@ impl Shape {
         self.config.num_parameters() as u64
     }
 
-    /// `(in, out)` of a decoder layer's projection.
-    fn projection(&self, name: &str) -> (usize, usize) {
+    /// `(hidden, q width, k/v width, intermediate)` of a decoder layer.
+    fn widths(&self) -> (usize, usize, usize, usize) {
         let c = &self.config;
-        let (h, q, kv, i) = (
+        (
             c.hidden_size,
             c.num_attention_heads * c.head_dim,
             c.num_key_value_heads * c.head_dim,
             c.intermediate_size,
-        );
+        )
+    }
+
+    /// `(in, out)` of a decoder layer's projection.
+    fn projection(&self, name: &str) -> (usize, usize) {
+        let (h, q, kv, i) = self.widths();
         match name {
             "q_proj" => (h, q),
             "k_proj" | "v_proj" => (h, kv),
@@ -369,13 +374,7 @@ impl Shape {
     /// the attention output (the blockwise attention node), the output projection's input, the
     /// MLP's gate, up and SwiGLU output; plus each adapter's `r` intermediate.
     fn layer_values_per_token(&self) -> u64 {
-        let c = &self.config;
-        let (h, q, kv, i) = (
-            c.hidden_size,
-            c.num_attention_heads * c.head_dim,
-            c.num_key_value_heads * c.head_dim,
-            c.intermediate_size,
-        );
+        let (h, q, kv, i) = self.widths();
         let adapters = self
             .lora
             .as_ref()

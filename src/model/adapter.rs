@@ -9,7 +9,7 @@ use std::path::Path;
 use burn::tensor::{backend::Backend, DType, Tensor, TensorData};
 use safetensors::tensor::{Dtype as StDtype, SafeTensors, TensorView};
 
-use super::checkpoint::TOKENIZER_FILES;
+use super::checkpoint::copy_tokenizer_files;
 use super::lora::LoraConfig;
 use super::qwen2::Qwen2ForCausalLM;
 use crate::error::{Error, Result};
@@ -68,16 +68,7 @@ pub fn save_adapter<B: Backend>(
     let config =
         serde_json::to_string_pretty(&lora.adapter_config_json(base_model)).unwrap_or_default();
     write_atomic(&dir.join(ADAPTER_CONFIG), config.as_bytes())?;
-    if let Some(src) = source_dir.filter(|s| *s != dir) {
-        for name in TOKENIZER_FILES {
-            let from = src.join(name);
-            if from.exists() {
-                let bytes = std::fs::read(&from).map_err(|e| Error::io(&from, e))?;
-                write_atomic(&dir.join(name), &bytes)?;
-            }
-        }
-    }
-    Ok(())
+    copy_tokenizer_files(source_dir, dir)
 }
 
 /// Reads the adapter folder `dir` (PEFT's layout) onto `model`, whose base it freezes; returns

@@ -595,14 +595,18 @@ pub fn save_model<B: Backend>(
     let config = model.config().to_json(dtype.hf_name());
     let text = serde_json::to_string_pretty(&config).unwrap_or_default();
     write_atomic(&dir.join("config.json"), text.as_bytes())?;
-    if let Some(src) = source_dir {
-        if src != dir {
-            for name in TOKENIZER_FILES {
-                let from = src.join(name);
-                if from.exists() {
-                    let bytes = std::fs::read(&from).map_err(|e| Error::io(&from, e))?;
-                    write_atomic(&dir.join(name), &bytes)?;
-                }
+    copy_tokenizer_files(source_dir, dir)
+}
+
+/// Copies the [`TOKENIZER_FILES`] that the model folder `source_dir` has into `dir`
+/// (atomically), so a saved model or adapter carries its tokenizer.
+pub(crate) fn copy_tokenizer_files(source_dir: Option<&Path>, dir: &Path) -> Result<()> {
+    if let Some(src) = source_dir.filter(|s| *s != dir) {
+        for name in TOKENIZER_FILES {
+            let from = src.join(name);
+            if from.exists() {
+                let bytes = std::fs::read(&from).map_err(|e| Error::io(&from, e))?;
+                write_atomic(&dir.join(name), &bytes)?;
             }
         }
     }
