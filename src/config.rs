@@ -93,6 +93,7 @@ impl ModelSection {
         let Some(lora) = &self.lora else {
             return load_model::<B>(resume_from.unwrap_or(&self.path), device);
         };
+        lora.validate("lora")?;
         let base = load_model_as::<B>(&self.path, self.base_dtype()?, device)?;
         let Some(dir) = resume_from.or(self.adapter.as_deref()) else {
             return base.with_lora(lora, seed);
