@@ -724,6 +724,11 @@ mod gradient_checkpointing_tests {
 
     impl<B: burn::tensor::backend::AutodiffBackend> ModuleVisitor<B> for Collect<'_, B> {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            if !param.val().is_require_grad() {
+                let grad = param.val().grad(self.grads);
+                assert!(grad.is_none(), "a frozen parameter got a gradient");
+                return;
+            }
             let grad = param
                 .val()
                 .grad(self.grads)
@@ -794,8 +799,42 @@ mod gradient_checkpointing_tests {
         (value, collect.out)
     }
 
+    /// The tiny model with all-linear LoRA adapters on a frozen base, `B` drawn non-zero so both
+    /// adapter matrices get a gradient.
+    fn tiny_lora<B: ModelBackend, C: CheckpointStrategy>() -> Qwen2ForCausalLM<Autodiff<B, C>> {
+        let lora = LoraConfig {
+            r: 4,
+            lora_alpha: 8.0,
+            target_modules: Some(crate::model::TargetModules::Shorthand("all-linear".into())),
+            ..Default::default()
+        };
+        let device = Default::default();
+        tiny::<B, C>()
+            .with_lora(&lora, 5)
+            .expect("valid LoRA settings")
+            .map_projections(|_, _, mut p| {
+                if let Some(l) = p.lora.as_mut() {
+                    let dims = l.b.val().dims();
+                    let b = Tensor::random(
+                        dims,
+                        burn::tensor::Distribution::Normal(0.0, 0.05),
+                        &device,
+                    );
+                    l.b = Param::from_tensor(b);
+                }
+                Ok(p)
+            })
+            .expect("adapters")
+    }
+
     fn check<B: ModelBackend, C: CheckpointStrategy>() {
-        let model = tiny::<B, C>();
+        check_model(tiny::<B, C>());
+    }
+
+    /// Recomputed layers give `model` the plain graph's loss and gradients.
+    fn check_model<B: ModelBackend, C: CheckpointStrategy>(
+        model: Qwen2ForCausalLM<Autodiff<B, C>>,
+    ) {
         let (loss, reference) = grads(&model, false, false);
         let (loss_ckpt, got) = grads(&model, true, false);
         assert!(
@@ -843,6 +882,16 @@ mod gradient_checkpointing_tests {
     fn bf16_compute_gives_f32_gradients_close_to_f32_on_flex() {
         check_bf16::<burn::backend::Flex>(false);
         check_bf16::<burn::backend::Flex>(true);
+    }
+
+    /// LoRA through the recomputing node: the adapters' gradients equal the plain graph's, and
+    /// the frozen base gets none (checked while collecting).
+    #[cfg(feature = "flex")]
+    #[test]
+    fn recomputed_layers_give_the_same_lora_gradients_on_flex() {
+        let model = tiny_lora::<burn::backend::Flex, NoCheckpointing>();
+        assert!(model.has_adapters());
+        check_model(model);
     }
 
     #[cfg(feature = "flex")]

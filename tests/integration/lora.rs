@@ -31,7 +31,11 @@ fn expected(dir: &Path, key: &str) -> (Vec<Vec<u32>>, Vec<Vec<f64>>) {
     (ids, lps)
 }
 
-fn assert_logprobs(model: &longrl::model::Qwen2ForCausalLM<Flex>, dir: &Path, key: &str) {
+fn assert_logprobs<B: longrl::model::ModelBackend>(
+    model: &longrl::model::Qwen2ForCausalLM<B>,
+    dir: &Path,
+    key: &str,
+) {
     let (rows, want) = expected(dir, key);
     for (ids, want) in rows.iter().zip(want) {
         let got = model
@@ -67,6 +71,37 @@ fn peft_adapters_give_pefts_logprobs() {
             .map(|(a, b)| (*a as f64 - b).abs())
             .fold(0.0, f64::max);
         assert!(gap > 1e-2, "{v}: the adapter changes nothing ({gap})");
+    }
+}
+
+/// The GPU code path (wgpu; lavapipe in CI): an adapter gives PEFT's log-probs; a bf16 base is
+/// PEFT's within bf16's tolerance where the device holds bf16, else a clear error.
+#[cfg(feature = "wgpu")]
+#[test]
+fn peft_adapters_on_wgpu() {
+    type W = burn::backend::Wgpu;
+    let dev = Default::default();
+    let v = "all_linear_rslora";
+    let model = load_adapted::<W>(&base(), Some(&adapter(v)), None, &dev).unwrap();
+    assert_logprobs(&model, &adapter(v), "token_logprobs");
+    let bf16 = load_adapted::<W>(
+        &base(),
+        Some(&adapter(v)),
+        Some(longrl::model::BaseDtype::Bfloat16),
+        &dev,
+    );
+    use burn::tensor::backend::Backend;
+    if !W::supports_dtype(&dev, burn::tensor::DType::BF16) {
+        // WGSL has no bf16 (lavapipe, most wgpu adapters): a clear error, not a crash.
+        let e = bf16.expect_err("wgsl holds no bf16").to_string();
+        assert!(e.contains("model.base_dtype"), "{e}");
+        return;
+    }
+    let bf16 = bf16.unwrap();
+    let (rows, want) = expected(&adapter(v), "token_logprobs");
+    let got = bf16.sequence_logprobs(&rows[0], 64, &dev).unwrap();
+    for (g, w) in got.iter().zip(&want[0]) {
+        assert!((*g as f64 - w).abs() < 0.1, "bf16 base on wgpu: {g} vs {w}");
     }
 }
 
