@@ -5,7 +5,16 @@
 
 use burn::module::{Module, Param};
 use burn::tensor::backend::Backend;
-use burn::tensor::{Distribution, Tensor};
+use burn::tensor::{DType, Distribution, Tensor};
+
+/// `t` in `dtype` (a cast only when it differs).
+pub(crate) fn in_dtype<const D: usize, B: Backend>(t: Tensor<B, D>, dtype: DType) -> Tensor<B, D> {
+    if t.dtype() == dtype {
+        t
+    } else {
+        t.cast(dtype)
+    }
+}
 
 /// A low-rank adapter of one projection: `A` `[in, r]`, `B` `[r, out]` (PEFT stores them
 /// transposed, `lora_A.weight` `[r, in]` and `lora_B.weight` `[out, r]`).
@@ -43,8 +52,8 @@ impl<B: Backend> LoraAdapter<B> {
         } else {
             x
         };
-        let a = self.a.val().cast(dtype);
-        let b = self.b.val().cast(dtype);
+        let a = in_dtype(self.a.val(), dtype);
+        let b = in_dtype(self.b.val(), dtype);
         burn::tensor::module::linear(burn::tensor::module::linear(x, a, None), b, None)
             .mul_scalar(self.scaling)
     }
@@ -67,15 +76,6 @@ pub struct Linear<B: Backend> {
 }
 
 impl<B: Backend> Linear<B> {
-    /// A projection with the given weight `[in, out]` and bias, no adapter.
-    pub fn new(weight: Tensor<B, 2>, bias: Option<Tensor<B, 1>>) -> Self {
-        Self {
-            weight: Param::from_tensor(weight),
-            bias: bias.map(Param::from_tensor),
-            lora: None,
-        }
-    }
-
     /// `[in, out]`.
     pub fn dims(&self) -> [usize; 2] {
         self.weight.shape().dims()
@@ -85,16 +85,8 @@ impl<B: Backend> Linear<B> {
     /// under f32 activations is cast, as is an f32 adapter under bf16 activations).
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         let dtype = x.dtype();
-        let w = self.weight.val();
-        let w = if w.dtype() == dtype { w } else { w.cast(dtype) };
-        let bias = self.bias.as_ref().map(|b| {
-            let b = b.val();
-            if b.dtype() == dtype {
-                b
-            } else {
-                b.cast(dtype)
-            }
-        });
+        let w = in_dtype(self.weight.val(), dtype);
+        let bias = self.bias.as_ref().map(|b| in_dtype(b.val(), dtype));
         match &self.lora {
             None => burn::tensor::module::linear(x, w, bias),
             Some(lora) => burn::tensor::module::linear(x.clone(), w, bias) + lora.forward(x),
@@ -118,8 +110,8 @@ impl<B: Backend> Linear<B> {
             Some(lora) => {
                 let w = self.weight.val();
                 let dtype = w.dtype();
-                let merged = w.cast(burn::tensor::DType::F32) + lora.delta();
-                Param::initialized(self.weight.id, merged.cast(dtype).detach())
+                let merged = in_dtype(w, DType::F32) + lora.delta();
+                Param::initialized(self.weight.id, in_dtype(merged, dtype).detach())
             }
         };
         Self {

@@ -8,7 +8,7 @@
 //! re-entrant), so the layer's backward is written out: linear layers, RMSNorm, RoPE (whose
 //! adjoint is the rotation by `-θ`), SwiGLU, and the blockwise attention backward.
 
-use super::linear::Linear;
+use super::linear::{in_dtype, Linear};
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
@@ -179,7 +179,7 @@ fn linear_backward<B: Backend>(
     need: (bool, bool, bool),
 ) -> LinearGrads<B> {
     let dtype = dy.dtype();
-    let as_dy = |t: Tensor<B, 2>| if t.dtype() == dtype { t } else { t.cast(dtype) };
+    let as_dy = |t: Tensor<B, 2>| in_dtype(t, dtype);
     let w = as_dy(l.weight.val());
     // dx = dy Wᵀ = (W dyᵀ)ᵀ: multiplies the weight as stored.
     let mut dx = w.matmul(dy.clone().transpose()).transpose();

@@ -9,7 +9,7 @@ use std::path::Path;
 use burn::tensor::{backend::Backend, DType, Tensor, TensorData};
 use safetensors::tensor::{Dtype as StDtype, SafeTensors, TensorView};
 
-use super::checkpoint::copy_tokenizer_files;
+use super::checkpoint::{burn_dtype, convert, copy_tokenizer_files};
 use super::lora::LoraConfig;
 use super::qwen2::Qwen2ForCausalLM;
 use crate::error::{Error, Result};
@@ -153,22 +153,9 @@ pub fn load_adapter<B: Backend>(
     // PEFT's `[rows, cols]` as burn's contiguous `[cols, rows]`, f32.
     let read = |key: &str| -> Tensor<B, 2> {
         let view = file.tensor(key).expect("checked above");
-        let dtype = match view.dtype() {
-            StDtype::BF16 => DType::BF16,
-            StDtype::F16 => DType::F16,
-            _ => DType::F32,
-        };
+        let dtype = burn_dtype(view.dtype()).expect("a float dtype, checked above");
         let (rows, cols) = (view.shape()[0], view.shape()[1]);
-        let values = TensorData::from_bytes_vec(view.data().to_vec(), vec![rows, cols], dtype)
-            .convert_dtype(DType::F32)
-            .to_vec::<f32>()
-            .expect("f32 values");
-        let mut t = vec![0f32; rows * cols];
-        for r in 0..rows {
-            for c in 0..cols {
-                t[c * rows + r] = values[r * cols + c];
-            }
-        }
+        let t = convert(view.data(), dtype, rows, cols, true, |x| x);
         Tensor::<B, 2>::from_data(TensorData::new(t, [cols, rows]), &device)
     };
     let model = model.frozen().map_projections(|module, _, p| {

@@ -186,7 +186,7 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     ))
 }
 
-fn burn_dtype(dtype: StDtype) -> Option<DType> {
+pub(super) fn burn_dtype(dtype: StDtype) -> Option<DType> {
     match dtype {
         StDtype::F32 => Some(DType::F32),
         StDtype::BF16 => Some(DType::BF16),
@@ -303,7 +303,7 @@ fn element(bytes: &[u8], dtype: DType, i: usize) -> f32 {
 
 /// `rows x cols` values of `dtype` in `bytes` converted by `f`, transposed to `cols x rows` when
 /// `transpose`; rows of the output are filled in parallel (tiles keep the reads cache-friendly).
-fn convert<T: Copy + Default + Send>(
+pub(super) fn convert<T: Copy + Default + Send>(
     bytes: &[u8],
     dtype: DType,
     rows: usize,

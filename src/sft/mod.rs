@@ -341,45 +341,28 @@ pub fn train_with<B: TrainBackend>(
     for step in start..total_steps {
         let t0 = Instant::now();
         let idx = sampler.take(config.batch_size);
-        let seqs: Vec<Sequence<'_>> = idx
-            .iter()
-            .map(|&i| Sequence {
-                prompt: &train_set[i].prompt,
-                response: &train_set[i].response,
-            })
-            .collect();
-        // The loss is a mean over the step's tokens on all workers.
-        let tokens: usize = seqs.iter().map(|s| s.response.len()).sum();
-        let mine: Vec<Sequence<'_>> = seqs
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| worker.owns(*i))
-            .map(|(_, s)| *s)
-            .collect();
-        let (mut grads, loss_sum) =
-            step_gradients(&model, &mine, tokens, pad, config, worker, step, &device)?;
-        let grad_norm = clip_grad_norm::<B, _>(&model, &mut grads, config.optim.max_grad_norm);
-        let lr = config.optim.lr_at(step, total_steps);
-        let failed = !grad_norm.is_finite() || !loss_sum.is_finite();
-        if failed {
-            // A failed update never reaches the weights (nor the optimiser state).
-            log::warn!(
-                "step {}: non-finite loss ({loss_sum}) or gradient norm ({grad_norm}): update skipped",
-                step + 1
-            );
-        } else {
-            model = optim.step(lr, model, grads);
-        }
-        last_loss = loss_sum;
+        let (updated, n) = optimizer_step(
+            model,
+            &mut optim,
+            &train_set,
+            &idx,
+            pad,
+            config,
+            worker,
+            (step, total_steps),
+            &device,
+        )?;
+        model = updated;
+        last_loss = n.loss;
         let done = step + 1;
         let mut record = json!({
             "step": done,
             "epoch": sampler.epochs_done(),
-            "train/loss": loss_sum,
-            "train/grad_norm": grad_norm,
-            "train/lr": lr,
-            "train/tokens": tokens,
-            "train/skipped_update": failed,
+            "train/loss": n.loss,
+            "train/grad_norm": n.grad_norm,
+            "train/lr": n.lr,
+            "train/tokens": n.tokens,
+            "train/skipped_update": n.skipped,
             "timing/step_s": t0.elapsed().as_secs_f64(),
         });
         let last = done == total_steps;
@@ -391,7 +374,7 @@ pub fn train_with<B: TrainBackend>(
         if leader {
             run_dir.log_metrics(&record)?;
         }
-        bar.set_message(format!("loss {loss_sum:.4}"));
+        bar.set_message(format!("loss {:.4}", n.loss));
         bar.inc(1);
         if leader && ((run.save_steps > 0 && done % run.save_steps == 0) || last) {
             let state = SftState {
@@ -429,6 +412,76 @@ pub fn train_with<B: TrainBackend>(
         skipped,
         final_dir,
     })
+}
+
+/// What one optimiser step did, for its metrics record.
+struct StepNumbers {
+    /// Summed token NLL of the step's batch, over all workers.
+    loss: f64,
+    /// Global gradient norm before clipping.
+    grad_norm: f64,
+    /// Learning rate of the step.
+    lr: f64,
+    /// Response tokens of the step's batch, over all workers.
+    tokens: usize,
+    /// Whether the update was skipped (non-finite loss or norm).
+    skipped: bool,
+}
+
+/// Step `step` of `total`: this worker's share of the examples `idx`, the gradients summed over
+/// the workers and clipped, and the update, skipped when the loss or the norm is not finite (so
+/// a failed step never reaches the weights nor the optimiser state).
+#[allow(clippy::too_many_arguments)]
+fn optimizer_step<B: TrainBackend>(
+    model: Qwen2ForCausalLM<B>,
+    optim: &mut AdamWOptimizer<B, Qwen2ForCausalLM<B>>,
+    train_set: &[Tokenized],
+    idx: &[usize],
+    pad: u32,
+    config: &SftConfig,
+    worker: &Worker,
+    (step, total): (usize, usize),
+    device: &B::Device,
+) -> Result<(Qwen2ForCausalLM<B>, StepNumbers)> {
+    let seqs: Vec<Sequence<'_>> = idx
+        .iter()
+        .map(|&i| Sequence {
+            prompt: &train_set[i].prompt,
+            response: &train_set[i].response,
+        })
+        .collect();
+    // The loss is a mean over the step's tokens on all workers.
+    let tokens: usize = seqs.iter().map(|s| s.response.len()).sum();
+    let mine: Vec<Sequence<'_>> = seqs
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| worker.owns(*i))
+        .map(|(_, s)| *s)
+        .collect();
+    let (mut grads, loss) =
+        step_gradients(&model, &mine, tokens, pad, config, worker, step, device)?;
+    let grad_norm = clip_grad_norm::<B, _>(&model, &mut grads, config.optim.max_grad_norm);
+    let lr = config.optim.lr_at(step, total);
+    let skipped = !grad_norm.is_finite() || !loss.is_finite();
+    let model = if skipped {
+        log::warn!(
+            "step {}: non-finite loss ({loss}) or gradient norm ({grad_norm}): update skipped",
+            step + 1
+        );
+        model
+    } else {
+        optim.step(lr, model, grads)
+    };
+    Ok((
+        model,
+        StepNumbers {
+            loss,
+            grad_norm,
+            lr,
+            tokens,
+            skipped,
+        },
+    ))
 }
 
 /// The tokenised training set, the held-out set (when `valid_file` is given) and the number of
