@@ -233,6 +233,8 @@ impl BackendFn for EvalTask {
                 max_cache_bytes: args
                     .max_kv_cache_gib
                     .map(|g| (g * (1u64 << 30) as f64) as usize),
+                shapes: crate::shapes::Shapes::auto::<B>(),
+                max_prompt_len: None,
             },
         )
         .with_detokenizer(Box::new(|ids: &[u32]| tokenizer.decode(ids, true)));

@@ -131,6 +131,8 @@ pub fn evaluate<B: ModelBackend>(
             pad_token_id: pad,
             prefill_chunk: options.prefill_chunk,
             max_cache_bytes: None,
+            shapes: crate::shapes::Shapes::auto::<B>(),
+            max_prompt_len: None,
         },
     )
     .with_detokenizer(Box::new(|ids: &[u32]| tokenizer.decode(ids, true)));

@@ -19,6 +19,7 @@ use super::sampling::{sample_row, seq_rng, SampleScratch, SamplingParams, SeqRng
 use super::{prefill, FinishReason, PaddedBatch};
 use crate::error::{Error, Result};
 use crate::model::{KvCache, Qwen2ForCausalLM};
+use crate::shapes::Shapes;
 
 /// One prompt and the seeds of its samples: `seeds.len()` samples are drawn (G for a GRPO group).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,6 +55,15 @@ pub struct EngineOptions {
     pub prefill_chunk: usize,
     /// Largest KV cache (bytes, f32) a call may allocate; `None` is unbounded.
     pub max_cache_bytes: Option<usize>,
+    /// Shape buckets (see [`crate::shapes`]): under bucketed shapes, prompts are left-padded to a
+    /// length bucket (to whole `prefill_chunk`s when longer than one), the batch to a batch
+    /// bucket, the cache's capacity is a length bucket, decoding attends over bucketed key
+    /// lengths, and finished sequences leave the batch only when a smaller batch bucket fits.
+    pub shapes: Shapes,
+    /// The longest prompt any call will see: under bucketed shapes every KV cache is then sized
+    /// for it (its padded length plus `max_new_tokens`), so that the cache's shape is the same
+    /// in every call with the same sampling limit. `None`: each call sizes its own.
+    pub max_prompt_len: Option<usize>,
 }
 
 impl Default for EngineOptions {
@@ -62,6 +72,8 @@ impl Default for EngineOptions {
             pad_token_id: 0,
             prefill_chunk: 2048,
             max_cache_bytes: None,
+            shapes: Shapes::exact(),
+            max_prompt_len: None,
         }
     }
 }
@@ -142,14 +154,15 @@ impl HostSampler {
         }
     }
 
-    /// `(token, log-prob)` for each row of `logits`, where row r belongs to sequence `active[r]`.
+    /// `(sequence, (token, log-prob))` for each row of `logits` that holds a live sequence
+    /// (`rows[r]`; `None` rows are padding or finished), in row order.
     fn sample<B: ModelBackend>(
         &mut self,
         logits: Tensor<B, 2>,
         seqs: &mut [Seq],
-        active: &[usize],
+        rows: &[Option<usize>],
         params: &SamplingParams,
-    ) -> Result<Vec<(u32, f32)>> {
+    ) -> Result<Vec<(usize, (u32, f32))>> {
         let vocab = self.vocab;
         let data = logits.into_data();
         // f32 logits move to the host without a copy; other float types are converted.
@@ -159,33 +172,34 @@ impl HostSampler {
         } else {
             data.iter::<f32>().collect()
         };
-        debug_assert_eq!(host.len(), active.len() * vocab);
+        debug_assert_eq!(host.len(), rows.len() * vocab);
+        let live: Vec<(usize, usize)> = rows
+            .iter()
+            .enumerate()
+            .filter_map(|(r, s)| s.map(|s| (r, s)))
+            .collect();
         // Sample every row (in parallel when there are several: the device is idle meanwhile).
-        if active.len() == 1 {
-            let seq = &mut seqs[active[0]];
-            return Ok(vec![sample_row(
-                &host[..vocab],
-                params,
-                &mut seq.rng,
-                &mut self.scratch,
-            )]);
+        if let [(r, s)] = live[..] {
+            let row = &host[r * vocab..(r + 1) * vocab];
+            let pick = sample_row(row, params, &mut seqs[s].rng, &mut self.scratch);
+            return Ok(vec![(s, pick)]);
         }
         self.row_of.fill(None);
-        for (r, &s) in active.iter().enumerate() {
+        for &(r, s) in &live {
             self.row_of[s] = Some(r);
         }
         let row_of = &self.row_of;
-        let mut picked: Vec<(usize, (u32, f32))> = seqs
+        let mut picked: Vec<(usize, usize, (u32, f32))> = seqs
             .par_iter_mut()
             .enumerate()
-            .filter_map(|(s, seq)| row_of[s].map(|r| (r, seq)))
-            .map_init(SampleScratch::default, |scratch, (r, seq)| {
+            .filter_map(|(s, seq)| row_of[s].map(|r| (r, s, seq)))
+            .map_init(SampleScratch::default, |scratch, (r, s, seq)| {
                 let row = &host[r * vocab..(r + 1) * vocab];
-                (r, sample_row(row, params, &mut seq.rng, scratch))
+                (r, s, sample_row(row, params, &mut seq.rng, scratch))
             })
             .collect();
-        picked.sort_unstable_by_key(|(r, _)| *r);
-        Ok(picked.into_iter().map(|(_, p)| p).collect())
+        picked.sort_unstable_by_key(|(r, _, _)| *r);
+        Ok(picked.into_iter().map(|(_, s, p)| (s, p)).collect())
     }
 }
 
@@ -198,6 +212,21 @@ impl<'a, B: ModelBackend> Engine<'a, B> {
             options,
             detokenizer: None,
         }
+    }
+
+    /// The engine's settings.
+    pub fn options(&self) -> &EngineOptions {
+        &self.options
+    }
+
+    /// The model it samples from.
+    pub(crate) fn model(&self) -> &Qwen2ForCausalLM<B> {
+        self.model
+    }
+
+    /// The device it runs on.
+    pub(crate) fn device(&self) -> &B::Device {
+        &self.device
     }
 
     /// Adds a detokenizer: samples then carry text, and stop strings can be used.
@@ -235,26 +264,43 @@ impl<'a, B: ModelBackend> Engine<'a, B> {
         }
         let (mut cache, mut logits) = self.prefill_samples(requests, &live, params)?;
         let stops = Stops::new(params);
-        // `active[r]` is the sequence in cache row r.
-        let mut active: Vec<usize> = (0..seqs.len()).collect();
+        // `rows[r]` is the sequence in cache row r (`None`: padding, or finished).
+        let mut rows: Vec<Option<usize>> = (0..cache.batch_size())
+            .map(|r| (r < seqs.len()).then_some(r))
+            .collect();
         let mut sampler = HostSampler::new(self.model.config().vocab_size, seqs.len());
         loop {
-            let picks = sampler.sample(logits, &mut seqs, &active, params)?;
-            for (&s, (tok, lp)) in active.iter().zip(picks) {
+            let picks = sampler.sample(logits, &mut seqs, &rows, params)?;
+            progress(picks.len());
+            for (s, (tok, lp)) in picks {
                 self.push_token(&mut seqs[s], tok, lp, &stops, params)?;
             }
-            progress(active.len());
-            let keep: Vec<usize> = (0..active.len())
-                .filter(|&r| seqs[active[r]].finished.is_none())
-                .collect();
-            if keep.is_empty() {
+            for slot in rows.iter_mut() {
+                if slot.is_some_and(|s| seqs[s].finished.is_some()) {
+                    *slot = None;
+                }
+            }
+            let live_rows: Vec<usize> = (0..rows.len()).filter(|&r| rows[r].is_some()).collect();
+            if live_rows.is_empty() {
                 break;
             }
-            if keep.len() < active.len() {
+            // Finished rows leave the batch when a smaller batch (bucket) holds the rest.
+            let target = self.options.shapes.batch(live_rows.len());
+            if target < rows.len() {
+                let mut keep = live_rows.clone();
+                keep.resize(target, live_rows[0]);
                 cache = cache.select_rows(&keep);
-                active = keep.iter().map(|&r| active[r]).collect();
+                rows = (0..target)
+                    .map(|i| {
+                        if i < live_rows.len() {
+                            rows[keep[i]]
+                        } else {
+                            None
+                        }
+                    })
+                    .collect();
             }
-            logits = self.decode_step(&mut seqs, &active, &mut cache)?;
+            logits = self.decode_step(&mut seqs, &rows, &mut cache)?;
         }
         self.finish(requests, seqs, params)
     }
@@ -268,23 +314,26 @@ impl<'a, B: ModelBackend> Engine<'a, B> {
         params: &SamplingParams,
     ) -> Result<(KvCache<B>, Tensor<B, 2>)> {
         let prompts: Vec<Vec<u32>> = live.iter().map(|&r| requests[r].prompt.clone()).collect();
+        let shapes = &self.options.shapes;
+        let chunk = self.options.prefill_chunk.max(1);
         let batch = PaddedBatch::left_padded(&prompts, self.options.pad_token_id);
-        let capacity = batch.len + params.max_new_tokens;
-        let mut cache = KvCache::new(self.model.config(), prompts.len(), capacity, &self.device);
-        let last = prefill(
-            self.model,
-            &batch,
-            &mut cache,
-            self.options.prefill_chunk,
-            &self.device,
-        )?;
-        // Sequence i reads prompt row `rows[i]`: copy the prefilled rows to every sample.
-        let rows: Vec<usize> = live
+        // Whole chunks past the first, so every chunk has the same width.
+        let len = self.prompt_columns(batch.len);
+        let rows = shapes.batch(batch.batch);
+        let batch = batch.padded_to(len, rows, self.options.pad_token_id);
+        let capacity = self.cache_capacity(batch.len, params.max_new_tokens);
+        let mut cache = KvCache::new(self.model.config(), batch.batch, capacity, &self.device)
+            .with_shapes(shapes.clone());
+        let last = prefill(self.model, &batch, &mut cache, chunk, &self.device)?;
+        // Sequence i reads prompt row `rows[i]`: copy the prefilled rows to every sample (and
+        // pad the batch to its bucket with copies of the first).
+        let mut rows: Vec<usize> = live
             .iter()
             .enumerate()
             .flat_map(|(row, &r)| std::iter::repeat_n(row, requests[r].seeds.len()))
             .collect();
-        if rows.len() == prompts.len() {
+        rows.resize(shapes.batch(rows.len()), 0);
+        if rows.len() == batch.batch && rows.iter().enumerate().all(|(i, &r)| i == r) {
             return Ok((cache, last));
         }
         Ok((cache.select_rows(&rows), last.select(0, self.index(&rows))))
@@ -313,22 +362,32 @@ impl<'a, B: ModelBackend> Engine<'a, B> {
         Ok(())
     }
 
-    /// One decoding step: every active sequence's last token at its next position goes through
-    /// the model (extending the cache); returns the next logits, one row per active sequence.
+    /// One decoding step: every live sequence's last token at its next position goes through
+    /// the model (extending the cache); returns the next logits, one row per cache row (rows
+    /// without a live sequence get the padding id, their logits unused).
     fn decode_step(
         &self,
         seqs: &mut [Seq],
-        active: &[usize],
+        rows: &[Option<usize>],
         cache: &mut KvCache<B>,
     ) -> Result<Tensor<B, 2>> {
-        let n = active.len();
-        let ids: Vec<i64> = active
-            .iter()
-            .map(|&s| *seqs[s].ids.last().expect("sampled") as i64)
-            .collect();
-        let pos: Vec<i64> = active.iter().map(|&s| seqs[s].next_pos).collect();
-        for &s in active {
-            seqs[s].next_pos += 1;
+        let n = rows.len();
+        let pad = self.options.pad_token_id as i64;
+        let mut ids = Vec::with_capacity(n);
+        let mut pos = Vec::with_capacity(n);
+        for slot in rows {
+            match slot {
+                Some(s) => {
+                    let seq = &mut seqs[*s];
+                    ids.push(*seq.ids.last().expect("sampled") as i64);
+                    pos.push(seq.next_pos);
+                    seq.next_pos += 1;
+                }
+                None => {
+                    ids.push(pad);
+                    pos.push(0);
+                }
+            }
         }
         let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [n, 1]), &self.device);
         let pos = Tensor::<B, 2, Int>::from_data(TensorData::new(pos, [n, 1]), &self.device);
@@ -336,6 +395,33 @@ impl<'a, B: ModelBackend> Engine<'a, B> {
             Tensor::<B, 2, Bool>::from_data(TensorData::new(vec![true; n], [n, 1]), &self.device);
         let hidden = self.model.forward_hidden(ids, mask, pos, Some(cache))?;
         Ok(self.model.logits(hidden).squeeze_dim::<2>(1))
+    }
+
+    /// The columns a left-padded prompt batch of `len` columns is padded to: a length bucket,
+    /// or whole prefill chunks when longer than one chunk (`len` itself when exact).
+    pub(crate) fn prompt_columns(&self, len: usize) -> usize {
+        let chunk = self.options.prefill_chunk.max(1);
+        match (self.options.shapes.is_bucketed(), len > chunk) {
+            (false, _) => len,
+            (true, true) => len.div_ceil(chunk) * chunk,
+            (true, false) => self.options.shapes.seq(len),
+        }
+    }
+
+    /// The KV cache capacity for a prompt batch of `columns` (padded) and `new_tokens`: exact,
+    /// or under bucketed shapes the same for every call of a stage (with `max_prompt_len`).
+    pub(crate) fn cache_capacity(&self, columns: usize, new_tokens: usize) -> usize {
+        if !self.options.shapes.is_bucketed() {
+            return columns + new_tokens;
+        }
+        let columns = match self.options.max_prompt_len {
+            Some(max) => columns.max(self.prompt_columns(max)),
+            None => columns,
+        };
+        // Whole chunks: few distinct capacities even without `max_prompt_len`, and little
+        // memory beyond what is used (decoding attends over `shapes.seq(len)` keys at most).
+        let chunk = self.options.prefill_chunk.max(1);
+        (columns + new_tokens).div_ceil(chunk) * chunk
     }
 
     fn index(&self, rows: &[usize]) -> Tensor<B, 1, Int> {

@@ -3,9 +3,11 @@
 
 mod engine;
 mod sampling;
+mod warmup;
 
 pub use engine::{Detokenizer, Engine, EngineOptions, GenerateRequest, Sample};
 pub use sampling::{sample_row, sample_seed, seq_rng, SampleScratch, SamplingParams, SeqRng};
+pub use warmup::RolloutShapes;
 
 use crate::model::ModelBackend;
 use burn::tensor::{Bool, Int, Tensor, TensorData};
@@ -13,6 +15,7 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::model::{KvCache, Qwen2Config, Qwen2ForCausalLM};
+use crate::shapes::Shapes;
 use crate::tokenizer::Tokenizer;
 use std::path::Path;
 
@@ -37,6 +40,8 @@ pub struct GreedyConfig {
     pub pad_token_id: u32,
     /// Prompt tokens prefilled per forward pass, bounding prefill memory for long prompts.
     pub prefill_chunk: usize,
+    /// Shape buckets (exact by default; see [`crate::shapes`]).
+    pub shapes: Shapes,
 }
 
 impl Default for GreedyConfig {
@@ -46,6 +51,7 @@ impl Default for GreedyConfig {
             stop_token_ids: Vec::new(),
             pad_token_id: 0,
             prefill_chunk: 2048,
+            shapes: Shapes::exact(),
         }
     }
 }
@@ -96,6 +102,44 @@ impl PaddedBatch {
             mask,
             positions,
             batch,
+            len,
+        }
+    }
+
+    /// This batch left-padded to `len` columns and `rows` rows (the extra rows all padding), for
+    /// bucketed shapes; `len` and `rows` are at least the current ones.
+    pub fn padded_to(self, len: usize, rows: usize, pad: u32) -> Self {
+        assert!(
+            len >= self.len && rows >= self.batch,
+            "padding never shrinks a batch"
+        );
+        if len == self.len && rows == self.batch {
+            return self;
+        }
+        let extra = len - self.len;
+        let mut ids = Vec::with_capacity(rows * len);
+        let mut mask = Vec::with_capacity(rows * len);
+        let mut positions = Vec::with_capacity(rows * len);
+        for r in 0..rows {
+            ids.extend(std::iter::repeat_n(pad as i64, extra));
+            mask.extend(std::iter::repeat_n(false, extra));
+            positions.extend(std::iter::repeat_n(0, extra));
+            let row = r * self.len..(r + 1) * self.len;
+            if r < self.batch {
+                ids.extend_from_slice(&self.ids[row.clone()]);
+                mask.extend_from_slice(&self.mask[row.clone()]);
+                positions.extend_from_slice(&self.positions[row]);
+            } else {
+                ids.extend(std::iter::repeat_n(pad as i64, self.len));
+                mask.extend(std::iter::repeat_n(false, self.len));
+                positions.extend(std::iter::repeat_n(0, self.len));
+            }
+        }
+        Self {
+            ids,
+            mask,
+            positions,
+            batch: rows,
             len,
         }
     }
@@ -178,6 +222,8 @@ pub fn greedy<B: ModelBackend>(
         pad_token_id: cfg.pad_token_id,
         prefill_chunk: cfg.prefill_chunk,
         max_cache_bytes: None,
+        shapes: cfg.shapes.clone(),
+        max_prompt_len: None,
     };
     let params = SamplingParams {
         stop_token_ids: cfg.stop_token_ids.clone(),

@@ -311,6 +311,31 @@ pub fn naive_attention<B: Backend>(
     softmax(scores, 3).matmul(v)
 }
 
+/// [`ModelBackend::decode_attention`] in tensor ops: `softmax(q kᵀ / √d)` over the valid keys,
+/// times `v`. One query per row keeps the scores at `[batch, kv_heads, groups, k_len]`.
+pub fn padded_decode_attention<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    key_valid: Tensor<B, 2, Bool>,
+) -> Tensor<B, 4> {
+    let [b, h, g, d] = q.dims();
+    let k_len = k.dims()[2];
+    assert_eq!(k.dims(), [b, h, k_len, d], "decode attention: key shape");
+    assert_eq!(key_valid.dims(), [b, k_len], "decode attention: key_valid");
+    let dtype = q.dtype();
+    let scores = q
+        .matmul(k.transpose())
+        .cast(DType::F32)
+        .mul_scalar(1.0 / (d as f64).sqrt());
+    let hidden = key_valid
+        .bool_not()
+        .reshape([b, 1, 1, k_len])
+        .expand([b, h, g, k_len]);
+    let probs = softmax(scores.mask_fill(hidden, f32::NEG_INFINITY), 3);
+    probs.cast(dtype).matmul(v)
+}
+
 /// The autodiff node of [`ModelBackend::causal_attention`]: saves `q`, `k`, `v` and the output.
 #[derive(Debug)]
 struct CausalAttentionBackward;

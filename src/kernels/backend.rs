@@ -15,6 +15,10 @@ use super::recompute::{self, DecoderWeights};
 /// `Autodiff` over any of them; a custom backend opts in with an empty `impl` (the defaults are
 /// the blockwise forwards) or overrides a method with a kernel of its own.
 pub trait ModelBackend: Backend {
+    /// Whether the backend compiles kernels just in time per shape (cubecl: `wgpu`, `cuda`), so
+    /// that shapes are worth bucketing ([`crate::shapes`]); the CPU backends run any shape as is.
+    const JIT: bool = false;
+
     /// Causal grouped-query attention.
     ///
     /// - `q` `[batch, kv_heads, groups * q_len, head_dim]`: the `groups` query heads of each KV
@@ -63,6 +67,21 @@ pub trait ModelBackend: Backend {
         _lse: Option<Tensor<Self, 3>>,
     ) -> (Tensor<Self, 4>, Tensor<Self, 4>, Tensor<Self, 4>) {
         attention::blockwise_backward(q, k, v, key_valid, groups, BLOCK_SCORES, out, d_out)
+    }
+
+    /// Attention of one new query per row over a KV cache whose keys are padded past the
+    /// query's own position (decoding under bucketed shapes): every key that `key_valid` marks
+    /// is visible and no other, with no causal alignment of the query to the last key.
+    ///
+    /// - `q` `[batch, kv_heads, groups, head_dim]`; `k`, `v` `[batch, kv_heads, k_len,
+    ///   head_dim]`; `key_valid` `[batch, k_len]` with at least one true per row.
+    fn decode_attention(
+        q: Tensor<Self, 4>,
+        k: Tensor<Self, 4>,
+        v: Tensor<Self, 4>,
+        key_valid: Tensor<Self, 2, Bool>,
+    ) -> Tensor<Self, 4> {
+        attention::padded_decode_attention(q, k, v, key_valid)
     }
 
     /// Log-probability of each target and entropy of each row's distribution
@@ -185,11 +204,17 @@ impl<B> TrainBackend for B where B: AutodiffBackend<InnerBackend: ModelBackend> 
 #[cfg(feature = "ndarray")]
 impl ModelBackend for burn::backend::NdArray {}
 #[cfg(feature = "wgpu")]
-impl ModelBackend for burn::backend::Wgpu {}
+impl ModelBackend for burn::backend::Wgpu {
+    const JIT: bool = true;
+}
 #[cfg(feature = "cuda")]
-impl ModelBackend for burn::backend::Cuda {}
+impl ModelBackend for burn::backend::Cuda {
+    const JIT: bool = true;
+}
 
 impl<B: ModelBackend, C: CheckpointStrategy> ModelBackend for Autodiff<B, C> {
+    const JIT: bool = B::JIT;
+
     fn causal_attention(
         q: Tensor<Self, 4>,
         k: Tensor<Self, 4>,

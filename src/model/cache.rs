@@ -5,6 +5,7 @@ use burn::tensor::{backend::Backend, Bool, Int, Tensor, TensorData};
 
 use super::config::Qwen2Config;
 use crate::error::{Error, Result};
+use crate::shapes::Shapes;
 
 /// Keys and values of one decoder layer, `[batch, kv_heads, capacity, head_dim]` each.
 #[derive(Debug, Clone)]
@@ -15,7 +16,17 @@ pub struct LayerKv<B: Backend> {
     pub v: Tensor<B, 4>,
 }
 
-/// A preallocated KV cache for a batch: positions `0..len` are filled.
+/// One layer's part of a forward with the cache: its keys/values, the position this step's
+/// tokens are written at, and whether attention runs over padded keys (see
+/// [`KvCache::attended_keys`]).
+pub(crate) struct CacheStep<B: Backend> {
+    pub kv: LayerKv<B>,
+    pub start: usize,
+    pub padded: bool,
+}
+
+/// A preallocated KV cache for a batch: positions `0..len` are filled. Each step writes its
+/// keys and values in place (`slice_assign` on a tensor the cache owns alone).
 #[derive(Debug, Clone)]
 pub struct KvCache<B: Backend> {
     pub(crate) layers: Vec<LayerKv<B>>,
@@ -23,6 +34,9 @@ pub struct KvCache<B: Backend> {
     pub(crate) key_valid: Tensor<B, 2, Bool>,
     pub(crate) len: usize,
     capacity: usize,
+    /// Under bucketed shapes, decoding attends over `shapes.seq(len)` keys (the unwritten ones
+    /// masked) so the key length takes a few values instead of one per token.
+    shapes: Shapes,
 }
 
 impl<B: Backend> KvCache<B> {
@@ -40,6 +54,27 @@ impl<B: Backend> KvCache<B> {
             key_valid: Tensor::<B, 2>::zeros([batch, capacity], device).bool(),
             len: 0,
             capacity,
+            shapes: Shapes::exact(),
+        }
+    }
+
+    /// The same cache, decoding over key lengths bucketed by `shapes` (see
+    /// [`Self::attended_keys`]); its capacity should be a bucket (`shapes.seq(..)`) so the
+    /// last steps' padded key lengths fit.
+    pub fn with_shapes(mut self, shapes: Shapes) -> Self {
+        self.shapes = shapes;
+        self
+    }
+
+    /// After `t` new tokens were recorded: how many keys attention covers, and whether they are
+    /// padded past the queries (decoding, `t == 1`, under bucketed shapes: the model then uses
+    /// [`crate::model::ModelBackend::decode_attention`]). Otherwise exactly the cached keys.
+    pub(crate) fn attended_keys(&self, t: usize) -> (usize, bool) {
+        let end = self.len + t;
+        if t == 1 && self.shapes.is_bucketed() {
+            (self.shapes.seq(end).min(self.capacity), true)
+        } else {
+            (end, false)
         }
     }
 
@@ -98,6 +133,7 @@ impl<B: Backend> KvCache<B> {
             key_valid: self.key_valid.int().select(0, index).bool(),
             len: self.len,
             capacity: self.capacity,
+            shapes: self.shapes,
         }
     }
 

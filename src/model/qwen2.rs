@@ -6,7 +6,7 @@ use burn::module::{Module, Param};
 use burn::nn::Embedding;
 use burn::tensor::{backend::Backend, Bool, DType, FloatDType, Int, Tensor};
 
-use super::cache::{KvCache, LayerKv};
+use super::cache::{CacheStep, KvCache, LayerKv};
 use super::config::Qwen2Config;
 use super::lora::LoraConfig;
 use super::rope::RopeParams;
@@ -168,14 +168,15 @@ impl<B: Backend> Attention<B> {
 
 impl<B: ModelBackend> Attention<B> {
     /// `x` `[batch, seq, hidden]` -> `[batch, seq, hidden]`; with a cache, appends this step's
-    /// keys/values at its current length and attends over everything cached.
+    /// keys/values at its current length and attends over the keys `key_valid` covers (every
+    /// cached one; under padded decoding also unwritten ones past the end, masked out).
     fn forward(
         &self,
         x: Tensor<B, 3>,
         cos: Tensor<B, 4>,
         sin: Tensor<B, 4>,
         key_valid: &Tensor<B, 2, Bool>,
-        cache: Option<(LayerKv<B>, usize)>,
+        cache: Option<CacheStep<B>>,
     ) -> (Tensor<B, 3>, Option<LayerKv<B>>) {
         let [b, t, _] = x.dims();
         let (nh, nkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
@@ -186,25 +187,32 @@ impl<B: ModelBackend> Attention<B> {
         let q = B::rotary(q, cos.clone(), sin.clone());
         let k = B::rotary(k, cos, sin);
         // The cache is moved in and out (not cloned) so that backends can write it in place.
-        let (k, v, cache) = match cache {
-            None => (k, v, None),
-            Some((kv, start)) => {
+        let (k, v, cache, padded) = match cache {
+            None => (k, v, None, false),
+            Some(CacheStep { kv, start, padded }) => {
                 let end = start + t;
+                // Keys `0..key_len` are attended: `end`, or more under padded decoding.
+                let key_len = key_valid.dims()[1];
                 let kv = LayerKv {
                     k: kv.k.slice_assign([0..b, 0..nkv, start..end, 0..hd], k),
                     v: kv.v.slice_assign([0..b, 0..nkv, start..end, 0..hd], v),
                 };
                 (
-                    kv.k.clone().slice([0..b, 0..nkv, 0..end, 0..hd]),
-                    kv.v.clone().slice([0..b, 0..nkv, 0..end, 0..hd]),
+                    kv.k.clone().slice([0..b, 0..nkv, 0..key_len, 0..hd]),
+                    kv.v.clone().slice([0..b, 0..nkv, 0..key_len, 0..hd]),
                     Some(kv),
+                    padded,
                 )
             }
         };
         // Grouped-query attention without repeating K/V: the `nh / nkv` query heads of each KV
         // head are stacked along the query axis, `[b, nkv, groups * t, hd]`.
         let q = q.reshape([b, nkv, (nh / nkv) * t, hd]);
-        let out = B::causal_attention(q, k, v, key_valid.clone(), nh / nkv);
+        let out = if padded {
+            B::decode_attention(q, k, v, key_valid.clone())
+        } else {
+            B::causal_attention(q, k, v, key_valid.clone(), nh / nkv)
+        };
         let out = out
             .reshape([b, nh, t, hd])
             .swap_dims(1, 2)
@@ -282,7 +290,7 @@ impl<B: ModelBackend> DecoderLayer<B> {
         cos: Tensor<B, 4>,
         sin: Tensor<B, 4>,
         key_valid: &Tensor<B, 2, Bool>,
-        cache: Option<(LayerKv<B>, usize)>,
+        cache: Option<CacheStep<B>>,
     ) -> (Tensor<B, 3>, Option<LayerKv<B>>) {
         let (h, kv) = self.self_attn.forward(
             self.input_layernorm.forward(x.clone()),
@@ -542,7 +550,7 @@ impl<B: ModelBackend> Qwen2ForCausalLM<B> {
                 position_ids.dims()
             )));
         }
-        let start = match cache.as_deref_mut() {
+        let (start, key_len, padded) = match cache.as_deref_mut() {
             Some(c) => {
                 if c.batch_size() != b {
                     return Err(Error::Invalid(format!(
@@ -553,12 +561,13 @@ impl<B: ModelBackend> Qwen2ForCausalLM<B> {
                 c.check_room(t)?;
                 let start = c.len;
                 c.push_valid(attention_mask.clone());
-                start
+                let (key_len, padded) = c.attended_keys(t);
+                (start, key_len, padded)
             }
-            None => 0,
+            None => (0, t, false),
         };
         let key_valid = match cache.as_deref() {
-            Some(c) => c.valid_prefix(start + t),
+            Some(c) => c.valid_prefix(key_len),
             None => attention_mask,
         };
         let mut x = self.model.embed_tokens.forward(input_ids);
@@ -572,7 +581,7 @@ impl<B: ModelBackend> Qwen2ForCausalLM<B> {
             let layer_cache = layer_caches
                 .as_mut()
                 .and_then(Iterator::next)
-                .map(|kv| (kv, start));
+                .map(|kv| CacheStep { kv, start, padded });
             if self.gradient_checkpointing && layer_cache.is_none() {
                 let weights = layer.weights();
                 x = B::checkpointed_layer(&weights, x, cos.clone(), sin.clone(), key_valid.clone());

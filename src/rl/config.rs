@@ -67,6 +67,8 @@ pub struct RlConfig {
     /// Mixed precision for the policy's training forward and backward (TRL's `bf16`): bf16
     /// compute from f32 master weights and optimiser state; rollouts stay in f32.
     pub bf16: bool,
+    /// Shape buckets for JIT backends (`[rl.shapes]`, see [`crate::shapes`]).
+    pub shapes: crate::shapes::ShapeConfig,
     /// Shuffle the prompts every epoch.
     pub shuffle: bool,
     /// The policy loss.
@@ -104,6 +106,7 @@ impl Default for RlConfig {
             logits_chunk: 1024,
             gradient_checkpointing: false,
             bf16: false,
+            shapes: crate::shapes::ShapeConfig::default(),
             shuffle: true,
             loss: PolicyLossConfig::default(),
             optim: OptimConfig {
@@ -120,6 +123,7 @@ impl Default for RlConfig {
 impl RlConfig {
     /// Checks the settings, naming the bad field.
     pub fn validate(&self) -> Result<()> {
+        self.shapes.validate("rl.shapes")?;
         let positive = [
             ("train_batch_size", self.train_batch_size),
             ("num_generations", self.num_generations),

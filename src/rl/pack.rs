@@ -91,6 +91,7 @@ pub(crate) fn reference_logprobs<B: ModelBackend>(
     config: &RlConfig,
     device: &B::Device,
 ) -> Result<ReferenceLogprobs<B>> {
+    let shapes = config.shapes.resolve::<B>();
     let mut per_group = Vec::with_capacity(groups.len());
     for g in groups {
         if !g.mine {
@@ -102,7 +103,7 @@ pub(crate) fn reference_logprobs<B: ModelBackend>(
         let mut per_rollout: Vec<Option<Tensor<B, 2>>> = vec![None; plain.len()];
         for mb in token_budget_batches(&plain, config.micro_batch_tokens) {
             let part: Vec<Sequence<'_>> = mb.iter().map(|&i| plain[i]).collect();
-            let packed = Packed::<B>::new(&part, pad, device);
+            let packed = Packed::<B>::with_shapes(&part, pad, &shapes, device);
             let (logp, _) =
                 packed.logprobs(reference, config.temperature, config.logits_chunk, false)?;
             for (row, &i) in mb.iter().enumerate() {
@@ -211,10 +212,11 @@ fn pack_mini_batch<B: TrainBackend>(
         norm_constant: config.max_response_length as f64,
     };
     let plain: Vec<Sequence<'_>> = seqs.iter().map(|(s, _)| *s).collect();
+    let shapes = config.shapes.resolve::<B>();
     let mut micro_batches = Vec::new();
     for mb in token_budget_batches(&plain, config.micro_batch_tokens) {
         let part: Vec<Sequence<'_>> = mb.iter().map(|&i| plain[i]).collect();
-        let packed = Packed::<B>::new(&part, ctx.pad, device);
+        let packed = Packed::<B>::with_shapes(&part, ctx.pad, &shapes, device);
         let rollouts: Vec<&Rollout> = mb.iter().map(|&i| seqs[i].1).collect();
         let old: Vec<Vec<f32>> = rollouts.iter().map(|r| r.old_logp.clone()).collect();
         let adv: Vec<Vec<f32>> = rollouts
@@ -267,6 +269,9 @@ fn reference_grid<B: TrainBackend>(
         } else {
             t.clone()
         });
+    }
+    if packed.rows > rows.len() {
+        padded.push(Tensor::zeros([packed.rows - rows.len(), r], device));
     }
     Ok(Tensor::from_inner(Tensor::cat(padded, 0)))
 }

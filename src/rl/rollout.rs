@@ -67,6 +67,23 @@ pub(crate) struct RolloutContext<'a> {
     pub worker: &'a Worker,
 }
 
+/// The rollout engine's settings for a run over `prompts`: under bucketed shapes its KV caches
+/// are sized for the longest prompt, so they keep one shape all run.
+pub(crate) fn engine_options<B: TrainBackend>(
+    config: &RlConfig,
+    prompts: &[PreparedPrompt],
+    pad: u32,
+) -> EngineOptions {
+    let longest = prompts.iter().map(|p| p.ids.len()).max().unwrap_or(1);
+    EngineOptions {
+        pad_token_id: pad,
+        prefill_chunk: config.prefill_chunk,
+        max_cache_bytes: None,
+        shapes: config.shapes.resolve::<B>(),
+        max_prompt_len: Some(longest.min(config.max_prompt_length)),
+    }
+}
+
 /// Rolls out this worker's prompts of `batch` on `policy` (without autodiff), in chunks of
 /// `rollout_batch_size` prompts that bound the KV cache.
 pub(crate) fn rollout<B: TrainBackend>(
@@ -90,11 +107,7 @@ pub(crate) fn rollout<B: TrainBackend>(
     let engine = Engine::new(
         &inner,
         device.clone(),
-        EngineOptions {
-            pad_token_id: ctx.pad,
-            prefill_chunk: config.prefill_chunk,
-            max_cache_bytes: None,
-        },
+        engine_options::<B>(config, ctx.prompts, ctx.pad),
     )
     .with_detokenizer(Box::new(|ids: &[u32]| ctx.tokenizer.decode(ids, true)));
     let mut results = Vec::with_capacity(mine.len());

@@ -4,6 +4,7 @@
 //! checkpoints every N steps and exact resume.
 
 use crate::model::{ModelBackend, TrainBackend};
+use crate::shapes::Shapes;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -54,6 +55,8 @@ pub struct SftConfig {
     /// Mixed precision (TRL's `bf16`): forward and backward in bf16 from f32 master weights;
     /// the optimiser state stays f32. For GPUs; CPU backends emulate bf16 (slower than f32).
     pub bf16: bool,
+    /// Shape buckets for JIT backends (`[sft.shapes]`, see [`crate::shapes`]).
+    pub shapes: crate::shapes::ShapeConfig,
     /// Shuffle the data every epoch.
     pub shuffle: bool,
     /// AdamW and schedule.
@@ -74,6 +77,7 @@ impl Default for SftConfig {
             logits_chunk: 1024,
             gradient_checkpointing: false,
             bf16: false,
+            shapes: crate::shapes::ShapeConfig::default(),
             shuffle: true,
             optim: OptimConfig {
                 lr: 1e-5,
@@ -88,6 +92,7 @@ impl Default for SftConfig {
 impl SftConfig {
     /// Checks the settings, naming the bad field.
     pub fn validate(&self) -> Result<()> {
+        self.shapes.validate("sft.shapes")?;
         if self.train_file.as_os_str().is_empty() {
             return Err(Error::Invalid("sft.train_file is required".into()));
         }
@@ -196,7 +201,8 @@ pub fn eval_loss<B: ModelBackend>(
     chunk: usize,
     device: &B::Device,
 ) -> Result<f64> {
-    let (sum, count) = eval_sums(model, data.iter(), pad, budget, chunk, device)?;
+    let shapes = Shapes::auto::<B>();
+    let (sum, count) = eval_sums(model, data.iter(), pad, (budget, chunk), &shapes, device)?;
     Ok(sum / count.max(1.0))
 }
 
@@ -205,8 +211,8 @@ fn eval_sums<'a, B: ModelBackend>(
     model: &Qwen2ForCausalLM<B>,
     data: impl Iterator<Item = &'a Tokenized>,
     pad: u32,
-    budget: usize,
-    chunk: usize,
+    (budget, chunk): (usize, usize),
+    shapes: &Shapes,
     device: &B::Device,
 ) -> Result<(f64, f64)> {
     let seqs: Vec<Sequence<'_>> = data
@@ -218,7 +224,7 @@ fn eval_sums<'a, B: ModelBackend>(
     let (mut sum, mut count) = (0.0, 0.0);
     for mb in token_budget_batches(&seqs, budget) {
         let part: Vec<Sequence<'_>> = mb.iter().map(|&i| seqs[i]).collect();
-        let packed = Packed::<B>::new(&part, pad, device);
+        let packed = Packed::<B>::with_shapes(&part, pad, shapes, device);
         let (logp, _) = packed.logprobs(model, 1.0, chunk, false)?;
         sum -= (logp * packed.mask.clone())
             .sum()
@@ -534,8 +540,8 @@ fn held_out_loss<B: TrainBackend>(
                 &model.valid(),
                 mine.map(|(_, t)| t),
                 pad,
-                config.micro_batch_tokens,
-                config.logits_chunk,
+                (config.micro_batch_tokens, config.logits_chunk),
+                &config.shapes.resolve::<B>(),
                 device,
             )?;
             let total = worker.sum_f64::<B::InnerBackend>(
@@ -565,9 +571,10 @@ fn step_gradients<B: TrainBackend>(
 ) -> Result<(GradientsParams, f64)> {
     let mut acc = GradientsAccumulator::<Qwen2ForCausalLM<B>>::new();
     let mut loss_sum = 0.0;
+    let shapes = config.shapes.resolve::<B>();
     for mb in token_budget_batches(mine, config.micro_batch_tokens) {
         let part: Vec<Sequence<'_>> = mb.iter().map(|&i| mine[i]).collect();
-        let packed = Packed::<B>::new(&part, pad, device);
+        let packed = Packed::<B>::with_shapes(&part, pad, &shapes, device);
         let (logp, _) = packed.logprobs(model, 1.0, config.logits_chunk, false)?;
         let loss = (logp * packed.mask.clone())
             .sum()

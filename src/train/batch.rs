@@ -8,6 +8,7 @@ use burn::tensor::{Bool, Int, Tensor, TensorData};
 
 use crate::error::Result;
 use crate::model::Qwen2ForCausalLM;
+use crate::shapes::Shapes;
 
 /// One sequence to train on: the loss covers the response tokens only.
 #[derive(Debug, Clone, Copy)]
@@ -59,6 +60,10 @@ pub fn token_budget_batches(seqs: &[Sequence<'_>], token_budget: usize) -> Vec<V
 }
 
 /// Sequences packed for one forward pass.
+///
+/// Under bucketed [`Shapes`] the response columns R are a length bucket, the input columns
+/// `P + R - 1` another (P grows to make up the difference: more left padding), and the rows a
+/// batch bucket (the extra rows all padding, with no loss token).
 pub struct Packed<B: ModelBackend> {
     /// `[rows, P + R - 1]` input ids (padding where the mask is false).
     pub input_ids: Tensor<B, 2, Int>,
@@ -74,23 +79,36 @@ pub struct Packed<B: ModelBackend> {
     pub prompt_cols: usize,
     /// R: the response columns.
     pub response_cols: usize,
-    /// Real response tokens per row.
+    /// Real response tokens per sequence (the padding rows after them have none).
     pub response_lens: Vec<usize>,
+    /// Rows, padding rows included.
+    pub rows: usize,
 }
 
 impl<B: ModelBackend> Packed<B> {
-    /// Packs `seqs` on `device` with `pad` at padding positions.
+    /// Packs `seqs` on `device` with `pad` at padding positions, in their exact shapes.
     pub fn new(seqs: &[Sequence<'_>], pad: u32, device: &B::Device) -> Self {
+        Self::with_shapes(seqs, pad, &Shapes::exact(), device)
+    }
+
+    /// Packs `seqs` with rows and columns padded as `shapes` says.
+    pub fn with_shapes(
+        seqs: &[Sequence<'_>],
+        pad: u32,
+        shapes: &Shapes,
+        device: &B::Device,
+    ) -> Self {
         assert!(!seqs.is_empty(), "a batch needs at least one sequence");
         assert!(
             seqs.iter()
                 .all(|s| !s.prompt.is_empty() && !s.response.is_empty()),
             "every sequence needs a prompt and a response token"
         );
-        let rows = seqs.len();
+        let rows = shapes.batch(seqs.len());
         let p = seqs.iter().map(|s| s.prompt.len()).max().unwrap_or(1);
-        let r = seqs.iter().map(|s| s.response.len()).max().unwrap_or(1);
-        let cols = p + r - 1;
+        let r = shapes.seq(seqs.iter().map(|s| s.response.len()).max().unwrap_or(1));
+        let cols = shapes.seq(p + r - 1);
+        let p = cols + 1 - r;
         let mut ids = vec![pad as i64; rows * cols];
         let mut valid = vec![false; rows * cols];
         let mut pos = vec![0i64; rows * cols];
@@ -122,12 +140,13 @@ impl<B: ModelBackend> Packed<B> {
             prompt_cols: p,
             response_cols: r,
             response_lens: seqs.iter().map(|s| s.response.len()).collect(),
+            rows,
         }
     }
 
     /// A `[rows, R]` tensor holding, row by row, `values[i]` (one per response token), 0 at padding.
     pub fn response_grid(&self, values: &[Vec<f32>], device: &B::Device) -> Tensor<B, 2> {
-        let rows = self.response_lens.len();
+        let rows = self.rows;
         let r = self.response_cols;
         let mut data = vec![0f32; rows * r];
         for (i, v) in values.iter().enumerate() {

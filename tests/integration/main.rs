@@ -19,5 +19,6 @@ mod rl;
 mod rl_loss;
 mod rope;
 mod sft;
+mod shapes;
 mod synthetic;
 mod tokenizer;

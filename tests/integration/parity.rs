@@ -129,6 +129,7 @@ fn check_greedy<B: ModelBackend>(
         stop_token_ids: vec![],
         pad_token_id: 0,
         prefill_chunk: 5,
+        ..GreedyConfig::default()
     };
     // One at a time, then all together (left-padded in one batch, chunked prefill).
     for (p, e) in prompts.iter().zip(&expected) {

@@ -91,6 +91,8 @@ impl<B: ModelBackend> LocalJudge<B> {
                 pad_token_id: self.pad,
                 prefill_chunk: self.config.prefill_chunk,
                 max_cache_bytes: None,
+                shapes: crate::shapes::Shapes::auto::<B>(),
+                max_prompt_len: None,
             },
         )
         .with_detokenizer(Box::new(|ids: &[u32]| self.tokenizer.decode(ids, true)));
