@@ -12,6 +12,7 @@ pub mod error;
 pub mod eval;
 pub mod generate;
 pub mod io;
+pub mod jit;
 pub mod kernels;
 pub mod metrics;
 pub mod model;
@@ -21,6 +22,7 @@ pub mod plan;
 pub mod reward;
 pub mod rl;
 pub mod sft;
+pub mod shapes;
 pub mod tokenizer;
 pub mod train;
 

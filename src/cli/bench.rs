@@ -5,13 +5,17 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 
+use super::train::load_rl_file;
 use crate::bench::{
     bench_allreduce, bench_generate, bench_model, bench_train, parameters, report, AllReduceReport,
     BenchReport,
 };
+use crate::config::Overrides;
 use crate::device::{AutodiffBackendFn, BackendFn, DeviceSpec};
 use crate::distributed::{launch, DistributedSection, Worker, BUCKET_ELEMENTS};
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::rl::bench::{bench_rl, RlBenchReport};
+use crate::rl::RlFile;
 
 /// Arguments of `longrl bench`.
 #[derive(Debug, Args)]
@@ -31,6 +35,29 @@ pub enum BenchCommand {
     /// Data-parallel training steps: the gradient all-reduce's time and bytes per optimiser step
     /// across `--devices` (and `--nodes`), and the whole step's time.
     Allreduce(BenchAllReduceArgs),
+    /// Real RL steps of a config (rollouts, rewards, update) after the stage's warm-up: seconds
+    /// and kernels compiled per step, rollout and training tokens per second.
+    Rl(BenchRlArgs),
+}
+
+/// Options of `longrl bench rl`.
+#[derive(Debug, Clone, Args)]
+pub struct BenchRlArgs {
+    /// An RL config (`longrl rl --config`); its run directory is not touched.
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Timed steps (after the warm-up).
+    #[arg(long, default_value_t = 5)]
+    pub steps: usize,
+    /// Shapes: `auto`, `bucketed` or `exact` (overrides `[rl.shapes] policy`).
+    #[arg(long)]
+    pub shapes: Option<String>,
+    /// Skip the warm-up (overrides `[rl.shapes] warmup`).
+    #[arg(long)]
+    pub no_warmup: bool,
+    /// Print one JSON line instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Options of `longrl bench allreduce`.
@@ -136,6 +163,7 @@ pub fn run(args: BenchArgs, device: DeviceSpec) -> Result<()> {
             (device.run(GenerateTask(a, name))??, json)
         }
         BenchCommand::Allreduce(a) => return run_allreduce(a, device),
+        BenchCommand::Rl(a) => return run_rl(a, device),
     };
     if json {
         println!(
@@ -160,6 +188,72 @@ pub fn run(args: BenchArgs, device: DeviceSpec) -> Result<()> {
         );
     }
     Ok(())
+}
+
+fn run_rl(a: BenchRlArgs, device: DeviceSpec) -> Result<()> {
+    let mut file = load_rl_file(&a.config, &Overrides::default())?;
+    if let Some(policy) = &a.shapes {
+        file.rl.shapes.policy = serde_json::from_value(serde_json::Value::String(policy.clone()))
+            .map_err(|_| {
+            Error::Invalid(format!(
+                "--shapes {policy}: expected auto, bucketed or exact"
+            ))
+        })?;
+    }
+    if a.no_warmup {
+        file.rl.shapes.warmup = false;
+    }
+    let json = a.json;
+    let report = device.run_autodiff(RlBenchTask(a, file, device.to_string()))??;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string(&report).expect("a report serialises")
+        );
+        return Ok(());
+    }
+    let count = |k: Option<u64>| k.map_or_else(|| "n/a".to_string(), |k| k.to_string());
+    println!(
+        "rl on {} ({} shapes): warm-up {:.2} s ({} kernels compiled)",
+        report.device,
+        if report.bucketed { "bucketed" } else { "exact" },
+        report.warmup_s,
+        count(report.warmup_kernels_compiled)
+    );
+    for s in &report.steps {
+        println!(
+            "step {}: {:.3} s (rollout {:.3} s, update {:.3} s), {} kernels compiled, {} autotunes, {} rollout / {} train tokens",
+            s.step, s.step_s, s.gen_s, s.update_s, count(s.kernels_compiled), count(s.autotunes),
+            s.rollout_tokens, s.train_tokens
+        );
+    }
+    println!(
+        "median step {:.3} s, slowest {:.2}x the median, {} kernels compiled after step 1; {:.1} rollout tokens/s, {:.1} train tokens/s",
+        report.step_s_median,
+        report.slowest_over_median,
+        count(report.kernels_compiled_after_first),
+        report.rollout_tokens_per_s,
+        report.train_tokens_per_s
+    );
+    Ok(())
+}
+
+struct RlBenchTask(BenchRlArgs, RlFile, String);
+
+impl AutodiffBackendFn for RlBenchTask {
+    type Output = Result<RlBenchReport>;
+
+    fn call<B: TrainBackend>(self, device: B::Device) -> Self::Output {
+        let RlBenchTask(args, file, name) = self;
+        bench_rl::<B>(
+            &file,
+            args.steps,
+            None,
+            device,
+            &name,
+            &args.config.display().to_string(),
+        )
+    }
 }
 
 fn run_allreduce(a: BenchAllReduceArgs, device: DeviceSpec) -> Result<()> {

@@ -40,6 +40,15 @@ pub struct Cli {
     /// Log more (repeat for debug output).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
+    /// Folder of the persistent cubecl caches (autotune results; CUDA kernels) and compile logs.
+    /// Default: `$LONGRL_CACHE_DIR`, else `$XDG_CACHE_HOME/longrl/cubecl`, else
+    /// `~/.cache/longrl/cubecl`.
+    #[arg(long, global = true)]
+    pub jit_cache: Option<PathBuf>,
+    /// cubecl autotune effort on wgpu/CUDA: minimal, balanced, extensive, full (cubecl's default
+    /// when unset).
+    #[arg(long, global = true)]
+    pub autotune_level: Option<String>,
     /// The command to run.
     #[command(subcommand)]
     pub command: Command,
@@ -169,6 +178,19 @@ pub fn main() -> anyhow::Result<()> {
         _ => "debug",
     };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).init();
+    let cache = cli
+        .jit_cache
+        .clone()
+        .unwrap_or_else(crate::jit::default_cache_dir);
+    if let Err(e) = crate::jit::configure_caches(&cache, cli.autotune_level.as_deref()) {
+        if cli.autotune_level.is_some() {
+            return Err(e.into());
+        }
+        log::warn!(
+            "cubecl caches under {} not switched on: {e}",
+            cache.display()
+        );
+    }
     let device = cli.device.unwrap_or_else(DeviceSpec::best_available);
     match cli.command {
         Command::Info(args) => info(&args)?,
@@ -411,6 +433,8 @@ impl BackendFn for GenerateTask {
             max_cache_bytes: args
                 .max_kv_cache_gib
                 .map(|g| (g * (1u64 << 30) as f64) as usize),
+            shapes: crate::shapes::Shapes::auto::<B>(),
+            max_prompt_len: None,
         };
         let mut engine = Engine::new(&model, device, options);
         if let Some(t) = &tok {

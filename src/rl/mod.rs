@@ -9,6 +9,7 @@
 //! [`RlTrainer::step`].
 
 pub mod advantage;
+pub mod bench;
 pub mod config;
 pub mod dynamic;
 mod exchange;
@@ -22,6 +23,7 @@ mod score;
 mod stage_tests;
 pub mod trainer;
 mod update;
+mod warmup;
 
 pub use advantage::{group_advantages, AdvantageEstimator, ScaleRewards};
 pub use config::{RlConfig, RlFile};
@@ -34,3 +36,4 @@ pub use trainer::{
     prepare_prompts, train, train_prompts, train_prompts_with, train_with, NoObserver,
     PreparedPrompt, RewardSection, RlObserver, RlState, RlSummary, RlTrainer, StepReport,
 };
+pub use warmup::WarmUpReport;

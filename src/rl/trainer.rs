@@ -25,6 +25,7 @@ use super::pack::{pack, reference_logprobs, PackContext};
 use super::rollout::{rollout, step_seed, GenBatch, RolloutContext};
 use super::score::{score, share};
 use super::update::{update, UpdateContext};
+use super::warmup::{warm_up, WarmUpReport};
 use crate::config::{ModelSection, RunSection};
 use crate::data::{load_rl_any, EpochSampler, SamplerState};
 pub use crate::data::{prepare_prompts, PreparedPrompt};
@@ -249,6 +250,8 @@ pub struct RlTrainer<'a, B: TrainBackend> {
     total_steps: usize,
     first_score: Option<f64>,
     last_score: f64,
+    /// Whether [`Self::warm_up`] ran.
+    warmed_up: bool,
 }
 
 /// What one [`RlTrainer::step`] did.
@@ -262,6 +265,14 @@ pub struct StepReport {
     pub entropy: f64,
     /// The step's metrics record (verl names), as the leader writes it to `metrics.jsonl`.
     pub record: serde_json::Value,
+    /// Tokens this worker sampled in the step's rollouts (filtered groups included).
+    pub rollout_tokens: usize,
+    /// Tokens (prompt and response) this worker trained on, over all PPO epochs.
+    pub train_tokens: usize,
+    /// Seconds of the rollout stage.
+    pub gen_s: f64,
+    /// Seconds of the update stage (reference, pack and update).
+    pub update_s: f64,
 }
 
 /// The rollout and score stages' outputs over a step's generation batches.
@@ -270,6 +281,8 @@ struct Generation {
     reward_stats: RewardStats,
     t_gen: Duration,
     t_reward: Duration,
+    /// Tokens sampled by this worker.
+    tokens: usize,
 }
 
 fn policy_lost() -> Error {
@@ -379,6 +392,7 @@ impl<'a, B: TrainBackend> RlTrainer<'a, B> {
             total_steps,
             first_score: None,
             last_score: 0.0,
+            warmed_up: false,
         })
     }
 
@@ -392,8 +406,40 @@ impl<'a, B: TrainBackend> RlTrainer<'a, B> {
         self.total_steps
     }
 
+    /// Runs every shape the run's steps can produce once, when shapes are bucketed and
+    /// `[rl.shapes] warmup` is on (see [`crate::shapes`]); [`Self::run`] calls it first.
+    pub fn warm_up(&mut self) -> Result<WarmUpReport> {
+        if self.warmed_up {
+            return Ok(WarmUpReport::default());
+        }
+        let policy = self.policy.as_ref().ok_or_else(policy_lost)?;
+        let base = (self.reference.is_none() && self.config.loss.beta > 0.0)
+            .then(|| burn::module::AutodiffModule::valid(policy).without_adapters());
+        let report = warm_up(
+            policy,
+            self.reference.as_ref().or(base.as_ref()),
+            self.prompts,
+            self.pad,
+            self.config,
+            &self.device,
+        )?;
+        self.warmed_up = true;
+        if report.update_shapes + report.rollout_passes > 0 {
+            log::info!(
+                "rl: warmed up {} rollout passes and {} update shapes in {:.1} s",
+                report.rollout_passes,
+                report.update_shapes,
+                report.seconds
+            );
+        }
+        Ok(report)
+    }
+
     /// Runs the remaining steps, then saves the final model (see [`RlTrainer::finish`]).
     pub fn run(mut self) -> Result<RlSummary> {
+        if self.steps_done < self.total_steps {
+            self.warm_up()?;
+        }
         let bar = crate::metrics::progress_bar(
             self.total_steps as u64,
             self.steps_done as u64,
@@ -484,11 +530,25 @@ impl<'a, B: TrainBackend> RlTrainer<'a, B> {
                 step: t_step.elapsed(),
             },
         };
+        let train_tokens: usize = batch
+            .groups
+            .iter()
+            .filter(|g| g.mine)
+            .flat_map(|g| {
+                g.rollouts
+                    .iter()
+                    .map(|r| self.prompts[g.prompt].ids.len() + r.len)
+            })
+            .sum();
         let report = StepReport {
             step: step + 1,
             score_mean: metrics.score_mean(),
             entropy: metrics.entropy(),
             record: metrics.record(),
+            rollout_tokens: generation.tokens,
+            train_tokens: train_tokens * self.config.ppo_epochs,
+            gen_s: generation.t_gen.as_secs_f64(),
+            update_s: t_update.as_secs_f64(),
         };
         self.first_score.get_or_insert(report.score_mean);
         self.last_score = report.score_mean;
@@ -518,6 +578,7 @@ impl<'a, B: TrainBackend> RlTrainer<'a, B> {
             reward_stats: RewardStats::default(),
             t_gen: Duration::ZERO,
             t_reward: Duration::ZERO,
+            tokens: 0,
         };
         let mut position = 0u64;
         loop {
@@ -529,6 +590,12 @@ impl<'a, B: TrainBackend> RlTrainer<'a, B> {
             position += batch.prompts.len() as u64;
             let rollouts = rollout(policy, &batch, seed, &ctx, &self.device)?;
             out.t_gen += rollouts.elapsed;
+            out.tokens += rollouts
+                .prompts
+                .iter()
+                .flat_map(|p| &p.samples)
+                .map(|s| s.output_ids.len())
+                .sum::<usize>();
             let scored = score(&*self.rewarder, self.prompts, rollouts, batch.prompts.len())?;
             out.reward_stats.add(&scored.stats);
             out.t_reward += scored.elapsed;

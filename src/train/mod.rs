@@ -4,6 +4,7 @@
 pub mod batch;
 pub mod optim;
 pub mod run_dir;
+pub mod warmup;
 
 pub use batch::{token_budget_batches, Packed, Sequence};
 pub use optim::{
@@ -11,3 +12,4 @@ pub use optim::{
     LrSchedule, OptimConfig,
 };
 pub use run_dir::RunDir;
+pub use warmup::{micro_batch_shapes, warm_up_micro_batches, MicroBatchShape};
