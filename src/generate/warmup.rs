@@ -43,10 +43,10 @@ impl<B: ModelBackend> Engine<'_, B> {
         for &cols in &columns {
             let capacity = self.cache_capacity(cols, shapes.max_new_tokens);
             for &rows in &prompt_rows {
-                let (cache, p) = self.warm_prefill(rows, cols, capacity)?;
-                passes += p;
-                // The copy of prompt rows to their samples' rows.
+                // Prefill, then the copy of prompt rows (cache and last logits) to the samples'.
                 let to = buckets.batch(rows * samples);
+                let (cache, p) = self.warm_prefill(rows, cols, capacity, to)?;
+                passes += p;
                 let index: Vec<usize> = (0..to).map(|i| i % rows).collect();
                 cache.select_rows(&index).batch_size();
             }
@@ -62,13 +62,14 @@ impl<B: ModelBackend> Engine<'_, B> {
         Ok(passes)
     }
 
-    /// One prefill of `rows` prompts of `cols` columns into a cache of `capacity`; returns the
-    /// cache and the forward passes run.
+    /// One prefill of `rows` prompts of `cols` columns into a cache of `capacity`, its last
+    /// logits copied to `samples` rows; returns the cache and the forward passes run.
     fn warm_prefill(
         &self,
         rows: usize,
         cols: usize,
         capacity: usize,
+        samples: usize,
     ) -> Result<(KvCache<B>, usize)> {
         let model = self.model();
         let pad = self.options().pad_token_id;
@@ -79,7 +80,7 @@ impl<B: ModelBackend> Engine<'_, B> {
         let last = prefill(model, &batch, &mut cache, chunk, self.device())?;
         // The rows' copy of the last logits to the samples, and the host transfer.
         let index = Tensor::<B, 1, Int>::from_data(
-            TensorData::new(vec![0i64; rows], [rows]),
+            TensorData::new(vec![0i64; samples], [samples]),
             self.device(),
         );
         last.select(0, index).into_data();
@@ -101,9 +102,17 @@ impl<B: ModelBackend> Engine<'_, B> {
         for &n in rows.iter().rev() {
             let mut c = match cache.take() {
                 Some(c) => c.select_rows(&(0..n).collect::<Vec<_>>()),
+                // A real decode's cache is the prompts' cache copied to the samples' rows.
                 None => KvCache::new(model.config(), n, capacity, device)
-                    .with_shapes(self.options().shapes.clone()),
+                    .with_shapes(self.options().shapes.clone())
+                    .select_rows(&(0..n).collect::<Vec<_>>()),
             };
+            // Finished samples leave by any smaller bucket, not only the next one.
+            for &m in rows.iter().filter(|&&m| m < n) {
+                c.clone()
+                    .select_rows(&(0..m).collect::<Vec<_>>())
+                    .batch_size();
+            }
             for &k in keys {
                 // `k - 1` cached positions: this step attends over `k` keys.
                 c.len = k - 1;

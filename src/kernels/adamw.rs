@@ -49,12 +49,11 @@ pub fn adamw_update_ops<B: Backend, const D: usize>(
         .clone()
         .div_scalar(bc1)
         .div(v.clone().div_scalar(bc2).sqrt().add_scalar(h.epsilon));
+    // Always multiplied (by exactly 1 without decay, which changes no value): one graph for
+    // every learning rate and decay, so a JIT backend compiles it once (the warm-up's
+    // zero-learning-rate update included).
     let decay = h.lr * h.weight_decay as f64;
-    let param = if decay == 0.0 {
-        param
-    } else {
-        param.mul_scalar(1.0 - decay)
-    };
+    let param = param.mul_scalar(1.0 - decay);
     (param - delta.mul_scalar(h.lr), m, v)
 }
 

@@ -54,6 +54,8 @@ pub struct RlBenchReport {
     pub warmup: WarmUpReport,
     /// Kernels compiled during the warm-up.
     pub warmup_kernels_compiled: Option<u64>,
+    /// Autotune runs during the warm-up (0 when every key was in the persistent cache).
+    pub warmup_autotunes: Option<u64>,
     /// The steps.
     pub steps: Vec<RlBenchStep>,
     /// Median step seconds.
@@ -117,6 +119,7 @@ pub fn bench_rl<B: TrainBackend>(
     let warmup_s = t0.elapsed().as_secs_f64();
     let mut last = counters();
     let warmup_kernels_compiled = delta(last.0, before.0);
+    let warmup_autotunes = delta(last.1, before.1);
     let mut out = Vec::with_capacity(steps);
     for _ in 0..steps {
         let t = Instant::now();
@@ -140,7 +143,7 @@ pub fn bench_rl<B: TrainBackend>(
         out,
         warmup,
         warmup_s,
-        warmup_kernels_compiled,
+        (warmup_kernels_compiled, warmup_autotunes),
         config.shapes.resolve::<B>().is_bucketed(),
         device_name,
         config_name,
@@ -172,7 +175,7 @@ fn summarise(
     steps: Vec<RlBenchStep>,
     warmup: WarmUpReport,
     warmup_s: f64,
-    warmup_kernels_compiled: Option<u64>,
+    (warmup_kernels_compiled, warmup_autotunes): (Option<u64>, Option<u64>),
     bucketed: bool,
     device: &str,
     config: &str,
@@ -211,6 +214,7 @@ fn summarise(
         warmup_s,
         warmup,
         warmup_kernels_compiled,
+        warmup_autotunes,
         step_s_median: median,
         slowest_over_median: if median > 0.0 { slowest / median } else { 0.0 },
         kernels_compiled_after_first: after_first,

@@ -250,7 +250,7 @@ fn pack_mini_batch<B: TrainBackend>(
 
 /// The `[rows, R]` grid of a micro-batch's reference log-probs (each row's values, then 0 at the
 /// padding), assembled on the device.
-fn reference_grid<B: TrainBackend>(
+pub(crate) fn reference_grid<B: TrainBackend>(
     rows: &[&Tensor<B::InnerBackend, 2>],
     packed: &Packed<B>,
     device: &B::Device,

@@ -315,6 +315,7 @@ impl<'a, B: TrainBackend> RlTrainer<'a, B> {
         }
         let run_dir = RunDir::open(&run.run_dir)?;
         let resume_from = run_dir.resume_point(resume)?;
+        crate::train::check_bf16::<B>("rl", config.bf16, &device)?;
         let tokenizer = model_section.load_tokenizer()?;
         let (policy, state): (_, Option<RlState>) = RunDir::starting_point::<B, _>(
             resume_from.as_deref(),
@@ -412,10 +413,10 @@ impl<'a, B: TrainBackend> RlTrainer<'a, B> {
         if self.warmed_up {
             return Ok(WarmUpReport::default());
         }
-        let policy = self.policy.as_ref().ok_or_else(policy_lost)?;
+        let policy = self.policy.take().ok_or_else(policy_lost)?;
         let base = (self.reference.is_none() && self.config.loss.beta > 0.0)
-            .then(|| burn::module::AutodiffModule::valid(policy).without_adapters());
-        let report = warm_up(
+            .then(|| burn::module::AutodiffModule::valid(&policy).without_adapters());
+        let (policy, report) = warm_up(
             policy,
             self.reference.as_ref().or(base.as_ref()),
             self.prompts,
@@ -423,6 +424,7 @@ impl<'a, B: TrainBackend> RlTrainer<'a, B> {
             self.config,
             &self.device,
         )?;
+        self.policy = Some(policy);
         self.warmed_up = true;
         if report.update_shapes + report.rollout_passes > 0 {
             log::info!(
@@ -473,6 +475,11 @@ impl<'a, B: TrainBackend> RlTrainer<'a, B> {
         let generation = self.generate(step, seed)?;
         let batch = generation.selection.finish(self.config, step);
 
+        log::debug!(
+            "rl step {}: rollouts done, {:?} kernels compiled so far",
+            step + 1,
+            crate::jit::kernels_compiled()
+        );
         let t_update = Instant::now();
         let base = match (&self.reference, &self.policy) {
             (None, Some(p)) if self.config.loss.beta > 0.0 && p.has_adapters() => {

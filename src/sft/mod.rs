@@ -298,6 +298,7 @@ pub fn train_with<B: TrainBackend>(
     let leader = worker.is_leader();
     let run_dir = RunDir::open(&run.run_dir)?;
     let resume_from = run_dir.resume_point(resume)?;
+    crate::train::check_bf16::<B>("sft", config.bf16, &device)?;
     let tokenizer = model_section.load_tokenizer()?;
     let (model, state): (_, Option<SftState>) =
         RunDir::starting_point::<B, _>(resume_from.as_deref(), model_section, run.seed, &device)?;

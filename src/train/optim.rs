@@ -248,8 +248,10 @@ pub fn clip_grad_norm<B: TrainBackend, M: AutodiffModule<B>>(
     let norm = grad_norm::<B, M>(module, grads);
     if max_norm > 0.0 {
         let factor = max_norm / (norm + 1e-6);
-        if factor < 1.0 {
-            scale_grads::<B, M>(module, grads, factor);
+        // JIT backends always scale (by exactly 1 when no clipping is due, which changes no
+        // value), so that every step runs the same kernels and none is compiled mid-run.
+        if factor < 1.0 || B::JIT {
+            scale_grads::<B, M>(module, grads, factor.min(1.0));
         }
     }
     norm

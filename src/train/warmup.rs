@@ -5,8 +5,12 @@
 
 use std::collections::BTreeSet;
 
+use burn::optim::GradientsParams;
+
 use super::batch::Sequence;
+use super::optim::{clip_grad_norm, AdamWOptimizer, OptimConfig};
 use crate::error::Result;
+use crate::model::{Qwen2ForCausalLM, TrainBackend};
 use crate::shapes::Shapes;
 
 /// One micro-batch shape: `rows` sequences, `columns` input columns, `response` response
@@ -96,6 +100,26 @@ pub fn warm_up_micro_batches(
     Ok(list.len())
 }
 
+/// Runs the optimiser's update (gradient clipping, then AdamW's first step, which creates the
+/// moments, and a later step, which updates them) on `model` with gradients from `grads` and
+/// learning rate 0 through a scratch optimiser, so that a JIT backend compiles those kernels
+/// before the first real step. The model comes back unchanged (a zero-learning-rate update of
+/// finite gradients), and the real optimiser, which the caller keeps, is untouched.
+pub fn warm_up_optimizer<B: TrainBackend>(
+    model: Qwen2ForCausalLM<B>,
+    config: &OptimConfig,
+    grads: &mut dyn FnMut(&Qwen2ForCausalLM<B>) -> Result<GradientsParams>,
+) -> Result<Qwen2ForCausalLM<B>> {
+    let mut scratch = AdamWOptimizer::<B, Qwen2ForCausalLM<B>>::new(config);
+    let mut model = model;
+    for _ in 0..2 {
+        let mut g = grads(&model)?;
+        clip_grad_norm::<B, _>(&model, &mut g, config.max_grad_norm);
+        model = scratch.step(0.0, model, g);
+    }
+    Ok(model)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -128,5 +152,72 @@ mod tests {
             packable(20, r, (64 / (20 + r - 1)).clamp(1, 4));
         }
         assert!(micro_batch_shapes(&Shapes::exact(), &[5], 12, 4, 64).is_empty());
+    }
+}
+
+#[cfg(all(test, feature = "flex"))]
+mod optimizer_tests {
+    use super::*;
+    use crate::model::Qwen2Config;
+    use burn::backend::{Autodiff, Flex};
+    use burn::module::{AutodiffModule, Module, ModuleVisitor, Param};
+    use burn::tensor::backend::AutodiffBackend;
+    use burn::tensor::Tensor;
+
+    /// A zero gradient for every trainable parameter of `module` (the frozen ones get none, as in a
+    /// real backward pass).
+    fn zero_grads<B: AutodiffBackend, M: AutodiffModule<B>>(module: &M) -> GradientsParams {
+        struct Zeros<B: AutodiffBackend> {
+            grads: GradientsParams,
+            _backend: std::marker::PhantomData<B>,
+        }
+        impl<B: AutodiffBackend> ModuleVisitor<B> for Zeros<B> {
+            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+                let value = param.val();
+                if value.is_require_grad() {
+                    let zeros = Tensor::<B::InnerBackend, D>::zeros(value.shape(), &value.device());
+                    self.grads.register::<B::InnerBackend, D>(param.id, zeros);
+                }
+            }
+        }
+        let mut visitor = Zeros::<B> {
+            grads: GradientsParams::new(),
+            _backend: std::marker::PhantomData,
+        };
+        module.visit(&mut visitor);
+        visitor.grads
+    }
+
+    /// Every parameter's values, in visiting order.
+    fn values(model: &Qwen2ForCausalLM<Autodiff<Flex>>) -> Vec<Vec<f32>> {
+        struct Collect(Vec<Vec<f32>>);
+        impl ModuleVisitor<Autodiff<Flex>> for Collect {
+            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<Autodiff<Flex>, D>>) {
+                self.0
+                    .push(param.val().into_data().to_vec::<f32>().unwrap());
+            }
+        }
+        let mut collect = Collect(Vec::new());
+        model.visit(&mut collect);
+        collect.0
+    }
+
+    #[test]
+    fn optimizer_warm_up_leaves_the_model_unchanged() {
+        let config = Qwen2Config::from_file(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("models/tiny-qwen2-chatml/config.json"),
+        )
+        .unwrap();
+        let model = Qwen2ForCausalLM::<Autodiff<Flex>>::init(&config, &Default::default());
+        let before = values(&model);
+        let optim = OptimConfig {
+            weight_decay: 0.1,
+            ..OptimConfig::default()
+        };
+        let mut grads = |m: &Qwen2ForCausalLM<Autodiff<Flex>>| Ok(zero_grads(m));
+        let after = values(&warm_up_optimizer(model, &optim, &mut grads).unwrap());
+        assert_eq!(before.len(), after.len());
+        assert!(before == after, "a zero update changed the weights");
     }
 }

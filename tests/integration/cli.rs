@@ -668,3 +668,126 @@ fn sft_refuses_a_config_that_cannot_fit() {
         "{err}"
     );
 }
+
+/// A small RL config for `bench rl`: two prompts of two samples, short responses.
+fn bench_rl_config(dir: &Path) -> String {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = format!(
+        r#"[model]
+path = "{model}"
+
+[run]
+run_dir = "unused"
+
+[rl]
+max_prompt_length = 400
+train_file = "{data}"
+train_batch_size = 2
+num_generations = 2
+max_response_length = 6
+dynamic_sampling = false
+ppo_mini_batch_size = 2
+micro_batch_tokens = 4096
+
+[rl.shapes]
+batch_buckets = [4]
+
+[rl.reward.rule]
+require_think = false
+"#,
+        model = root.join("models/tiny-qwen2-chatml").display(),
+        data = root.join("examples/data/docqa_rl.jsonl").display(),
+    );
+    write(dir, "bench-rl.toml", &text)
+}
+
+fn bench_rl(args: &[&str]) -> Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_longrl"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice::<Value>(&out.stdout).unwrap()
+}
+
+#[test]
+fn bench_rl_reports_steps_tokens_and_no_kernel_counts_on_the_cpu() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = bench_rl_config(dir.path());
+    let r = bench_rl(&[
+        "--device", "flex", "bench", "rl", "--config", &config, "--steps", "2", "--json",
+    ]);
+    assert_eq!(r["bench"], "rl");
+    assert_eq!(r["bucketed"], false, "auto keeps exact shapes on the CPU");
+    assert_eq!(r["warmup"]["update_shapes"], 0);
+    let steps = r["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 2);
+    for s in steps {
+        assert!(s["step_s"].as_f64().unwrap() > 0.0);
+        assert!(s["rollout_tokens"].as_u64().unwrap() > 0);
+        assert!(s["train_tokens"].as_u64().unwrap() > s["rollout_tokens"].as_u64().unwrap());
+        assert!(s["kernels_compiled"].is_null());
+    }
+    assert!(r["rollout_tokens_per_s"].as_f64().unwrap() > 0.0);
+    let e = err_text(&longrl(&[
+        "bench", "rl", "--config", &config, "--shapes", "some",
+    ]));
+    assert!(e.contains("--shapes some"), "{e}");
+}
+
+/// On wgpu (lavapipe in CI), after the warm-up the steps compile (almost) nothing, and a second
+/// process with the same cache folder reruns no autotune (cubecl 0.10 keeps no WGSL kernels
+/// across processes, so it compiles them again).
+#[cfg(feature = "wgpu")]
+#[test]
+fn bench_rl_on_wgpu_compiles_once_and_reuses_the_autotune_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = bench_rl_config(dir.path());
+    let cache = dir.path().join("cache");
+    let run = || {
+        bench_rl(&[
+            "--device",
+            "wgpu",
+            "--jit-cache",
+            cache.to_str().unwrap(),
+            "bench",
+            "rl",
+            "--config",
+            &config,
+            "--steps",
+            "3",
+            "--json",
+        ])
+    };
+    let first = run();
+    assert_eq!(first["bucketed"], true);
+    assert!(first["warmup"]["update_shapes"].as_u64().unwrap() > 0);
+    assert!(first["warmup_kernels_compiled"].as_u64().unwrap() > 0);
+    assert!(first["warmup_autotunes"].as_u64().unwrap() > 0);
+    let steps = first["steps"].as_array().unwrap();
+    let compiled: Vec<u64> = steps
+        .iter()
+        .map(|s| s["kernels_compiled"].as_u64().unwrap())
+        .collect();
+    let warm = first["warmup_kernels_compiled"].as_u64().unwrap();
+    assert!(
+        compiled.iter().all(|&k| k * 10 <= warm),
+        "steps compiled {compiled:?} kernels after a warm-up of {warm}"
+    );
+    assert_eq!(compiled[1..], [0, 0], "steps 2 and 3 compile nothing");
+    for s in steps {
+        assert_eq!(s["autotunes"], 0, "every autotune ran in the warm-up: {s}");
+    }
+    let second = run();
+    assert_eq!(
+        second["warmup_autotunes"], 0,
+        "autotune results come from the cache"
+    );
+    for s in second["steps"].as_array().unwrap() {
+        assert_eq!(s["autotunes"], 0);
+    }
+}

@@ -408,3 +408,26 @@ fn lora_sft_on_a_bf16_base() {
     let adapter = common::read_safetensors(&s.final_dir.join("adapter_model.safetensors"));
     assert_eq!(adapter.len(), 2 * 7 * 2);
 }
+
+/// `bf16 = true` where the device holds no bf16 (WGSL on lavapipe): a clear error naming the
+/// key, before anything is trained.
+#[cfg(feature = "wgpu")]
+#[test]
+fn bf16_on_a_device_without_bf16_is_a_clear_error() {
+    use burn::tensor::backend::Backend;
+    type W = Autodiff<burn::backend::Wgpu>;
+    let device = burn::backend::wgpu::WgpuDevice::default();
+    if W::supports_dtype(&device, burn::tensor::DType::BF16) {
+        eprintln!("skipping: this wgpu adapter holds bf16");
+        return;
+    }
+    let data = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let cfg = SftConfig {
+        bf16: true,
+        ..config(data.path(), 1)
+    };
+    let err = sft::train::<W>(&model(), &run(out.path(), 0), &cfg, false, device)
+        .expect_err("bf16 on a device without bf16");
+    assert!(err.to_string().contains("sft.bf16"), "{err}");
+}
