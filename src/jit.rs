@@ -503,7 +503,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(counter.poll(), 2);
-        write!(log, "iling kernel] add\n").unwrap();
+        writeln!(log, "iling kernel] add").unwrap();
         assert_eq!(counter.poll(), 3, "a line split across writes counts once");
         let mut autotune = LineCounter::open_at_end(&path, AUTOTUNE_MARKERS).unwrap();
         write!(log, "Fastest result a-key. \n Top 3 times: []\n").unwrap();

@@ -70,8 +70,12 @@ pub struct RlBenchReport {
     pub train_tokens_per_s: f64,
 }
 
-/// Kernels compiled and autotunes run so far (when counted).
-fn counters() -> (Option<u64>, Option<u64>) {
+/// Kernels compiled and autotunes run so far, on a JIT backend whose compilations are counted
+/// (`None` on the CPU backends, which compile nothing).
+fn counters<B: TrainBackend>() -> (Option<u64>, Option<u64>) {
+    if !B::JIT {
+        return (None, None);
+    }
     (crate::jit::kernels_compiled(), crate::jit::autotunes_run())
 }
 
@@ -113,11 +117,11 @@ pub fn bench_rl<B: TrainBackend>(
         device,
         &worker,
     )?;
-    let before = counters();
+    let before = counters::<B>();
     let t0 = Instant::now();
     let warmup = trainer.warm_up()?;
     let warmup_s = t0.elapsed().as_secs_f64();
-    let mut last = counters();
+    let mut last = counters::<B>();
     let warmup_kernels_compiled = delta(last.0, before.0);
     let warmup_autotunes = delta(last.1, before.1);
     let mut out = Vec::with_capacity(steps);
@@ -125,7 +129,7 @@ pub fn bench_rl<B: TrainBackend>(
         let t = Instant::now();
         let report = trainer.step()?;
         let step_s = t.elapsed().as_secs_f64();
-        let now = counters();
+        let now = counters::<B>();
         out.push(RlBenchStep {
             step: report.step,
             step_s,

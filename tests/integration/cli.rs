@@ -739,9 +739,9 @@ fn bench_rl_reports_steps_tokens_and_no_kernel_counts_on_the_cpu() {
     assert!(e.contains("--shapes some"), "{e}");
 }
 
-/// On wgpu (lavapipe in CI), after the warm-up the steps compile (almost) nothing, and a second
-/// process with the same cache folder reruns no autotune (cubecl 0.10 keeps no WGSL kernels
-/// across processes, so it compiles them again).
+/// On wgpu (lavapipe in CI), after the warm-up the steps run no autotune and compile at most a
+/// few kernels, and a second process with the same cache folder reruns no autotune (cubecl 0.10
+/// keeps no WGSL kernels across processes, so it compiles them again).
 #[cfg(feature = "wgpu")]
 #[test]
 fn bench_rl_on_wgpu_compiles_once_and_reuses_the_autotune_cache() {
@@ -773,12 +773,14 @@ fn bench_rl_on_wgpu_compiles_once_and_reuses_the_autotune_cache() {
         .iter()
         .map(|s| s["kernels_compiled"].as_u64().unwrap())
         .collect();
+    // Without the warm-up the first step compiles hundreds of kernels and autotunes dozens of
+    // keys; after it, at most a few elementwise kernels that burn-fusion builds around the first
+    // real batches remain (BENCHMARKS.md, issue 21).
     let warm = first["warmup_kernels_compiled"].as_u64().unwrap();
     assert!(
-        compiled.iter().all(|&k| k * 10 <= warm),
+        compiled.iter().all(|&k| k <= 3) && warm > 100,
         "steps compiled {compiled:?} kernels after a warm-up of {warm}"
     );
-    assert_eq!(compiled[1..], [0, 0], "steps 2 and 3 compile nothing");
     for s in steps {
         assert_eq!(s["autotunes"], 0, "every autotune ran in the warm-up: {s}");
     }
