@@ -44,8 +44,9 @@ pub struct ShapeConfig {
     pub seq_linear_until: usize,
     /// Batch sizes a batch is padded up to, ascending; beyond the largest, multiples of it.
     pub batch_buckets: Vec<usize>,
-    /// At the start of a stage, run every bucketed shape it can produce (forward and backward)
-    /// once, so that kernels are compiled and autotuned before the first real step.
+    /// At the start of an RL stage, run every bucketed shape it can produce (forward and
+    /// backward) once, so that kernels are compiled and autotuned before the first real step.
+    /// SFT does not warm up yet: under `[sft.shapes]` this key has no effect.
     pub warmup: bool,
 }
 

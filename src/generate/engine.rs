@@ -291,13 +291,7 @@ impl<'a, B: ModelBackend> Engine<'a, B> {
                 keep.resize(target, live_rows[0]);
                 cache = cache.select_rows(&keep);
                 rows = (0..target)
-                    .map(|i| {
-                        if i < live_rows.len() {
-                            rows[keep[i]]
-                        } else {
-                            None
-                        }
-                    })
+                    .map(|i| live_rows.get(i).and_then(|&r| rows[r]))
                     .collect();
             }
             logits = self.decode_step(&mut seqs, &rows, &mut cache)?;

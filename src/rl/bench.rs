@@ -94,9 +94,12 @@ pub fn bench_rl<B: TrainBackend>(
     config_name: &str,
 ) -> Result<RlBenchReport> {
     let worker = Worker::single(crate::DeviceSpec::best_available());
-    let run_dir = TempRunDir::create()?;
+    let run_dir = tempfile::Builder::new()
+        .prefix("longrl-bench-rl")
+        .tempdir()
+        .map_err(|e| Error::io(std::env::temp_dir(), e))?;
     let mut run = file.run.clone();
-    run.run_dir = run_dir.0.clone();
+    run.run_dir = run_dir.path().to_path_buf();
     run.save_steps = 0;
     run.progress = false;
     let mut config = file.rl.clone();
@@ -152,26 +155,6 @@ pub fn bench_rl<B: TrainBackend>(
         device_name,
         config_name,
     ))
-}
-
-/// A run directory of its own under the system's temporary folder, deleted when dropped.
-struct TempRunDir(std::path::PathBuf);
-
-impl TempRunDir {
-    fn create() -> Result<Self> {
-        let dir = std::env::temp_dir().join(format!("longrl-bench-rl-{}", std::process::id()));
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-        }
-        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-        Ok(Self(dir))
-    }
-}
-
-impl Drop for TempRunDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// The report's totals over the steps.

@@ -523,19 +523,7 @@ fn reward_input_errors_name_the_line_and_field() {
 
 #[test]
 fn bench_measures_training_and_generation_for_a_folder_or_a_bare_config() {
-    let run = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_longrl"))
-            .args(["--device", "flex", "bench"])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice::<Value>(&out.stdout).unwrap()
-    };
+    let run = |args: &[&str]| bench_json(&[&["--device", "flex", "bench"], args].concat());
     let config = model_dir("tiny-qwen2-chatml").join("config.json");
     let train = run(&[
         "train",
@@ -701,7 +689,8 @@ require_think = false
     write(dir, "bench-rl.toml", &text)
 }
 
-fn bench_rl(args: &[&str]) -> Value {
+/// Runs the binary with `args` (a `bench` command with `--json`) and parses its report.
+fn bench_json(args: &[&str]) -> Value {
     let out = Command::new(env!("CARGO_BIN_EXE_longrl"))
         .args(args)
         .output()
@@ -718,7 +707,7 @@ fn bench_rl(args: &[&str]) -> Value {
 fn bench_rl_reports_steps_tokens_and_no_kernel_counts_on_the_cpu() {
     let dir = tempfile::tempdir().unwrap();
     let config = bench_rl_config(dir.path());
-    let r = bench_rl(&[
+    let r = bench_json(&[
         "--device", "flex", "bench", "rl", "--config", &config, "--steps", "2", "--json",
     ]);
     assert_eq!(r["bench"], "rl");
@@ -749,7 +738,7 @@ fn bench_rl_on_wgpu_compiles_once_and_reuses_the_autotune_cache() {
     let config = bench_rl_config(dir.path());
     let cache = dir.path().join("cache");
     let run = || {
-        bench_rl(&[
+        bench_json(&[
             "--device",
             "wgpu",
             "--jit-cache",
