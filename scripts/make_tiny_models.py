@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Build the two tiny random Qwen2 checkpoints under models/ and the config-only
+"""Build the tiny random Qwen2 / Qwen3 checkpoints under models/ and the config-only
 folders of the real checkpoints the recipe uses.
 
     python scripts/make_tiny_models.py
@@ -7,6 +7,8 @@ folders of the real checkpoints the recipe uses.
 Writes (overwriting):
     models/tiny-qwen2-chatml/   Qwen2ForCausalLM, untied, ChatML (Qwen2.5-Instruct) template
     models/tiny-r1-distill/     Qwen2ForCausalLM, tied, DeepSeek-R1-Distill-Qwen template
+    models/tiny-qwen3/          Qwen3ForCausalLM, tied, head_dim 24 != 64 / 4, random q/k norms,
+                                Qwen3 template in chat_template.jinja
     models/<real checkpoint>/config.json   (config only, no weights)
     models/README.md
 
@@ -382,6 +384,79 @@ def classic_config(*, vocab_size: int, tie: bool, bos_id, eos_id, arch=TINY_ARCH
     return cfg
 
 
+# Qwen3 template, byte for byte the published one (kept as a test fixture of the chat-template code).
+QWEN3_CHAT_TEMPLATE_FILE = REPO / "tests" / "fixtures" / "chat_templates" / "Qwen3.jinja"
+
+# Tiny Qwen3: head_dim 24 on purpose != hidden / heads (16), as Qwen3-0.6B's 128 != 1024 / 16.
+TINY_QWEN3_ARCH = dict(
+    hidden_size=64,
+    intermediate_size=176,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=24,
+    rms_norm_eps=1e-6,
+    rope_theta=1000000.0,
+    max_position_embeddings=40960,
+)
+
+
+def qwen3_config(*, vocab_size: int, tie: bool, bos_id, eos_id, arch: dict, dtype="bfloat16",
+                 transformers_version=None) -> dict:
+    """config.json in the layout of the published Qwen3 dense checkpoints (keys sorted)."""
+    cfg = {
+        "architectures": ["Qwen3ForCausalLM"],
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "bos_token_id": bos_id,
+        "eos_token_id": eos_id,
+        "head_dim": arch["head_dim"],
+        "hidden_act": "silu",
+        "hidden_size": arch["hidden_size"],
+        "initializer_range": 0.02,
+        "intermediate_size": arch["intermediate_size"],
+        "max_position_embeddings": arch["max_position_embeddings"],
+        "max_window_layers": arch["num_hidden_layers"],
+        "model_type": "qwen3",
+        "num_attention_heads": arch["num_attention_heads"],
+        "num_hidden_layers": arch["num_hidden_layers"],
+        "num_key_value_heads": arch["num_key_value_heads"],
+        "rms_norm_eps": arch["rms_norm_eps"],
+        "rope_scaling": None,
+        "rope_theta": arch["rope_theta"],
+        "sliding_window": None,
+        "tie_word_embeddings": tie,
+        "torch_dtype": dtype,
+        "transformers_version": transformers_version,
+        "use_cache": True,
+        "use_sliding_window": False,
+        "vocab_size": vocab_size,
+    }
+    if transformers_version is None:
+        del cfg["transformers_version"]
+    return cfg
+
+
+def qwen3_tokenizer_config(tok_json: dict) -> dict:
+    # Layout of Qwen/Qwen3-* tokenizer_config.json, with the chat template moved out to
+    # chat_template.jinja (as transformers 5 save_pretrained writes it).
+    return {
+        "add_bos_token": False,
+        "add_prefix_space": False,
+        "added_tokens_decoder": added_tokens_decoder(tok_json),
+        "additional_special_tokens": ["<|im_start|>", "<|im_end|>"],
+        "bos_token": None,
+        "clean_up_tokenization_spaces": False,
+        "eos_token": "<|im_end|>",
+        "errors": "replace",
+        "model_max_length": 131072,
+        "pad_token": "<|endoftext|>",
+        "split_special_tokens": False,
+        "tokenizer_class": "Qwen2Tokenizer",
+        "unk_token": None,
+    }
+
+
 def init_weights(model, seed: int, std: float, bias_std: float, norm_jitter: float = 0.0):
     """Deterministic init independent of transformers' own _init_weights."""
     g = torch.Generator().manual_seed(seed)
@@ -400,8 +475,10 @@ def write_json(path: Path, obj) -> None:
 
 
 def build_tiny_model(name: str, *, tie: bool, tokenizer_json: str, tokenizer_config: dict,
-                     bos_tok, eos_toks: list[str], pad_tok: str, cfg_bos_tok, cfg_eos_tok):
-    from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+                     bos_tok, eos_toks: list[str], pad_tok: str, cfg_bos_tok, cfg_eos_tok,
+                     qwen3: bool = False, chat_template: str | None = None):
+    from transformers import (AutoModelForCausalLM, AutoTokenizer, Qwen2Config, Qwen2ForCausalLM,
+                              Qwen3Config, Qwen3ForCausalLM)
 
     out = MODELS / name
     if out.exists():
@@ -414,22 +491,30 @@ def build_tiny_model(name: str, *, tie: bool, tokenizer_json: str, tokenizer_con
     vocab_size = (n_tok + 63) // 64 * 64
     tid = lambda t: None if t is None else vocab[t]
 
-    hf_cfg = Qwen2Config(
+    arch = TINY_QWEN3_ARCH if qwen3 else TINY_ARCH
+    config_class, model_class = (Qwen3Config, Qwen3ForCausalLM) if qwen3 else (Qwen2Config, Qwen2ForCausalLM)
+    hf_cfg = config_class(
         vocab_size=vocab_size, tie_word_embeddings=tie, bos_token_id=tid(cfg_bos_tok),
         eos_token_id=tid(cfg_eos_tok), use_sliding_window=False, initializer_range=0.02,
-        **{k: v for k, v in TINY_ARCH.items() if k != "rope_theta"},
-        rope_parameters={"rope_type": "default", "rope_theta": TINY_ARCH["rope_theta"]},
+        **{k: v for k, v in arch.items() if k != "rope_theta"},
+        rope_parameters={"rope_type": "default", "rope_theta": arch["rope_theta"]},
     )
     torch.manual_seed(0)
-    model = Qwen2ForCausalLM(hf_cfg).to(torch.float32)
+    model = model_class(hf_cfg).to(torch.float32)
     # initializer_range 0.02 for matrices; q/k/v biases non-zero so the bias path is exercised.
-    init_weights(model, seed=0, std=0.02, bias_std=0.1)
+    # Qwen3 has no biases; its q/k norm weights (and the others) are drawn around 1 so the
+    # per-head norms are not the identity.
+    init_weights(model, seed=0, std=0.02, bias_std=0.1, norm_jitter=0.2 if qwen3 else 0.0)
     model.eval()
     model.save_pretrained(out)  # transformers 5 always writes safetensors
     # transformers 5 may also write generation_config.json; we write our own below.
 
     # Re-write config.json in the classic published-checkpoint layout.
-    cfg = classic_config(vocab_size=vocab_size, tie=tie, bos_id=tid(cfg_bos_tok), eos_id=tid(cfg_eos_tok))
+    if qwen3:
+        cfg = qwen3_config(vocab_size=vocab_size, tie=tie, bos_id=tid(cfg_bos_tok), eos_id=tid(cfg_eos_tok),
+                           arch=arch, dtype="float32")
+    else:
+        cfg = classic_config(vocab_size=vocab_size, tie=tie, bos_id=tid(cfg_bos_tok), eos_id=tid(cfg_eos_tok))
     write_json(out / "config.json", cfg)
     gen = {"bos_token_id": tid(bos_tok) if bos_tok else tid(cfg_bos_tok),
            "eos_token_id": [tid(t) for t in eos_toks] if len(eos_toks) > 1 else tid(eos_toks[0]),
@@ -443,6 +528,8 @@ def build_tiny_model(name: str, *, tie: bool, tokenizer_json: str, tokenizer_con
     for stray in ("chat_template.jinja", "special_tokens_map.json", "vocab.json", "merges.txt"):
         if (out / stray).exists():
             (out / stray).unlink()
+    if chat_template is not None:
+        (out / "chat_template.jinja").write_bytes(chat_template.encode("utf-8"))
 
     # ---- verify ---------------------------------------------------------------------
     ids = torch.tensor([[vocab["<|endoftext|>"] - 5, 17, 42, 301, 7, 999, vocab["<think>"], 3]])
@@ -475,6 +562,13 @@ def build_tiny_model(name: str, *, tie: bool, tokenizer_json: str, tokenizer_con
         a = tok.encode(text)
         b = raw.encode(text).ids
         assert a == b, (name, "with specials", text, a, b)
+    if chat_template is not None:
+        assert tok.chat_template == chat_template, f"{name}: chat_template.jinja not picked up"
+        assert "chat_template" not in tokenizer_config
+    if qwen3:
+        qn = loaded.model.layers[0].self_attn.q_norm.weight
+        assert qn.shape == (arch["head_dim"],) and not torch.all(qn == 1.0), qn
+        assert loaded.model.layers[0].self_attn.q_proj.bias is None
     print(f"  {name}: vocab_size={vocab_size} (tokenizer {n_tok}), tie={tie}, params="
           f"{sum(p.numel() for p in loaded.parameters())}, logits max diff after reload {diff}")
     return out
@@ -523,6 +617,32 @@ REAL = [
 ]
 
 
+# Written verbatim: its published config.json has fields classic_config does not make
+# (`use_mrope`, rope_theta 10000, sliding_window 4096).
+R1_7B = ("DeepSeek-R1-Distill-Qwen-7B", "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B",
+         "DeepSeek-R1 distilled into Qwen2.5-Math-7B", {
+             "architectures": ["Qwen2ForCausalLM"], "attention_dropout": 0.0, "bos_token_id": 151646,
+             "eos_token_id": 151643, "hidden_act": "silu", "hidden_size": 3584, "initializer_range": 0.02,
+             "intermediate_size": 18944, "max_position_embeddings": 131072, "max_window_layers": 28,
+             "model_type": "qwen2", "num_attention_heads": 28, "num_hidden_layers": 28,
+             "num_key_value_heads": 4, "rms_norm_eps": 1e-06, "rope_theta": 10000, "sliding_window": 4096,
+             "tie_word_embeddings": False, "torch_dtype": "bfloat16", "transformers_version": "4.44.0",
+             "use_cache": True, "use_mrope": False, "use_sliding_window": False, "vocab_size": 152064})
+
+# Qwen3 dense (config.json of Qwen/Qwen3-*, transformers 4.51.0): vocab 151936, head_dim 128,
+# rope_theta 1e6, 40960 positions, bos 151643, eos 151645; tied up to 4B.
+QWEN3_COMMON = dict(head_dim=128, rms_norm_eps=1e-6, rope_theta=1000000, max_position_embeddings=40960)
+QWEN3_REAL = [
+    # folder (= hub repo name), description, hidden, intermediate, layers, heads, kv heads, tied
+    ("Qwen3-0.6B", "Qwen3 dense, smallest (smoke runs)", 1024, 3072, 28, 16, 8, True),
+    ("Qwen3-1.7B", "Qwen3 dense", 2048, 6144, 28, 16, 8, True),
+    ("Qwen3-4B", "Qwen3 dense", 2560, 9728, 36, 32, 8, True),
+    ("Qwen3-8B", "Qwen3 dense", 4096, 12288, 36, 32, 8, False),
+    ("Qwen3-14B", "Qwen3 dense", 5120, 17408, 40, 40, 8, False),
+    ("Qwen3-32B", "Qwen3 dense", 5120, 25600, 64, 64, 8, False),
+]
+
+
 def write_real_configs():
     from transformers import AutoConfig
     for folder, _repo, _desc, kw in REAL:
@@ -534,6 +654,20 @@ def write_real_configs():
         write_json(d / "config.json", cfg)
         c = AutoConfig.from_pretrained(d)  # must parse
         assert c.num_hidden_layers == kw["arch"]["num_hidden_layers"]
+    folder, _repo, _desc, cfg = R1_7B
+    (MODELS / folder).mkdir(parents=True, exist_ok=True)
+    write_json(MODELS / folder / "config.json", cfg)
+    assert AutoConfig.from_pretrained(MODELS / folder).num_hidden_layers == 28
+    for folder, _desc, h, i, layers, heads, kv, tie in QWEN3_REAL:
+        d = MODELS / folder
+        d.mkdir(parents=True, exist_ok=True)
+        arch = dict(QWEN3_COMMON, hidden_size=h, intermediate_size=i, num_hidden_layers=layers,
+                    num_attention_heads=heads, num_key_value_heads=kv)
+        cfg = qwen3_config(vocab_size=151936, tie=tie, bos_id=151643, eos_id=151645, arch=arch,
+                           transformers_version="4.51.0")
+        write_json(d / "config.json", cfg)
+        c = AutoConfig.from_pretrained(d)  # must parse
+        assert c.model_type == "qwen3" and c.head_dim == 128 and c.num_hidden_layers == layers
 
 
 README = """# models/
@@ -547,6 +681,7 @@ overwrites the same files).  Weights of the real checkpoints are NOT in the repo
 | folder | what it is |
 |---|---|
 | `tiny-qwen2-chatml/` | `Qwen2ForCausalLM`, hidden 64, intermediate 176, 2 layers, 4 heads / 2 kv heads (GQA, head_dim 16), vocab {vocab} (tokenizer {ntok} tokens, rounded up to a multiple of 64), `tie_word_embeddings: false`, rope_theta 1e6, rms_norm_eps 1e-6, f32. Tokenizer/template like **Qwen2.5-Instruct** (ChatML, default system prompt, eos `<\\|im_end\\|>`, pad `<\\|endoftext\\|>`, no bos). `generation_config.json` eos = [`<\\|im_end\\|>`, `<\\|endoftext\\|>`]. |
+| `tiny-qwen3/` | `Qwen3ForCausalLM`, hidden 64, intermediate 176, 2 layers, 4 heads / 2 kv heads, **head_dim 24** (not 64 / 4 = 16, as Qwen3-0.6B's 128 is not 1024 / 16), no q/k/v/o bias (`attention_bias: false`), per-head `q_norm`/`k_norm`, `tie_word_embeddings: true`, rope_theta 1e6, 40960 positions, f32; config.json in the published Qwen3 layout. Same tokenizer.json as `tiny-qwen2-chatml`; `tokenizer_config.json` without `chat_template`, the **Qwen3** template (byte for byte `tests/fixtures/chat_templates/Qwen3.jinja`) in `chat_template.jinja`; eos `<\\|im_end\\|>`, pad `<\\|endoftext\\|>`. Every norm weight (q/k norms included) is drawn around 1 (N(1, 0.2)). |
 | `tiny-r1-distill/` | same architecture but `tie_word_embeddings: true` (no `lm_head.weight` in the safetensors). Tokenizer/template like **DeepSeek-R1-Distill-Qwen** (bos `<｜begin▁of▁sentence｜>`, eos = pad = `<｜end▁of▁sentence｜>`, generation prompt `<｜Assistant｜><think>\\n`, `</think>`-stripping of past assistant turns; tool branches dropped). Its tokenizer.json has a `TemplateProcessing` post-processor that prepends BOS on `encode(add_special_tokens=True)`, like the published R1-distill tokenizer. |
 
 Both share one byte-level BPE tokenizer trained with HF `tokenizers` on a synthetic English-like
@@ -557,7 +692,7 @@ ByteLevel decoder, {nlearned} learned ids (256 byte symbols + merges), then the 
 `<think>`/`</think>` are added but **not special** (as in R1-distill), so `skip_special_tokens` keeps them.
 
 Weights: `torch.Generator` seed 0, N(0, 0.02) for every matrix, N(0, 0.1) for the q/k/v biases
-(non-zero on purpose), RMSNorm weights 1.  Saved with `save_pretrained` (transformers 5 always
+(non-zero on purpose), RMSNorm weights 1 (tiny-qwen3: N(1, 0.2)).  Saved with `save_pretrained` (transformers 5 always
 writes safetensors), then `config.json` is rewritten by hand in the classic published layout
 (`rope_theta` + `rope_scaling: null` + `torch_dtype`), and the script checks that transformers
 reloads it with no missing/unexpected keys and bit-identical logits.
@@ -575,6 +710,7 @@ vocabulary the ids differ from the tiny one: `<｜end▁of▁sentence｜>` = 151
 | folder | what it is | Hub repo (weights) |
 |---|---|---|
 {real_rows}
+{qwen3_rows}
 
 Download weights next to the config (the download overwrites config.json with the real one):
 
@@ -591,6 +727,9 @@ quoted in public code where available.  Confidence notes:
 * DeepSeek-R1-Distill-Qwen-32B: confirmed (same file as Qwen2.5-32B base: rms_norm_eps 1e-5,
   max_position_embeddings 131072, sliding_window 131072, max_window_layers 64, bos = eos = 151643;
   the real EOS used for generation is `<｜end▁of▁sentence｜>` = 151643).
+* DeepSeek-R1-Distill-Qwen-7B: shape (28 layers, 3584 hidden, 18944 intermediate, 28/4 heads), vocab
+  152064, untied, rope_theta 10000, max_position_embeddings 131072, rms_norm_eps 1e-6, bos 151646,
+  eos 151643 as the published file; `sliding_window` 4096 and `use_mrope` are inert (sliding window off).
 * DeepSeek-R1-Distill-Qwen-14B: shape (48 layers, 5120 hidden, 13824 intermediate, 40/8 heads) and
   vocab 152064 are certain; rms_norm_eps 1e-5, max_position_embeddings 131072, sliding_window 131072,
   max_window_layers 48 are from memory (the Qwen2.5-14B base ships the same) -- check after download.
@@ -600,15 +739,21 @@ quoted in public code where available.  Confidence notes:
   Its model card recommends enabling YaRN (`"rope_scaling": {{"type": "yarn", "factor": 4.0,
   "original_max_position_embeddings": 32768}}`) for inputs beyond 32K tokens -- that is a user-side edit,
   not part of the published config.
+* Qwen3 (0.6B to 32B dense): the published files (transformers 4.51.0 layout), checked against copies of
+  them: vocab 151936, head_dim 128, rope_theta 1000000, max_position_embeddings 40960, bos 151643,
+  eos 151645, `sliding_window: null`, `max_window_layers` = layers, tied embeddings for 0.6B/1.7B/4B only.
 * `transformers_version` is omitted where not known; it has no effect.
 """
 
 
 def write_readme(vocab_size: int, ntok: int, tj: dict):
     added = ", ".join(f"`{t['content']}`={t['id']}" for t in tj["added_tokens"])
-    rows = "\n".join(f"| `{f}/` | {d} | `{r}` |" for f, r, d, _ in REAL)
+    rows = "\n".join(f"| `{f}/` | {d} | `{r}` |" for f, r, d, _ in [R1_7B, *REAL])
+    qwen3_rows = "\n".join(
+        f"| `{f}/` | {d}: hidden {h}, {layers} layers, {heads}/{kv} heads of 128, {'tied' if tie else 'untied'} | `Qwen/{f}` |"
+        for f, d, h, _i, layers, heads, kv, tie in QWEN3_REAL)
     text = README.format(vocab=vocab_size, ntok=ntok, nlearned=LEARNED_VOCAB_SIZE, added=added,
-                         real_rows=rows)
+                         real_rows=rows, qwen3_rows=qwen3_rows)
     (MODELS / "README.md").write_text(text, encoding="utf-8")
 
 
@@ -635,6 +780,12 @@ def main():
         tokenizer_config=r1_tokenizer_config(b),
         bos_tok="<｜begin▁of▁sentence｜>", eos_toks=["<｜end▁of▁sentence｜>"], pad_tok="<｜end▁of▁sentence｜>",
         cfg_bos_tok="<｜begin▁of▁sentence｜>", cfg_eos_tok="<｜end▁of▁sentence｜>")
+    build_tiny_model(
+        "tiny-qwen3", tie=True, tokenizer_json=tj_chatml,
+        tokenizer_config=qwen3_tokenizer_config(a),
+        bos_tok="<|endoftext|>", eos_toks=["<|im_end|>", "<|endoftext|>"], pad_tok="<|endoftext|>",
+        cfg_bos_tok="<|endoftext|>", cfg_eos_tok="<|im_end|>", qwen3=True,
+        chat_template=QWEN3_CHAT_TEMPLATE_FILE.read_bytes().decode("utf-8"))
 
     write_real_configs()
     ntok = len(a["model"]["vocab"]) + len(a["added_tokens"])
