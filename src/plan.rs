@@ -372,14 +372,16 @@ impl Shape {
 
     /// Values a decoder layer's graph keeps per token: the norms' inputs and outputs, q, k, v and
     /// the attention output (the blockwise attention node), the output projection's input, the
-    /// MLP's gate, up and SwiGLU output; plus each adapter's `r` intermediate.
+    /// MLP's gate, up and SwiGLU output; with Qwen3's q/k norms also their inputs (the q and k
+    /// projections' outputs); plus each adapter's `r` intermediate.
     fn layer_values_per_token(&self) -> u64 {
         let (h, q, kv, i) = self.widths();
         let adapters = self
             .lora
             .as_ref()
             .map_or(0, |l| l.r * l.targets().unwrap_or_default().len());
-        (4 * h + 3 * q + 2 * kv + 3 * i + adapters) as u64
+        let qk_norm = if self.config.qk_norm { q + kv } else { 0 };
+        (4 * h + 3 * q + 2 * kv + 3 * i + qk_norm + adapters) as u64
     }
 
     /// Activations of one micro-batch of `tokens`, plain and checkpointed.
@@ -884,7 +886,7 @@ mod tests {
     #[test]
     fn parameter_counts_match_the_tiny_models() {
         use burn::module::Module;
-        for name in ["tiny-qwen2-chatml", "tiny-r1-distill"] {
+        for name in ["tiny-qwen2-chatml", "tiny-r1-distill", "tiny-qwen3"] {
             let dir = root("models").join(name);
             let model =
                 crate::model::load_model::<burn::backend::Flex>(&dir, &Default::default()).unwrap();
@@ -894,6 +896,25 @@ mod tests {
             assert_eq!(p.parameters, model.num_params() as u64, "{name}");
             assert_eq!(p.trainable_parameters, p.parameters);
         }
+    }
+
+    #[test]
+    fn qwen3_plans_with_its_head_dim_and_q_k_norms() {
+        let mut file = tiny_sft();
+        file.model.path = root("models/Qwen3-0.6B");
+        let full = plan(&Workload::from_sft(&file), 80.0);
+        // Published: 596,049,920 (q/k norms counted, tied lm_head).
+        assert_eq!(full.parameters, 596_049_920);
+        file.model.lora = Some(LoraConfig {
+            r: 8,
+            ..LoraConfig::default()
+        });
+        let lora = plan(&Workload::from_sft(&file), 80.0);
+        // head_dim 128, not 1024 / 16: q_proj 1024 -> 2048, v_proj 1024 -> 1024, 28 layers.
+        assert_eq!(
+            lora.trainable_parameters,
+            28 * 8 * ((1024 + 2048) + (1024 + 1024))
+        );
     }
 
     #[test]

@@ -22,21 +22,26 @@ use burn::tensor::{Bool, DType, Tensor, TensorMetadata, TensorPrimitive};
 use super::backend::{float, ModelBackend};
 
 /// The weights of one pre-norm decoder layer as the recomputing node re-runs it:
-/// `x2 = x + o(attn(rope(q(n1)), rope(k(n1)), v(n1)))` with `n1 = norm1(x)`, then
-/// `x2 + down(silu(gate(n2)) ∘ up(n2))` with `n2 = norm2(x2)` (Qwen2's layer). The model hands
-/// its layer's parameters over (`crate::model::qwen2::DecoderLayer::weights`): shared, not copied.
+/// `x2 = x + o(attn(rope(qn(q(n1))), rope(kn(k(n1))), v(n1)))` with `n1 = norm1(x)`, then
+/// `x2 + down(silu(gate(n2)) ∘ up(n2))` with `n2 = norm2(x2)`; `qn`/`kn` are Qwen3's per-head
+/// RMSNorms (identity for Qwen2), and any projection's bias is optional. The model hands its
+/// layer's parameters over (`crate::model::qwen2::DecoderLayer::weights`): shared, not copied.
 #[derive(Module, Debug)]
 pub struct DecoderWeights<B: Backend> {
     /// Scale of the norm before attention, `[hidden]`.
     pub input_norm: Param<Tensor<B, 1>>,
-    /// Query projection, with bias.
+    /// Query projection (biased for Qwen2).
     pub q_proj: Linear<B>,
-    /// Key projection, with bias.
+    /// Key projection (biased for Qwen2).
     pub k_proj: Linear<B>,
-    /// Value projection, with bias.
+    /// Value projection (biased for Qwen2).
     pub v_proj: Linear<B>,
-    /// Output projection, no bias.
+    /// Output projection (biased only for Qwen3 with `attention_bias`).
     pub o_proj: Linear<B>,
+    /// Qwen3's per-head query norm scale, `[head_dim]`.
+    pub q_norm: Option<Param<Tensor<B, 1>>>,
+    /// Qwen3's per-head key norm scale, `[head_dim]`.
+    pub k_norm: Option<Param<Tensor<B, 1>>>,
     /// Scale of the norm before the MLP, `[hidden]`.
     pub post_norm: Param<Tensor<B, 1>>,
     /// MLP gate projection.
@@ -48,9 +53,30 @@ pub struct DecoderWeights<B: Backend> {
     /// `(input_norm, post_norm)` epsilons.
     #[module(skip)]
     pub eps: (f64, f64),
+    /// Epsilon of the q/k norms (unused without them).
+    #[module(skip)]
+    pub qk_eps: f64,
     /// `(heads, kv_heads, head_dim)`.
     #[module(skip)]
     pub heads: (usize, usize, usize),
+}
+
+/// `y` `[rows, heads * head_dim]` with each head RMS-normalised by `norm` `[head_dim]` (Qwen3's
+/// q/k norm), or `y` itself without one: the model's `RmsNorm` on the same `[rows * heads,
+/// head_dim]` layout, so both agree bit for bit.
+fn head_norm<B: ModelBackend>(
+    y: Tensor<B, 2>,
+    norm: Option<&Param<Tensor<B, 1>>>,
+    eps: f64,
+    head_dim: usize,
+) -> Tensor<B, 2> {
+    match norm {
+        None => y,
+        Some(w) => {
+            let [n, d] = y.dims();
+            B::rms_norm(y.reshape([n * d / head_dim, head_dim]), w.val(), eps).reshape([n, d])
+        }
+    }
 }
 
 impl<B: ModelBackend> DecoderWeights<B> {
@@ -70,12 +96,20 @@ impl<B: ModelBackend> DecoderWeights<B> {
         let heads = |y: Tensor<B, 2>, k: usize| y.reshape([b, t, k, hd]).swap_dims(1, 2);
         let x = x.reshape([n, h]);
         let n1 = B::rms_norm(x.clone(), self.input_norm.val(), self.eps.0);
-        let q = B::rotary(
-            heads(self.q_proj.forward(n1.clone()), nh),
-            cos.clone(),
-            sin.clone(),
+        let qn = head_norm(
+            self.q_proj.forward(n1.clone()),
+            self.q_norm.as_ref(),
+            self.qk_eps,
+            hd,
         );
-        let k = B::rotary(heads(self.k_proj.forward(n1.clone()), nkv), cos, sin);
+        let kn = head_norm(
+            self.k_proj.forward(n1.clone()),
+            self.k_norm.as_ref(),
+            self.qk_eps,
+            hd,
+        );
+        let q = B::rotary(heads(qn, nh), cos.clone(), sin.clone());
+        let k = B::rotary(heads(kn, nkv), cos, sin);
         let v = heads(self.v_proj.forward(n1), nkv);
         let q = q.reshape([b, nkv, groups * t, hd]);
         let out = B::causal_attention(q, k, v, key_valid.clone(), groups);
@@ -92,8 +126,9 @@ impl<B: ModelBackend> DecoderWeights<B> {
 
 /// Base parameters of a decoder layer, in the order [`layer_backward`] returns their
 /// gradients: input norm; q, k, v weight and bias; o weight; post-attention norm; gate, up, down
-/// weights.
-const BASE_PARAMS: usize = 12;
+/// weights; o bias; q norm; k norm. A slot the layer lacks (Qwen3 without biases, Qwen2 without
+/// o bias or q/k norms) is empty.
+const BASE_PARAMS: usize = 15;
 /// Projections that may carry a LoRA adapter, in the order of their `(A, B)` gradients after
 /// the base ones: q, k, v, o, gate, up, down.
 const PROJECTIONS: usize = 7;
@@ -122,14 +157,9 @@ impl<B: Backend> DecoderWeights<B> {
 /// adapter).
 fn params<B: Backend>(w: &DecoderWeights<B>) -> [Option<FloatTensor<B>>; PARAMS] {
     let p = |l: &Linear<B>| Some(l.weight.val().into_primitive().tensor());
-    let bias = |l: &Linear<B>| {
-        let b = l
-            .bias
-            .as_ref()
-            .expect("Qwen2 q/k/v projections have a bias");
-        Some(b.val().into_primitive().tensor())
-    };
+    let bias = |l: &Linear<B>| l.bias.as_ref().map(|b| b.val().into_primitive().tensor());
     let norm = |n: &Param<Tensor<B, 1>>| Some(n.val().into_primitive().tensor());
+    let head_norm = |n: &Option<Param<Tensor<B, 1>>>| n.as_ref().and_then(norm);
     let mut out: [Option<FloatTensor<B>>; PARAMS] = Default::default();
     let base = [
         norm(&w.input_norm),
@@ -144,6 +174,9 @@ fn params<B: Backend>(w: &DecoderWeights<B>) -> [Option<FloatTensor<B>>; PARAMS]
         p(&w.gate_proj),
         p(&w.up_proj),
         p(&w.down_proj),
+        bias(&w.o_proj),
+        head_norm(&w.q_norm),
+        head_norm(&w.k_norm),
     ];
     for (slot, t) in out.iter_mut().zip(base) {
         *slot = t;
@@ -249,13 +282,19 @@ fn layer_backward<B: ModelBackend>(
     let input_norm = (&layer.input_norm, layer.eps.0);
     let post_norm = (&layer.post_norm, layer.eps.1);
     let n1 = norm(input_norm, x.clone());
+    // Qwen3's q/k norm: its input is kept for the backward.
+    let (q_norm, k_norm) = (layer.q_norm.as_ref(), layer.k_norm.as_ref());
+    let (q_pre, k_pre) = (
+        linear(&layer.q_proj, n1.clone()),
+        linear(&layer.k_proj, n1.clone()),
+    );
     let q = B::rotary(
-        heads(linear(&layer.q_proj, n1.clone()), nh),
+        heads(head_norm(q_pre.clone(), q_norm, layer.qk_eps, hd), nh),
         cos.clone(),
         sin.clone(),
     );
     let k = B::rotary(
-        heads(linear(&layer.k_proj, n1.clone()), nkv),
+        heads(head_norm(k_pre.clone(), k_norm, layer.qk_eps, hd), nkv),
         cos.clone(),
         sin.clone(),
     );
@@ -287,6 +326,7 @@ fn layer_backward<B: ModelBackend>(
     let dn2_up = proj(5, 10, n2, d_up);
     let (dx2_norm, d_norm2) = norm_backward(post_norm, x2, dn2_gate + dn2_up);
     let dx2 = dy + dx2_norm;
+    let d_ob = need[12].then(|| dx2.clone().sum_dim(0));
     let da = proj(3, 7, a, dx2.clone());
     let d_out = heads(da, nh).reshape([b, nkv, groups * t, hd]);
     // In f32, as the attention node of the plain graph.
@@ -311,6 +351,22 @@ fn layer_backward<B: ModelBackend>(
         )
     };
     let (dq, dk, dv) = (unrotate(dq, nh), unrotate(dk, nkv), unheads(dv, nkv));
+    // Through the q/k norms (per head, rows `[n * heads, head_dim]`) to the projections' outputs.
+    let head_norm_backward =
+        |w: Option<&Param<Tensor<B, 1>>>, pre: Tensor<B, 2>, d: Tensor<B, 2>| {
+            let Some(w) = w else { return (d, None) };
+            let [rows, width] = d.dims();
+            let r = rows * width / hd;
+            let (dx, dw) = B::rms_norm_backward(
+                pre.reshape([r, hd]),
+                w.val(),
+                layer.qk_eps,
+                d.reshape([r, hd]),
+            );
+            (dx.reshape([rows, width]), Some(dw.unsqueeze::<2>()))
+        };
+    let (dq, d_qnorm) = head_norm_backward(q_norm, q_pre, dq);
+    let (dk, d_knorm) = head_norm_backward(k_norm, k_pre, dk);
     let bias = |d: &Tensor<B, 2>, slot: usize| need[slot].then(|| d.clone().sum_dim(0));
     let (d_qb, d_kb, d_vb) = (bias(&dq, 2), bias(&dk, 4), bias(&dv, 6));
     let dn1_q = proj(0, 1, n1.clone(), dq);
@@ -321,6 +377,9 @@ fn layer_backward<B: ModelBackend>(
     grads[0] = need[0].then_some(d_norm1);
     grads[8] = need[8].then_some(d_norm2);
     (grads[2], grads[4], grads[6]) = (d_qb, d_kb, d_vb);
+    grads[12] = d_ob;
+    grads[13] = d_qnorm.filter(|_| need[13]);
+    grads[14] = d_knorm.filter(|_| need[14]);
     (dx, grads)
 }
 

@@ -1,4 +1,4 @@
-//! The Qwen2 configuration, read from a HuggingFace `config.json`.
+//! The Qwen2 / Qwen3 (dense) configuration, read from a HuggingFace `config.json`.
 //!
 //! Both layouts are accepted: the classic one of the published checkpoints (`rope_theta`,
 //! `rope_scaling`, `torch_dtype`) and the transformers 5 one (`rope_parameters`, `dtype`). Every
@@ -42,9 +42,60 @@ pub enum RopeScaling {
     },
 }
 
-/// A Qwen2-architecture configuration (Qwen2, Qwen2.5, DeepSeek-R1-Distill-Qwen, QwenLong-L1).
+/// The architecture a `config.json` describes (its `model_type`).
+///
+/// Both share one decoder ([`crate::model::Qwen2ForCausalLM`]); they differ only in attention:
+///
+/// | | q/k/v bias | o_proj bias | per-head q/k RMSNorm | head_dim |
+/// |---|---|---|---|---|
+/// | `qwen2` | always | never | no | hidden / heads |
+/// | `qwen3` | `attention_bias` | `attention_bias` | yes (before RoPE) | config `head_dim` (default hidden / heads) |
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelType {
+    /// Qwen2, Qwen2.5, DeepSeek-R1-Distill-Qwen, QwenLong-L1 (`Qwen2ForCausalLM`).
+    Qwen2,
+    /// Qwen3 dense models (`Qwen3ForCausalLM`).
+    Qwen3,
+}
+
+impl ModelType {
+    /// Every supported `model_type`, as config.json spells it.
+    pub const ALL: [ModelType; 2] = [ModelType::Qwen2, ModelType::Qwen3];
+
+    /// The `model_type` string of config.json (`qwen2`, `qwen3`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModelType::Qwen2 => "qwen2",
+            ModelType::Qwen3 => "qwen3",
+        }
+    }
+
+    /// The transformers class name (`Qwen2ForCausalLM`, `Qwen3ForCausalLM`).
+    pub fn architecture(self) -> &'static str {
+        match self {
+            ModelType::Qwen2 => "Qwen2ForCausalLM",
+            ModelType::Qwen3 => "Qwen3ForCausalLM",
+        }
+    }
+
+    /// The `model_type` named `s`, if supported.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|m| m.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for ModelType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A Qwen2- or Qwen3-architecture configuration (Qwen2, Qwen2.5, DeepSeek-R1-Distill-Qwen,
+/// QwenLong-L1, Qwen3 dense); [`ModelType`] says which and what differs.
 #[derive(Debug, Clone)]
 pub struct Qwen2Config {
+    /// Which architecture (`model_type`).
+    pub model_type: ModelType,
     /// Vocabulary size (rows of the embedding and of the lm_head).
     pub vocab_size: usize,
     /// Model width.
@@ -57,8 +108,17 @@ pub struct Qwen2Config {
     pub num_attention_heads: usize,
     /// Number of key/value heads (grouped-query attention when smaller than the query heads).
     pub num_key_value_heads: usize,
-    /// Per-head width: `hidden_size / num_attention_heads`.
+    /// Per-head width: config.json's `head_dim` for Qwen3 (128 for every published size, which
+    /// need not be `hidden_size / num_attention_heads`), else `hidden_size / num_attention_heads`.
     pub head_dim: usize,
+    /// Whether q_proj, k_proj and v_proj carry a bias (always for Qwen2; Qwen3's
+    /// `attention_bias`, default false).
+    pub qkv_bias: bool,
+    /// Whether o_proj carries a bias (never for Qwen2; Qwen3's `attention_bias`).
+    pub o_proj_bias: bool,
+    /// Whether queries and keys go through a per-head RMSNorm (`self_attn.q_norm`/`k_norm`,
+    /// weight `[head_dim]`, epsilon `rms_norm_eps`) before RoPE: Qwen3.
+    pub qk_norm: bool,
     /// RMSNorm epsilon.
     pub rms_norm_eps: f64,
     /// RoPE base.
@@ -187,30 +247,13 @@ impl Qwen2Config {
     /// Validates a parsed `config.json` object.
     pub fn from_json_object(obj: Map<String, Value>, path: &Path) -> Result<Self> {
         let f = Fields { path, obj: &obj };
-        match f.str_opt("model_type")? {
-            Some("qwen2") => {}
-            Some(other) => {
-                return Err(Error::config(
-                    path,
-                    format!(
-                    "unsupported architecture: field `model_type` is \"{other}\"; longrl supports \
-                         \"qwen2\" (Qwen2, Qwen2.5, DeepSeek-R1-Distill-Qwen, QwenLong-L1)"
-                ),
-                ))
-            }
-            None => return Err(f.err("model_type", "\"qwen2\"", None)),
-        }
+        let model_type = parse_model_type(&f)?;
         if let Some(act) = f.str_opt("hidden_act")? {
             if act != "silu" {
                 return Err(f.err("hidden_act", "\"silu\"", f.get("hidden_act")));
             }
         }
-        if f.bool_opt("use_sliding_window")?.unwrap_or(false) {
-            return Err(Error::config(
-                path,
-                "field `use_sliding_window`: sliding-window attention is not supported; expected false",
-            ));
-        }
+        check_full_attention(&f)?;
 
         let vocab_size = f.usize_req("vocab_size")?;
         let hidden_size = f.usize_req("hidden_size")?;
@@ -220,14 +263,6 @@ impl Qwen2Config {
         let num_key_value_heads = f
             .usize_opt("num_key_value_heads")?
             .unwrap_or(num_attention_heads);
-        if hidden_size % num_attention_heads != 0 {
-            return Err(Error::config(
-                path,
-                format!(
-                    "field `hidden_size` ({hidden_size}) must be a multiple of `num_attention_heads` ({num_attention_heads})"
-                ),
-            ));
-        }
         if num_attention_heads % num_key_value_heads != 0 {
             return Err(Error::config(
                 path,
@@ -236,22 +271,15 @@ impl Qwen2Config {
                 ),
             ));
         }
-        let head_dim = hidden_size / num_attention_heads;
-        if let Some(hd) = f.usize_opt("head_dim")? {
-            if hd != head_dim {
-                return Err(f.err(
-                    "head_dim",
-                    &format!("hidden_size / num_attention_heads = {head_dim}"),
-                    f.get("head_dim"),
-                ));
+        let head_dim = parse_head_dim(&f, model_type, hidden_size, num_attention_heads)?;
+        // Qwen3's q/k/v and o projections share one flag; Qwen2 hard-codes q/k/v bias.
+        let (qkv_bias, o_proj_bias, qk_norm) = match model_type {
+            ModelType::Qwen2 => (true, false, false),
+            ModelType::Qwen3 => {
+                let bias = f.bool_opt("attention_bias")?.unwrap_or(false);
+                (bias, bias, true)
             }
-        }
-        if head_dim % 2 != 0 {
-            return Err(Error::config(
-                path,
-                format!("head dimension {head_dim} must be even for rotary embeddings"),
-            ));
-        }
+        };
         let max_position_embeddings = f.usize_opt("max_position_embeddings")?.unwrap_or(32768);
         let rms_norm_eps = f.f64_opt("rms_norm_eps")?.unwrap_or(1e-6);
         let (rope_theta, rope_scaling) = parse_rope(&f, max_position_embeddings)?;
@@ -274,6 +302,7 @@ impl Qwen2Config {
         let eos_token_ids = f.token_ids("eos_token_id")?;
 
         Ok(Self {
+            model_type,
             vocab_size,
             hidden_size,
             intermediate_size,
@@ -281,6 +310,9 @@ impl Qwen2Config {
             num_attention_heads,
             num_key_value_heads,
             head_dim,
+            qkv_bias,
+            o_proj_bias,
+            qk_norm,
             rms_norm_eps,
             rope_theta,
             rope_scaling,
@@ -307,11 +339,22 @@ impl Qwen2Config {
         Value::Object(obj)
     }
 
-    /// Number of parameters of the model this config describes (lm_head counted once when tied).
+    /// Number of parameters of the model this config describes (lm_head counted once when tied;
+    /// biases and q/k norms as the architecture has them).
     pub fn num_parameters(&self) -> usize {
         let (h, i, v) = (self.hidden_size, self.intermediate_size, self.vocab_size);
+        let q = self.num_attention_heads * self.head_dim;
         let kv = self.num_key_value_heads * self.head_dim;
-        let attn = (h * h + h) + 2 * (h * kv + kv) + h * h;
+        let mut attn = h * q + 2 * h * kv + q * h;
+        if self.qkv_bias {
+            attn += q + 2 * kv;
+        }
+        if self.o_proj_bias {
+            attn += h;
+        }
+        if self.qk_norm {
+            attn += 2 * self.head_dim;
+        }
         let mlp = 3 * h * i;
         let layer = attn + mlp + 2 * h;
         let embed = v * h;
@@ -323,6 +366,90 @@ impl Qwen2Config {
     pub fn num_key_value_groups(&self) -> usize {
         self.num_attention_heads / self.num_key_value_heads
     }
+}
+
+/// `model_type`: one of [`ModelType::ALL`], else an error naming the field and the choices.
+fn parse_model_type(f: &Fields<'_>) -> Result<ModelType> {
+    let choices = ModelType::ALL
+        .iter()
+        .map(|m| format!("\"{m}\""))
+        .collect::<Vec<_>>()
+        .join(" or ");
+    match f.str_opt("model_type")? {
+        Some(s) => ModelType::parse(s).ok_or_else(|| {
+            Error::config(
+                f.path,
+                format!(
+                    "unsupported architecture: field `model_type` is \"{s}\"; longrl supports \
+                     {choices} (qwen2: Qwen2, Qwen2.5, DeepSeek-R1-Distill-Qwen, QwenLong-L1; \
+                     qwen3: Qwen3 dense)"
+                ),
+            )
+        }),
+        None => Err(f.err("model_type", &choices, None)),
+    }
+}
+
+/// Refuses sliding-window attention (`use_sliding_window: true`, or a `layer_types` entry other
+/// than `full_attention`): every layer attends to the whole context, as the published Qwen2 and
+/// Qwen3 checkpoints do.
+fn check_full_attention(f: &Fields<'_>) -> Result<()> {
+    if f.bool_opt("use_sliding_window")?.unwrap_or(false) {
+        return Err(Error::config(
+            f.path,
+            "field `use_sliding_window`: sliding-window attention is not supported; expected false",
+        ));
+    }
+    match f.get("layer_types") {
+        None => Ok(()),
+        Some(Value::Array(kinds)) if kinds.iter().all(|k| k == "full_attention") => Ok(()),
+        Some(v) => Err(f.err(
+            "layer_types",
+            "\"full_attention\" for every layer (sliding-window attention is not supported)",
+            Some(v),
+        )),
+    }
+}
+
+/// The per-head width: Qwen3 reads `head_dim` (default `hidden_size / num_attention_heads`);
+/// Qwen2 derives it, and a `head_dim` field must agree.
+fn parse_head_dim(
+    f: &Fields<'_>,
+    model_type: ModelType,
+    hidden_size: usize,
+    num_attention_heads: usize,
+) -> Result<usize> {
+    let given = f.usize_opt("head_dim")?;
+    let head_dim = match (model_type, given) {
+        (ModelType::Qwen3, Some(hd)) => hd,
+        _ => {
+            if hidden_size % num_attention_heads != 0 {
+                return Err(Error::config(
+                    f.path,
+                    format!(
+                        "field `hidden_size` ({hidden_size}) must be a multiple of `num_attention_heads` ({num_attention_heads})"
+                    ),
+                ));
+            }
+            hidden_size / num_attention_heads
+        }
+    };
+    if let (ModelType::Qwen2, Some(hd)) = (model_type, given) {
+        if hd != head_dim {
+            return Err(f.err(
+                "head_dim",
+                &format!("hidden_size / num_attention_heads = {head_dim}"),
+                f.get("head_dim"),
+            ));
+        }
+    }
+    if head_dim % 2 != 0 {
+        return Err(Error::config(
+            f.path,
+            format!("head dimension {head_dim} must be even for rotary embeddings"),
+        ));
+    }
+    Ok(head_dim)
 }
 
 /// Reads `rope_theta` and the scaling from either layout.
@@ -496,6 +623,92 @@ mod tests {
             e.contains("config.json") && e.contains("not valid JSON"),
             "{e}"
         );
+    }
+
+    const QWEN3: &str = r#""model_type": "qwen3", "vocab_size": 100, "hidden_size": 64,
+        "intermediate_size": 96, "num_hidden_layers": 2, "num_attention_heads": 4,
+        "num_key_value_heads": 2"#;
+
+    #[test]
+    fn qwen3_reads_head_dim_attention_bias_and_has_q_k_norms() {
+        let c = parse(&format!(r#"{{{QWEN3}, "head_dim": 24}}"#)).unwrap();
+        assert_eq!(c.model_type, ModelType::Qwen3);
+        assert_eq!(c.model_type.architecture(), "Qwen3ForCausalLM");
+        assert_eq!(c.head_dim, 24);
+        assert!(c.qk_norm && !c.qkv_bias && !c.o_proj_bias);
+        let biased = parse(&format!(r#"{{{QWEN3}, "attention_bias": true}}"#)).unwrap();
+        assert!(biased.qkv_bias && biased.o_proj_bias);
+        // Without `head_dim`: hidden / heads, as transformers defaults it.
+        let c = parse(&format!("{{{QWEN3}}}")).unwrap();
+        assert_eq!(c.head_dim, 16);
+        assert_eq!(c.to_json("float32")["model_type"], "qwen3");
+        let q2 = parse(&format!("{{{BASE}}}")).unwrap();
+        assert_eq!(q2.model_type, ModelType::Qwen2);
+        assert!(q2.qkv_bias && !q2.o_proj_bias && !q2.qk_norm);
+        // Qwen2 keeps its rule: a `head_dim` must be hidden / heads.
+        let e = parse(&format!(r#"{{{BASE}, "head_dim": 24}}"#))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`head_dim`"), "{e}");
+    }
+
+    #[test]
+    fn unknown_architectures_and_sliding_windows_are_refused_by_name() {
+        let e = parse(&format!(r#"{{{QWEN3}, "model_type": "llama"}}"#))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("config.json")
+                && e.contains("`model_type`")
+                && e.contains("\"llama\"")
+                && e.contains("\"qwen2\"")
+                && e.contains("\"qwen3\""),
+            "{e}"
+        );
+        let e = parse(r#"{"vocab_size": 10}"#).unwrap_err().to_string();
+        assert!(e.contains("`model_type`") && e.contains("missing"), "{e}");
+        let e = parse(&format!(r#"{{{QWEN3}, "use_sliding_window": true}}"#))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`use_sliding_window`"), "{e}");
+        let e = parse(&format!(
+            r#"{{{QWEN3}, "layer_types": ["full_attention", "sliding_attention"]}}"#
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("`layer_types`"), "{e}");
+        parse(&format!(
+            r#"{{{QWEN3}, "layer_types": ["full_attention", "full_attention"]}}"#
+        ))
+        .unwrap();
+        let e = parse(&format!(r#"{{{QWEN3}, "attention_bias": "no"}}"#))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`attention_bias`"), "{e}");
+    }
+
+    #[test]
+    fn published_qwen3_configs_parse_with_their_parameter_counts() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
+        // (folder, parameters): 0.6B as published (596,049,920); the others from the same
+        // formula, tied up to 4B.
+        for (name, tied) in [
+            ("Qwen3-0.6B", true),
+            ("Qwen3-1.7B", true),
+            ("Qwen3-4B", true),
+            ("Qwen3-8B", false),
+            ("Qwen3-14B", false),
+            ("Qwen3-32B", false),
+        ] {
+            let c = Qwen2Config::from_file(root.join(name)).unwrap();
+            assert_eq!(c.model_type, ModelType::Qwen3, "{name}");
+            assert_eq!(c.head_dim, 128, "{name}");
+            assert_eq!(c.tie_word_embeddings, tied, "{name}");
+            assert_eq!(c.vocab_size, 151_936, "{name}");
+            assert_eq!(c.eos_token_ids, vec![151_645], "{name}");
+        }
+        let c = Qwen2Config::from_file(root.join("Qwen3-0.6B")).unwrap();
+        assert_eq!(c.num_parameters(), 596_049_920);
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! The Qwen2 model family: configuration, layers, rotary tables, KV cache and checkpoint I/O. It
-//! knows no training; its fused ops come from [`crate::kernels`] through [`ModelBackend`].
+//! The Qwen2 / Qwen3 (dense) model family: configuration, layers, rotary tables, KV cache and
+//! checkpoint I/O (one decoder for both, see [`qwen2`]). It knows no training; its fused ops come
+//! from [`crate::kernels`] through [`ModelBackend`].
 
 pub mod adapter;
 pub mod cache;
@@ -14,7 +15,7 @@ pub use crate::kernels::{HeadLayout, ModelBackend, TrainBackend};
 pub use adapter::{is_adapter_dir, load_adapted, load_adapter, save_adapter};
 pub use cache::KvCache;
 pub use checkpoint::{load_model, load_model_as, save_model, BaseDtype, SaveDtype};
-pub use config::{Qwen2Config, RopeScaling};
+pub use config::{ModelType, Qwen2Config, RopeScaling};
 pub use lora::{LoraConfig, TargetModules};
-pub use qwen2::{Qwen2ForCausalLM, DEFAULT_LOGITS_CHUNK};
+pub use qwen2::{Qwen2ForCausalLM, Qwen3ForCausalLM, DEFAULT_LOGITS_CHUNK};
 pub use rope::RopeParams;

@@ -1,6 +1,12 @@
-//! The Qwen2 decoder (Qwen2, Qwen2.5, DeepSeek-R1-Distill-Qwen, QwenLong-L1), generic over burn
-//! backends. Field names are HuggingFace's parameter names, so a checkpoint's tensors map onto the
-//! module tree without a rename table (`model.layers.3.self_attn.q_proj.weight`, ...).
+//! The Qwen2 / Qwen3 decoder (Qwen2, Qwen2.5, DeepSeek-R1-Distill-Qwen, QwenLong-L1, Qwen3 dense),
+//! generic over burn backends. Field names are HuggingFace's parameter names, so a checkpoint's
+//! tensors map onto the module tree without a rename table
+//! (`model.layers.3.self_attn.q_proj.weight`, `model.layers.3.self_attn.q_norm.weight`, ...).
+//!
+//! One code path serves both architectures: Qwen3 is Qwen2 with a per-head RMSNorm on queries and
+//! keys before RoPE (`q_norm`, `k_norm`), q/k/v/o biases only under `attention_bias`, and a
+//! `head_dim` of its own ([`crate::model::config::ModelType`]). [`Qwen3ForCausalLM`] names the
+//! same type.
 
 use burn::module::{Module, Param};
 use burn::nn::Embedding;
@@ -43,17 +49,22 @@ impl<B: ModelBackend> RmsNorm<B> {
     }
 }
 
-/// Grouped-query self-attention with biased q/k/v projections and an unbiased output projection.
+/// Grouped-query self-attention. Qwen2: biased q/k/v projections, unbiased output projection, no
+/// q/k norm. Qwen3: biases on all four only under `attention_bias`, and q/k RMSNorm per head.
 #[derive(Module, Debug)]
 pub struct Attention<B: Backend> {
-    /// `[hidden, heads * head_dim]` with bias.
+    /// `[hidden, heads * head_dim]`; bias `[heads * head_dim]` when the config has one.
     pub q_proj: Linear<B>,
-    /// `[hidden, kv_heads * head_dim]` with bias.
+    /// `[hidden, kv_heads * head_dim]`; bias when the config has one.
     pub k_proj: Linear<B>,
-    /// `[hidden, kv_heads * head_dim]` with bias.
+    /// `[hidden, kv_heads * head_dim]`; bias when the config has one.
     pub v_proj: Linear<B>,
-    /// `[heads * head_dim, hidden]`, no bias.
+    /// `[heads * head_dim, hidden]`; bias only for Qwen3 with `attention_bias`.
     pub o_proj: Linear<B>,
+    /// Qwen3: RMSNorm over each query head, weight `[head_dim]`, applied before RoPE.
+    pub q_norm: Option<RmsNorm<B>>,
+    /// Qwen3: RMSNorm over each key head, weight `[head_dim]`, applied before RoPE.
+    pub k_norm: Option<RmsNorm<B>>,
     #[module(skip)]
     num_heads: usize,
     #[module(skip)]
@@ -97,7 +108,8 @@ pub struct Qwen2Model<B: Backend> {
     pub norm: RmsNorm<B>,
 }
 
-/// Qwen2 with its language-model head (HF `Qwen2ForCausalLM`).
+/// Qwen2 or Qwen3 with its language-model head (HF `Qwen2ForCausalLM` / `Qwen3ForCausalLM`; the
+/// config's [`crate::model::config::ModelType`] says which).
 #[derive(Module, Debug)]
 pub struct Qwen2ForCausalLM<B: Backend> {
     /// The decoder.
@@ -113,6 +125,10 @@ pub struct Qwen2ForCausalLM<B: Backend> {
     #[module(skip)]
     compute_dtype: Option<FloatDType>,
 }
+
+/// Qwen3 dense: the same type as [`Qwen2ForCausalLM`], which builds q/k norms and the bias layout
+/// from a `model_type: "qwen3"` config.
+pub type Qwen3ForCausalLM<B> = Qwen2ForCausalLM<B>;
 
 /// A projection named `name` (`...q_proj`) from `source`.
 fn linear<B: Backend, S: WeightSource<B>>(
@@ -149,11 +165,24 @@ impl<B: Backend> Attention<B> {
             c.num_attention_heads * c.head_dim,
             c.num_key_value_heads * c.head_dim,
         );
+        let (bias, o_bias) = (c.qkv_bias, c.o_proj_bias);
+        let head_norm = |source: &mut S, which: &str| {
+            c.qk_norm.then(|| {
+                RmsNorm::new(
+                    source,
+                    &format!("{name}.{which}"),
+                    c.head_dim,
+                    c.rms_norm_eps,
+                )
+            })
+        };
         Self {
-            q_proj: linear(source, &format!("{name}.q_proj"), [h, q], true),
-            k_proj: linear(source, &format!("{name}.k_proj"), [h, kv], true),
-            v_proj: linear(source, &format!("{name}.v_proj"), [h, kv], true),
-            o_proj: linear(source, &format!("{name}.o_proj"), [q, h], false),
+            q_proj: linear(source, &format!("{name}.q_proj"), [h, q], bias),
+            k_proj: linear(source, &format!("{name}.k_proj"), [h, kv], bias),
+            v_proj: linear(source, &format!("{name}.v_proj"), [h, kv], bias),
+            o_proj: linear(source, &format!("{name}.o_proj"), [q, h], o_bias),
+            q_norm: head_norm(source, "q_norm"),
+            k_norm: head_norm(source, "k_norm"),
             num_heads: c.num_attention_heads,
             num_kv_heads: c.num_key_value_heads,
             head_dim: c.head_dim,
@@ -167,6 +196,24 @@ impl<B: Backend> Attention<B> {
 }
 
 impl<B: ModelBackend> Attention<B> {
+    /// `x` `[batch, seq, hidden]` through `proj` into `heads` heads `[batch, heads, seq,
+    /// head_dim]`, each head RMS-normalised by `norm` when given (Qwen3's q/k norm; before RoPE).
+    fn project_heads(
+        &self,
+        proj: &Linear<B>,
+        norm: Option<&RmsNorm<B>>,
+        x: Tensor<B, 3>,
+        heads: usize,
+    ) -> Tensor<B, 4> {
+        let [b, t, _] = x.dims();
+        let y = linear_3d(proj, x).reshape([b, t, heads, self.head_dim]);
+        let y = match norm {
+            Some(n) => n.forward(y),
+            None => y,
+        };
+        y.swap_dims(1, 2)
+    }
+
     /// `x` `[batch, seq, hidden]` -> `[batch, seq, hidden]`; with a cache, appends this step's
     /// keys/values at its current length and attends over the keys `key_valid` covers (every
     /// cached one; under padded decoding also unwritten ones past the end, masked out).
@@ -180,10 +227,9 @@ impl<B: ModelBackend> Attention<B> {
     ) -> (Tensor<B, 3>, Option<LayerKv<B>>) {
         let [b, t, _] = x.dims();
         let (nh, nkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
-        let split = |y: Tensor<B, 3>, heads: usize| y.reshape([b, t, heads, hd]).swap_dims(1, 2);
-        let q = split(linear_3d(&self.q_proj, x.clone()), nh);
-        let k = split(linear_3d(&self.k_proj, x.clone()), nkv);
-        let v = split(linear_3d(&self.v_proj, x), nkv);
+        let q = self.project_heads(&self.q_proj, self.q_norm.as_ref(), x.clone(), nh);
+        let k = self.project_heads(&self.k_proj, self.k_norm.as_ref(), x.clone(), nkv);
+        let v = self.project_heads(&self.v_proj, None, x, nkv);
         let q = B::rotary(q, cos.clone(), sin.clone());
         let k = B::rotary(k, cos, sin);
         // The cache is moved in and out (not cloned) so that backends can write it in place.
@@ -271,11 +317,14 @@ impl<B: Backend> DecoderLayer<B> {
             k_proj: a.k_proj.clone(),
             v_proj: a.v_proj.clone(),
             o_proj: a.o_proj.clone(),
+            q_norm: a.q_norm.as_ref().map(|n| n.weight.clone()),
+            k_norm: a.k_norm.as_ref().map(|n| n.weight.clone()),
             post_norm: self.post_attention_layernorm.weight.clone(),
             gate_proj: m.gate_proj.clone(),
             up_proj: m.up_proj.clone(),
             down_proj: m.down_proj.clone(),
             eps: (self.input_layernorm.eps, self.post_attention_layernorm.eps),
+            qk_eps: a.q_norm.as_ref().map_or(0.0, |n| n.eps),
             heads: a.heads(),
         }
     }
@@ -760,6 +809,16 @@ mod gradient_checkpointing_tests {
         Qwen2ForCausalLM::init(&config, &Default::default())
     }
 
+    /// The tiny Qwen3 as shipped: q/k norms with weights away from one, head_dim 24 != 64 / 4,
+    /// no biases, tied embeddings.
+    fn tiny_qwen3<B: ModelBackend, C: CheckpointStrategy>() -> Qwen2ForCausalLM<Autodiff<B, C>> {
+        crate::model::load_model(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny-qwen3"),
+            &Default::default(),
+        )
+        .expect("tiny Qwen3")
+    }
+
     fn grads<B: ModelBackend, C: CheckpointStrategy>(
         model: &Qwen2ForCausalLM<Autodiff<B, C>>,
         checkpointing: bool,
@@ -910,6 +969,34 @@ mod gradient_checkpointing_tests {
         check::<burn::backend::Flex, BalancedCheckpointing>();
     }
 
+    /// Qwen3: the recomputing node's hand-written backward through the q/k norms gives the plain
+    /// graph's gradients (q/k norm weights included), with full training and with LoRA.
+    #[cfg(feature = "flex")]
+    #[test]
+    fn recomputed_qwen3_layers_give_the_same_gradients_on_flex() {
+        type F = burn::backend::Flex;
+        let model = tiny_qwen3::<F, NoCheckpointing>();
+        assert!(model.model.layers[0].self_attn.q_norm.is_some());
+        check_model(model);
+        let lora = LoraConfig {
+            r: 4,
+            lora_alpha: 8.0,
+            target_modules: Some(crate::model::TargetModules::Shorthand("all-linear".into())),
+            ..Default::default()
+        };
+        check_model(
+            tiny_qwen3::<F, NoCheckpointing>()
+                .with_lora(&lora, 5)
+                .unwrap(),
+        );
+    }
+
+    #[cfg(feature = "ndarray")]
+    #[test]
+    fn recomputed_qwen3_layers_give_the_same_gradients_on_ndarray() {
+        check_model(tiny_qwen3::<burn::backend::NdArray, NoCheckpointing>());
+    }
+
     #[cfg(feature = "ndarray")]
     #[test]
     fn recomputed_layers_give_the_same_gradients_on_ndarray() {
@@ -925,14 +1012,13 @@ mod layer_weights_tests {
     /// The recomputing kernel's forward over [`DecoderLayer::weights`] is the model's layer
     /// forward bit for bit (left padding, grouped queries), so gradient checkpointing leaves the
     /// forward pass unchanged.
-    fn same_forward<B: ModelBackend>() {
-        let config = Qwen2Config::from_file(
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("models/tiny-qwen2-chatml/config.json"),
-        )
-        .expect("tiny config");
+    fn same_forward<B: ModelBackend>(name: &str) {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("models")
+            .join(name);
         let device = Default::default();
-        let model = Qwen2ForCausalLM::<B>::init(&config, &device);
+        let model = crate::model::load_model::<B>(&dir, &device).expect("tiny model");
+        let config = model.config().clone();
         let (b, t, h) = (2, 19, config.hidden_size);
         let x = Tensor::<B, 3>::random([b, t, h], Distribution::Normal(0.0, 1.0), &device);
         let valid: Vec<bool> = (0..b * t).map(|i| i / t == 1 || i % t >= 4).collect();
@@ -952,12 +1038,14 @@ mod layer_weights_tests {
     #[cfg(feature = "flex")]
     #[test]
     fn kernel_layer_forward_is_the_models_on_flex() {
-        same_forward::<burn::backend::Flex>();
+        same_forward::<burn::backend::Flex>("tiny-qwen2-chatml");
+        same_forward::<burn::backend::Flex>("tiny-qwen3");
     }
 
     #[cfg(feature = "ndarray")]
     #[test]
     fn kernel_layer_forward_is_the_models_on_ndarray() {
-        same_forward::<burn::backend::NdArray>();
+        same_forward::<burn::backend::NdArray>("tiny-qwen2-chatml");
+        same_forward::<burn::backend::NdArray>("tiny-qwen3");
     }
 }
