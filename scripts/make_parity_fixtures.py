@@ -1,12 +1,15 @@
 #!/usr/bin/env python3
-"""Reference outputs of HF transformers for the Rust Qwen2 implementation.
+"""Reference outputs of HF transformers for the Rust Qwen2 / Qwen3 implementation.
 
     python scripts/make_parity_fixtures.py      (run scripts/make_tiny_models.py first)
+    python scripts/make_parity_fixtures.py qwen3_untied qwen3_bias_tied   (only these variants,
+                                                 no tokenizer cases: leaves the other fixtures alone)
 
 Writes (overwriting):
     tests/fixtures/parity/<variant>/{config.json, model.safetensors, fixture.safetensors, fixture.json}
-        for variant in gqa_untied, mha_tied, rope_linear, rope_yarn
-    tests/fixtures/tokenizer/cases.json
+        for variant in gqa_untied, mha_tied, rope_linear, rope_yarn (Qwen2),
+        qwen3_untied, qwen3_bias_tied (Qwen3: head_dim != hidden / heads, random q/k norms)
+    tests/fixtures/tokenizer/cases.json   (only when no variant is named)
 
 fixture.safetensors tensors (all produced by transformers, attn_implementation="eager", f32, CPU):
     input_ids          i64 [3, T]   row 0 full length, rows 1/2 LEFT-padded with PAD_ID
@@ -28,6 +31,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import sys
 from pathlib import Path
 
 import torch
@@ -59,10 +63,25 @@ VARIANTS = {
         heads=4, kv_heads=2, tie=False, rope_theta=10000.0,
         scaling={"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16},
         max_pos=64, layout="classic", seed=4),
+    # Qwen3: per-head q/k RMSNorm before RoPE (weights drawn around 1), head_dim 12 != 32 / 4.
+    "qwen3_untied": dict(
+        description="Qwen3: GQA (4 heads, 2 kv heads, head_dim 12 != hidden/heads = 8), q/k norms, no attention bias, untied lm_head, theta 1e6; published Qwen3 config.json layout",
+        arch="qwen3", heads=4, kv_heads=2, head_dim=12, attention_bias=False, tie=False, rope_theta=1000000.0,
+        scaling=None, max_pos=128, layout="classic", seed=5),
+    "qwen3_bias_tied": dict(
+        description="Qwen3 with attention_bias true (q/k/v AND o_proj biased), MHA (4 heads, head_dim 16 != 8), q/k norms, tied embeddings, theta 1e4; config.json as transformers 5 save_pretrained writes it (rope_parameters, dtype, layer_types)",
+        arch="qwen3", heads=4, kv_heads=4, head_dim=16, attention_bias=True, tie=True, rope_theta=10000.0,
+        scaling=None, max_pos=128, layout="tf5", seed=6),
 }
 
 
+def head_dim(v: dict) -> int:
+    return v.get("head_dim", BASE["hidden_size"] // v["heads"])
+
+
 def classic_config(v: dict) -> dict:
+    if v.get("arch") == "qwen3":
+        return qwen3_classic_config(v)
     return {
         "architectures": ["Qwen2ForCausalLM"],
         "attention_dropout": 0.0,
@@ -90,12 +109,53 @@ def classic_config(v: dict) -> dict:
     }
 
 
+def qwen3_classic_config(v: dict) -> dict:
+    """The published Qwen3 layout (keys sorted, as Qwen/Qwen3-*/config.json)."""
+    return {
+        "architectures": ["Qwen3ForCausalLM"],
+        "attention_bias": v["attention_bias"],
+        "attention_dropout": 0.0,
+        "bos_token_id": None,
+        "eos_token_id": None,
+        "head_dim": head_dim(v),
+        "hidden_act": "silu",
+        "hidden_size": BASE["hidden_size"],
+        "initializer_range": 0.02,
+        "intermediate_size": BASE["intermediate_size"],
+        "max_position_embeddings": v["max_pos"],
+        "max_window_layers": BASE["num_hidden_layers"],
+        "model_type": "qwen3",
+        "num_attention_heads": v["heads"],
+        "num_hidden_layers": BASE["num_hidden_layers"],
+        "num_key_value_heads": v["kv_heads"],
+        "rms_norm_eps": BASE["rms_norm_eps"],
+        "rope_scaling": v["scaling"],
+        "rope_theta": v["rope_theta"],
+        "sliding_window": None,
+        "tie_word_embeddings": v["tie"],
+        "torch_dtype": "float32",
+        "use_cache": True,
+        "use_sliding_window": False,
+        "vocab_size": BASE["vocab_size"],
+    }
+
+
 def hf_config(v: dict):
-    from transformers import Qwen2Config
+    from transformers import Qwen2Config, Qwen3Config
     rp = {"rope_type": "default", "rope_theta": v["rope_theta"]}
     if v["scaling"]:
         s = dict(v["scaling"])
         rp = {"rope_type": s.pop("type", None) or s.pop("rope_type"), "rope_theta": v["rope_theta"], **s}
+    if v.get("arch") == "qwen3":
+        return Qwen3Config(
+            vocab_size=BASE["vocab_size"], hidden_size=BASE["hidden_size"],
+            intermediate_size=BASE["intermediate_size"], num_hidden_layers=BASE["num_hidden_layers"],
+            num_attention_heads=v["heads"], num_key_value_heads=v["kv_heads"], head_dim=head_dim(v),
+            attention_bias=v["attention_bias"], rms_norm_eps=BASE["rms_norm_eps"],
+            max_position_embeddings=v["max_pos"], tie_word_embeddings=v["tie"], rope_parameters=rp,
+            use_sliding_window=False, sliding_window=None, max_window_layers=BASE["num_hidden_layers"],
+            bos_token_id=None, eos_token_id=None, pad_token_id=None, dtype="float32",
+        )
     return Qwen2Config(
         vocab_size=BASE["vocab_size"], hidden_size=BASE["hidden_size"], intermediate_size=BASE["intermediate_size"],
         num_hidden_layers=BASE["num_hidden_layers"], num_attention_heads=v["heads"],
@@ -112,9 +172,10 @@ def init_weights(model, seed: int):
     with torch.no_grad():
         for name, p in sorted(model.named_parameters(), key=lambda kv: kv[0]):
             if name.endswith("norm.weight"):
-                p.copy_(1.0 + 0.2 * torch.randn(p.shape, generator=g))  # non-trivial norm weights
+                # non-trivial norm weights (Qwen3's q_norm / k_norm included)
+                p.copy_(1.0 + 0.2 * torch.randn(p.shape, generator=g))
             elif name.endswith(".bias"):
-                p.copy_(0.3 * torch.randn(p.shape, generator=g))        # non-zero q/k/v biases
+                p.copy_(0.3 * torch.randn(p.shape, generator=g))        # non-zero q/k/v(/o) biases
             elif "embed_tokens" in name:
                 p.copy_(0.5 * torch.randn(p.shape, generator=g))
             else:
@@ -169,7 +230,7 @@ def greedy(model, prompt: torch.Tensor):
 
 def build_variant(name: str, v: dict) -> dict:
     import transformers
-    from transformers import AutoModelForCausalLM, Qwen2ForCausalLM
+    from transformers import AutoModelForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM
     from safetensors.torch import save_file
 
     out = OUT / "parity" / name
@@ -179,7 +240,8 @@ def build_variant(name: str, v: dict) -> dict:
 
     cfg = hf_config(v)
     torch.manual_seed(v["seed"])
-    model = Qwen2ForCausalLM(cfg).to(torch.float32)
+    model_class = Qwen3ForCausalLM if v.get("arch") == "qwen3" else Qwen2ForCausalLM
+    model = model_class(cfg).to(torch.float32)
     init_weights(model, v["seed"])
     model.save_pretrained(out)
     for stray in ("generation_config.json",):
@@ -195,6 +257,7 @@ def build_variant(name: str, v: dict) -> dict:
     m.eval()
     m_sdpa = AutoModelForCausalLM.from_pretrained(out, attn_implementation="sdpa").eval()
     assert m.dtype == torch.float32
+    assert type(m) is model_class, type(m)
     for (k1, p1), (k2, p2) in zip(model.state_dict().items(), m.state_dict().items()):
         assert k1 == k2 and torch.equal(p1, p2), k1
     # generation must not stop early
@@ -291,7 +354,8 @@ def build_variant(name: str, v: dict) -> dict:
         "rope_parameters_as_parsed_by_transformers": rope_params,
         "inv_freq": inv_freq.tolist(),
         "attention_factor": attention_factor,
-        "head_dim": BASE["hidden_size"] // v["heads"],
+        "head_dim": head_dim(v),
+        "architecture": model_class.__name__,
         "transformers_version": transformers.__version__,
         "torch_version": torch.__version__,
     }
@@ -398,9 +462,15 @@ def main():
     hf_logging.set_verbosity_error()
     torch.use_deterministic_algorithms(True)
     torch.set_num_threads(1)
+    only = sys.argv[1:]
+    unknown = [n for n in only if n not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"unknown variant(s) {unknown}; known: {list(VARIANTS)}")
     for name, v in VARIANTS.items():
-        build_variant(name, v)
-    tokenizer_cases()
+        if not only or name in only:
+            build_variant(name, v)
+    if not only:
+        tokenizer_cases()
     print("done")
 
 

@@ -14,6 +14,7 @@ mod parity;
 mod parquet_data;
 mod pipeline;
 mod plot;
+mod qwen3;
 mod reward;
 mod rl;
 mod rl_loss;

@@ -1,7 +1,9 @@
 //! Parity with HuggingFace transformers, from fixtures that `scripts/make_parity_fixtures.py`
 //! generates: logits of left- and right-padded batches, greedy continuations with the KV cache, and
-//! gradient norms of a cross-entropy loss, for GQA, MHA, tied/untied embeddings and rope scaling.
-//! The same suite runs on every compiled-in backend.
+//! gradient norms of a cross-entropy loss, for GQA, MHA, tied/untied embeddings and rope scaling,
+//! and for Qwen3 (per-head q/k norms, `head_dim` != hidden / heads, with and without
+//! `attention_bias`); per-token log-probs of the chunked LM head against transformers'. The same
+//! suite runs on every compiled-in backend.
 
 use crate::common;
 
@@ -16,7 +18,14 @@ use longrl::generate::{greedy, GreedyConfig};
 use longrl::model::{load_model, ModelBackend, Qwen2ForCausalLM, RopeParams, TrainBackend};
 use serde_json::Value;
 
-const VARIANTS: &[&str] = &["gqa_untied", "mha_tied", "rope_linear", "rope_yarn"];
+const VARIANTS: &[&str] = &[
+    "gqa_untied",
+    "mha_tied",
+    "rope_linear",
+    "rope_yarn",
+    "qwen3_untied",
+    "qwen3_bias_tied",
+];
 /// Tolerances of one backend against the transformers fixtures.
 #[derive(Clone, Copy)]
 struct Tol {
@@ -97,6 +106,38 @@ fn check_logits<B: ModelBackend>(
     assert!(
         diff <= tol.logits,
         "{name} {prefix}logits: max abs diff {diff:e} > {:e}",
+        tol.logits
+    );
+}
+
+/// Per-token log-probs through the model's chunked LM head ([`Qwen2ForCausalLM::sequence_logprobs`]
+/// on each unpadded prompt) against the log-softmax of transformers' logits.
+fn check_token_logprobs<B: ModelBackend>(
+    model: &Qwen2ForCausalLM<B>,
+    fx: &HashMap<String, Arr>,
+    device: &B::Device,
+    name: &str,
+    tol: Tol,
+) {
+    let (ids, mask, logits) = (&fx["input_ids"], &fx["attention_mask"], &fx["logits"]);
+    let [b, t, v] = [logits.shape[0], logits.shape[1], logits.shape[2]];
+    let mut worst = 0f64;
+    for r in 0..b {
+        let start = (0..t).find(|&p| mask.data[r * t + p] != 0.0).unwrap();
+        let row: Vec<u32> = ids.row(r)[start..].iter().map(|&x| x as u32).collect();
+        let ours = model.sequence_logprobs(&row, 4, device).unwrap();
+        for (k, got) in ours.iter().enumerate() {
+            let at = &logits.row(r)[(start + k) * v..(start + k + 1) * v];
+            let max = at.iter().copied().fold(f64::MIN, f64::max);
+            let lse = max + at.iter().map(|x| (x - max).exp()).sum::<f64>().ln();
+            let want = at[row[k + 1] as usize] - lse;
+            worst = worst.max((*got as f64 - want).abs());
+        }
+    }
+    eprintln!("{name} token log-probs: max abs diff {worst:.2e}");
+    assert!(
+        worst <= tol.logits,
+        "{name}: token log-probs max abs diff {worst:e} > {:e}",
         tol.logits
     );
 }
@@ -187,6 +228,14 @@ fn grad_norms<B: AutodiffBackend>(
             push2(format!("{pre}.{n}.weight"), &lin.weight);
             if let Some(b) = &lin.bias {
                 ones.push((format!("{pre}.{n}.bias"), b));
+            }
+        }
+        for (n, norm) in [
+            ("q_norm", &l.self_attn.q_norm),
+            ("k_norm", &l.self_attn.k_norm),
+        ] {
+            if let Some(norm) = norm {
+                ones.push((format!("{pre}.self_attn.{n}.weight"), &norm.weight));
             }
         }
         ones.push((
@@ -322,6 +371,7 @@ fn parity_suite<B: TrainBackend>(device: B::Device, tol: Tol) {
         let inner_device = device.clone();
         check_logits::<B::InnerBackend>(&inner, &fx, "", &inner_device, name, tol);
         check_logits::<B::InnerBackend>(&inner, &fx, "rp_", &inner_device, name, tol);
+        check_token_logprobs::<B::InnerBackend>(&inner, &fx, &inner_device, name, tol);
         check_greedy::<B::InnerBackend>(&inner, &fx, new_tokens, &inner_device, name);
     }
 }
