@@ -21,9 +21,14 @@ pub struct ModelSection {
     /// HuggingFace model folder (config.json, safetensors, tokenizer.json); relative paths are
     /// read from the config file's folder first, then the working directory.
     pub path: PathBuf,
-    /// Chat format override (chatml, qwen2.5, r1); default: the model's own.
+    /// Chat template override: a .jinja file (relative paths as `path`), a template the model
+    /// folder names, or a built-in (chatml, qwen2.5, qwen3, r1); default: the model's own.
     #[serde(default)]
     pub chat_template: Option<String>,
+    /// Extra chat template variables, as transformers' `chat_template_kwargs`
+    /// (e.g. `{ enable_thinking = false }` for Qwen3).
+    #[serde(default)]
+    pub chat_template_kwargs: Option<serde_json::Map<String, serde_json::Value>>,
     /// dtype of the final model (float32, bfloat16, float16); default: float32.
     #[serde(default)]
     pub save_dtype: Option<String>,
@@ -48,6 +53,7 @@ impl ModelSection {
         Self {
             path: path.into(),
             chat_template: None,
+            chat_template_kwargs: None,
             save_dtype: None,
             base_dtype: None,
             adapter: None,
@@ -60,6 +66,12 @@ impl ModelSection {
     pub fn resolve(&mut self, config_path: &Path, lora: Option<LoraConfig>) -> Result<()> {
         self.path = resolve_path(config_path, &self.path);
         self.adapter = self.adapter.as_ref().map(|p| resolve_path(config_path, p));
+        if let Some(t) = &self.chat_template {
+            let file = resolve_path(config_path, Path::new(t));
+            if file.is_file() {
+                self.chat_template = Some(file.display().to_string());
+            }
+        }
         if let Some(l) = &lora {
             l.validate("lora")?;
         }
@@ -166,11 +178,17 @@ impl ModelSection {
             .map_err(|e| Error::Invalid(format!("model.base_dtype: {e}")))
     }
 
-    /// The model folder's tokenizer, with the `chat_template` override applied.
+    /// The model folder's tokenizer, with the `chat_template` override and
+    /// `chat_template_kwargs` applied.
     pub fn load_tokenizer(&self) -> Result<crate::tokenizer::Tokenizer> {
         let mut tokenizer = crate::tokenizer::Tokenizer::from_dir(&self.path)?;
         if let Some(t) = &self.chat_template {
-            tokenizer.chat_template = Some(t.parse()?);
+            tokenizer
+                .set_chat_template(t)
+                .map_err(|e| Error::Invalid(format!("model.chat_template: {e}")))?;
+        }
+        if let Some(kwargs) = &self.chat_template_kwargs {
+            tokenizer.set_chat_template_kwargs(kwargs);
         }
         Ok(tokenizer)
     }

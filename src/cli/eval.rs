@@ -106,6 +106,9 @@ pub struct EvalArgs {
     /// No progress bar on stderr.
     #[arg(long)]
     pub quiet: bool,
+    /// The chat template prompts are rendered with (`--model`).
+    #[command(flatten)]
+    pub template: super::ChatTemplateArgs,
 }
 
 impl EvalArgs {
@@ -219,8 +222,10 @@ impl BackendFn for EvalTask {
         };
         let model = load_adapted::<B>(&dir, args.adapter.as_deref(), None, &device)?;
         let config = model.config().clone();
-        let tokenizer = Tokenizer::from_dir(&dir)?;
+        let mut tokenizer = Tokenizer::from_dir(&dir)?;
         tokenizer.check_fits(config.vocab_size)?;
+        args.template.apply(&mut tokenizer)?;
+        tokenizer.template()?;
         let counter = args.tokenizer()?;
         let stop = stop_token_ids(&dir, &config, Some(&tokenizer))?;
         let pad = pad_token_id(Some(&tokenizer), &stop);

@@ -1,5 +1,5 @@
-//! The `longrl` command line: `info`, `score`, `generate`, `reward`, `sft`, `rl`, `pipeline`,
-//! `eval`, `plan`, `bench`, `plot`.
+//! The `longrl` command line: `info`, `score`, `generate`, `template`, `reward`, `sft`, `rl`,
+//! `pipeline`, `eval`, `plan`, `bench`, `plot`, `merge`.
 
 mod bench;
 mod eval;
@@ -8,6 +8,7 @@ mod merge;
 mod plan;
 mod plot;
 mod reward;
+mod template;
 mod train;
 
 pub use train::{load_pipeline_file, load_rl_file, load_sft_file};
@@ -27,7 +28,7 @@ use crate::generate::{
 };
 use crate::io::JsonlReader;
 use crate::model::{checkpoint, load_adapted, Qwen2Config, DEFAULT_LOGITS_CHUNK};
-use crate::tokenizer::{ChatTemplate, Message, Tokenizer};
+use crate::tokenizer::{Message, Tokenizer};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 /// Train long-context reasoning LLMs with the QwenLong-L1 recipe.
@@ -69,6 +70,9 @@ pub enum Command {
     Score(ScoreArgs),
     /// Continue each input with the model: greedy or sampled, n samples per input.
     Generate(GenerateArgs),
+    /// Render conversations with the model's chat template and tokenise them, as transformers'
+    /// `apply_chat_template` does: exactly what the model sees.
+    Template(template::TemplateArgs),
     /// Reward responses with the QwenLong-L1 rules and, if asked, an LLM judge (JSONL in and out).
     Reward(reward::RewardArgs),
     /// Supervised fine-tuning (the warm-up phase) from a TOML config.
@@ -111,12 +115,68 @@ pub struct ScoreArgs {
     /// A PEFT LoRA adapter folder applied on `--model` (its base).
     #[arg(long)]
     pub adapter: Option<PathBuf>,
-    /// JSONL file: each line `{"input_ids": [..]}` or `{"text": ".."}`.
+    /// JSONL file: each line `{"input_ids": [..]}`, `{"text": ".."}` or `{"messages": [..]}`
+    /// (the whole conversation through the chat template, no generation prompt).
     #[arg(long)]
     pub input: PathBuf,
     /// Positions projected to the vocabulary at once (bounds memory for long inputs).
     #[arg(long, default_value_t = DEFAULT_LOGITS_CHUNK)]
     pub logits_chunk: usize,
+    /// The chat template for `messages` inputs.
+    #[command(flatten)]
+    pub template: ChatTemplateArgs,
+}
+
+/// The chat template a command renders conversations with.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ChatTemplateArgs {
+    /// Chat template: a .jinja file, a template the model folder names, or a built-in (chatml,
+    /// qwen2.5, qwen3, r1). Default: the model's own (chat_template.jinja or
+    /// tokenizer_config.json).
+    #[arg(long)]
+    pub chat_template: Option<String>,
+    /// Extra chat template variables as a JSON object (transformers' `chat_template_kwargs`),
+    /// e.g. '{"enable_thinking": false}'.
+    #[arg(long, value_parser = parse_json_object)]
+    pub chat_template_kwargs: Option<serde_json::Map<String, Value>>,
+}
+
+impl ChatTemplateArgs {
+    /// Applies the choice to a loaded tokenizer.
+    pub fn apply(&self, tokenizer: &mut Tokenizer) -> Result<()> {
+        if let Some(spec) = &self.chat_template {
+            tokenizer
+                .set_chat_template(spec)
+                .map_err(|e| Error::Invalid(format!("--chat-template: {e}")))?;
+        }
+        if let Some(kwargs) = &self.chat_template_kwargs {
+            tokenizer.set_chat_template_kwargs(kwargs);
+        }
+        Ok(())
+    }
+
+    /// Applies the choice to a config's `[model]` section (the flags win over the file; the
+    /// kwargs are merged into the file's).
+    pub fn apply_model(&self, model: &mut crate::config::ModelSection) {
+        if let Some(spec) = &self.chat_template {
+            model.chat_template = Some(spec.clone());
+        }
+        if let Some(kwargs) = &self.chat_template_kwargs {
+            let merged = model
+                .chat_template_kwargs
+                .get_or_insert_with(Default::default);
+            merged.extend(kwargs.clone());
+        }
+    }
+}
+
+/// A JSON object given on the command line.
+fn parse_json_object(s: &str) -> std::result::Result<serde_json::Map<String, Value>, String> {
+    match serde_json::from_str(s) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err("expected a JSON object, e.g. '{\"enable_thinking\": false}'".into()),
+        Err(e) => Err(format!("not valid JSON ({e}); expected a JSON object")),
+    }
 }
 
 /// Arguments of `longrl generate`.
@@ -155,9 +215,9 @@ pub struct GenerateArgs {
     /// Inputs decoded together in one batch (each with its n samples).
     #[arg(long, default_value_t = 8)]
     pub batch_size: usize,
-    /// Chat format for `messages` inputs (chatml, qwen2.5, r1); default: the model's own.
-    #[arg(long)]
-    pub chat_template: Option<String>,
+    /// The chat template for `messages` inputs.
+    #[command(flatten)]
+    pub template: ChatTemplateArgs,
     /// Prompt tokens prefilled per forward pass.
     #[arg(long, default_value_t = 2048)]
     pub prefill_chunk: usize,
@@ -196,6 +256,7 @@ pub fn main() -> anyhow::Result<()> {
         Command::Info(args) => info(&args)?,
         Command::Score(args) => device.run(ScoreTask(args))??,
         Command::Generate(args) => device.run(GenerateTask(args))??,
+        Command::Template(args) => template::run(&args)?,
         Command::Reward(args) => reward::run(args, device)?,
         Command::Sft(args) => train::run_sft(args, cli.device)?,
         Command::Rl(args) => train::run_rl(args, cli.device)?,
@@ -290,13 +351,9 @@ enum InputLine {
 }
 
 /// Reads a JSONL input file; every bad line is an error naming the file and line.
-fn read_inputs(path: &Path, allow_messages: bool) -> Result<Vec<InputLine>> {
+fn read_inputs(path: &Path) -> Result<Vec<InputLine>> {
     let mut out = Vec::new();
-    let expected = if allow_messages {
-        "an object with \"input_ids\" (list of token ids), \"text\" (string) or \"messages\" (list of {role, content})"
-    } else {
-        "an object with \"input_ids\" (list of token ids) or \"text\" (string)"
-    };
+    let expected = "an object with \"input_ids\" (list of token ids), \"text\" (string) or \"messages\" (list of {role, content})";
     JsonlReader::new(path)
         .on_bad_line(|e| format!("not valid JSON ({e}); expected {expected}"))
         .for_each(|n, value: Value| {
@@ -314,7 +371,7 @@ fn read_inputs(path: &Path, allow_messages: bool) -> Result<Vec<InputLine>> {
                     .as_str()
                     .ok_or_else(|| Error::input(path, n, "field \"text\": expected a string"))?;
                 InputLine::Text(text.to_string())
-            } else if let (true, Some(msgs)) = (allow_messages, value.get("messages")) {
+            } else if let Some(msgs) = value.get("messages") {
                 let msgs: Vec<Message> = serde_json::from_value(msgs.clone()).map_err(|_| {
                     Error::input(
                         path,
@@ -361,18 +418,21 @@ impl BackendFn for ScoreTask {
 
     fn call<B: ModelBackend>(self, device: B::Device) -> Result<()> {
         let args = self.0;
-        let inputs = read_inputs(&args.input, false)?;
-        let needs_tok = inputs.iter().any(|i| matches!(i, InputLine::Text(_)));
+        let inputs = read_inputs(&args.input)?;
+        let needs_tok = inputs.iter().any(|i| !matches!(i, InputLine::Ids(_)));
         let model = load_adapted::<B>(&args.model, args.adapter.as_deref(), None, &device)?;
         let vocab = model.config().vocab_size;
-        let tok = tokenizer_for(&args.model, needs_tok, vocab)?;
+        let mut tok = tokenizer_for(&args.model, needs_tok, vocab)?;
+        if let Some(t) = tok.as_mut() {
+            args.template.apply(t)?;
+        }
         let stdout = std::io::stdout();
         let mut out = stdout.lock();
         for (i, item) in inputs.into_iter().enumerate() {
             let ids = match item {
                 InputLine::Ids(ids) => ids,
                 InputLine::Text(t) => tok.as_ref().expect("loaded for text").encode(&t, true)?,
-                InputLine::Messages(_) => unreachable!("not allowed for score"),
+                InputLine::Messages(m) => tok.as_ref().expect("loaded").encode_chat(&m, false)?,
             };
             check_ids(&ids, vocab, &args.input, i + 1)?;
             let lp = model.sequence_logprobs(&ids, args.logits_chunk, &device)?;
@@ -390,14 +450,14 @@ impl BackendFn for GenerateTask {
 
     fn call<B: ModelBackend>(self, device: B::Device) -> Result<()> {
         let args = self.0;
-        let inputs = read_inputs(&args.input, true)?;
+        let inputs = read_inputs(&args.input)?;
         let needs_tok =
             !args.stop.is_empty() || inputs.iter().any(|i| !matches!(i, InputLine::Ids(_)));
         let model = load_adapted::<B>(&args.model, args.adapter.as_deref(), None, &device)?;
         let config = model.config().clone();
         let mut tok = tokenizer_for(&args.model, needs_tok, config.vocab_size)?;
-        if let (Some(t), Some(name)) = (tok.as_mut(), &args.chat_template) {
-            t.chat_template = Some(name.parse::<ChatTemplate>()?);
+        if let Some(t) = tok.as_mut() {
+            args.template.apply(t)?;
         }
         let mut prompts = Vec::with_capacity(inputs.len());
         for (i, item) in inputs.into_iter().enumerate() {

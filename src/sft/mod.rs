@@ -21,7 +21,7 @@ use crate::distributed::Worker;
 use crate::error::{Error, Result};
 use crate::generate::stop_token_ids;
 use crate::model::Qwen2ForCausalLM;
-use crate::tokenizer::{ChatTemplate, Tokenizer};
+use crate::tokenizer::Tokenizer;
 use crate::train::{
     clip_grad_norm, stable_param_ids, token_budget_batches, AdamWOptimizer, OptimConfig, Packed,
     RunDir, Sequence,
@@ -147,17 +147,15 @@ pub fn tokenize(
     end_of_turn: u32,
     max_length: usize,
 ) -> Result<(Vec<Tokenized>, usize)> {
-    let opens_think = matches!(
-        tokenizer.chat_template,
-        Some(ChatTemplate::R1Distill { .. })
-    );
     let mut out = Vec::with_capacity(records.len());
     let mut skipped = 0;
     for r in records {
-        let prompt = tokenizer.encode_chat(&r.prompt, true)?;
-        // R1's generation prompt already opens `<think>\n`.
-        let text = match (opens_think, r.response.strip_prefix("<think>\n")) {
-            (true, Some(rest)) => rest,
+        let prompt_text = tokenizer.apply_chat_template(&r.prompt, true)?;
+        let prompt = tokenizer.encode(&prompt_text, false)?;
+        // A generation prompt that opens the thinking block (R1-distill, QwQ) already holds the
+        // response's leading `<think>\n`.
+        let text = match r.response.strip_prefix("<think>\n") {
+            Some(rest) if prompt_text.ends_with("<think>\n") => rest,
             _ => r.response.as_str(),
         };
         let mut response = tokenizer.encode(text, false)?;

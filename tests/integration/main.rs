@@ -3,6 +3,7 @@
 
 mod common;
 
+mod chat_templates;
 mod checkpoint;
 mod cli;
 mod distributed;

@@ -54,12 +54,8 @@ impl<B: ModelBackend> LocalJudge<B> {
         let model = load_model::<B>(dir, &device)?;
         let tokenizer = Tokenizer::from_dir(dir)?;
         tokenizer.check_fits(model.config().vocab_size)?;
-        if tokenizer.chat_template.is_none() {
-            return Err(Error::tokenizer(
-                tokenizer.path(),
-                "the judge model needs a chat template (tokenizer_config.json `chat_template`)",
-            ));
-        }
+        // The judge is prompted through its chat template: none is an error now, not per query.
+        tokenizer.template()?;
         let stop = stop_token_ids(dir, model.config(), Some(&tokenizer))?;
         if stop.is_empty() {
             return Err(Error::config(
