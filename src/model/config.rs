@@ -423,7 +423,7 @@ fn parse_head_dim(
     let head_dim = match (model_type, given) {
         (ModelType::Qwen3, Some(hd)) => hd,
         _ => {
-            if hidden_size % num_attention_heads != 0 {
+            if !hidden_size.is_multiple_of(num_attention_heads) {
                 return Err(Error::config(
                     f.path,
                     format!(

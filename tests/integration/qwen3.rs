@@ -96,8 +96,13 @@ fn tiny_qwen3_loads_with_q_k_norms_and_its_own_head_dim() {
         ..Default::default()
     };
     let prompt: Vec<u32> = IDS.iter().map(|&x| x as u32).collect();
-    let out =
-        longrl::generate::greedy(&model, &[prompt.clone()], &cfg, &Default::default()).unwrap();
+    let out = longrl::generate::greedy(
+        &model,
+        std::slice::from_ref(&prompt),
+        &cfg,
+        &Default::default(),
+    )
+    .unwrap();
     let mut seq: Vec<i64> = IDS.to_vec();
     for &tok in &out[0].output_ids {
         let l = logits(&model, &seq);
