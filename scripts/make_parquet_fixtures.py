@@ -14,7 +14,9 @@ Files written (snappy, pyarrow's default codec, as verl's preprocessing scripts 
   docqa_verl.parquet      4 good rows, one per data source
   bad_rows.parquet        the same schema with null prompt, null ground truth, a system message,
                           an unknown data source, and two good rows (one without extra_info.index)
-  wrong_types.parquet     prompt stored as a plain string, ground_truth as an integer
+  wrong_types.parquet     prompt stored as an integer (neither a string nor a message list)
+  extra_columns.parquet   2 good rows with columns no loader knows (quality, reward_model.difficulty)
+  longrl_columns.parquet  longrl's own columns (id, task, document, question, answer), 1 row
   missing_column.parquet  no data_source column, reward_model without ground_truth
   zstd.parquet            the good rows compressed with zstd (a codec longrl is built without)
 
@@ -158,7 +160,7 @@ def main():
     wrong_schema = pa.schema(
         [
             ("data_source", pa.string()),
-            ("prompt", pa.string()),
+            ("prompt", pa.int64()),
             ("ability", pa.string()),
             ("reward_model", pa.struct([("style", pa.string()), ("ground_truth", pa.int64())])),
             ("extra_info", EXTRA_INFO),
@@ -167,7 +169,7 @@ def main():
     wrong = [
         {
             "data_source": "docmath_v1",
-            "prompt": TEMPLATE.format(doc=GOOD[1][2], question=GOOD[1][3]),
+            "prompt": 7,
             "ability": "doc-math",
             "reward_model": {"style": "rule", "ground_truth": 12},
             "extra_info": {"index": 1, "split": "train"},
@@ -192,6 +194,41 @@ def main():
         }
     ]
     write("missing_column.parquet", missing, missing_schema)
+
+    extra_schema = pa.schema(
+        [
+            ("data_source", pa.string()),
+            ("prompt", pa.list_(MESSAGE)),
+            ("ability", pa.string()),
+            (
+                "reward_model",
+                pa.struct(
+                    [("style", pa.string()), ("ground_truth", pa.string()), ("difficulty", pa.int64())]
+                ),
+            ),
+            ("extra_info", EXTRA_INFO),
+            ("quality", pa.float64()),
+        ]
+    )
+    extra = []
+    for r in good[1:3]:
+        r = dict(r, quality=0.5)
+        r["reward_model"] = dict(r["reward_model"], difficulty=2)
+        extra.append(r)
+    write("extra_columns.parquet", extra, extra_schema)
+
+    longrl_schema = pa.schema(
+        [
+            ("id", pa.string()),
+            ("task", pa.string()),
+            ("document", pa.string()),
+            ("question", pa.string()),
+            ("answer", pa.string()),
+        ]
+    )
+    _, _, doc, q, gt, index = GOOD[1]
+    longrl = [{"id": str(index), "task": "docmath", "document": doc, "question": q, "answer": gt}]
+    write("longrl_columns.parquet", longrl, longrl_schema)
 
 
 if __name__ == "__main__":

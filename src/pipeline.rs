@@ -19,7 +19,9 @@ use crate::data::curriculum::{
 };
 use crate::data::synthetic::{self, SyntheticConfig};
 use crate::data::TaskKind;
-use crate::data::{load_rl_any, load_sft, PreparedPrompt, RlSample, SftRecord};
+use crate::data::{
+    load_rl_any_with, load_sft_with, LoadOptions, PreparedPrompt, RlSample, SftRecord,
+};
 use crate::distributed::Worker;
 use crate::error::{Error, Result};
 use crate::eval::{evaluate, EvalItem, EvalOptions, EvalReport};
@@ -49,12 +51,15 @@ pub struct DataSection {
     pub tasks: Vec<TaskKind>,
     /// Synthetic: SFT responses open with a `<think>` block (for models with thinking tags).
     pub think: bool,
-    /// Files: RL training samples (longrl JSONL).
+    /// Files: RL training samples (JSONL or parquet, longrl's or verl's fields).
     pub train_file: Option<PathBuf>,
-    /// Files: held-out samples (longrl JSONL).
+    /// Files: held-out samples (JSONL or parquet, longrl's or verl's fields).
     pub eval_file: Option<PathBuf>,
-    /// Files: SFT data (`{"prompt", "response"}` / `{"messages"}` JSONL).
+    /// Files: SFT data (`{"prompt", "response" | "completion"}` / `{"messages"}` JSONL).
     pub sft_file: Option<PathBuf>,
+    /// Files: unknown fields (columns) are errors naming the file, line and field (`--strict`);
+    /// by default they are ignored with one warning per file listing them.
+    pub strict: bool,
 }
 
 impl Default for DataSection {
@@ -70,6 +75,7 @@ impl Default for DataSection {
             train_file: None,
             eval_file: None,
             sft_file: None,
+            strict: false,
         }
     }
 }
@@ -247,10 +253,11 @@ fn file_data(d: &DataSection) -> Result<(Vec<RlSample>, Vec<RlSample>, Vec<SftRe
             ))
         })
     };
-    let train = load_rl_any(&need(&d.train_file, "train_file")?)?;
-    let eval = load_rl_any(&need(&d.eval_file, "eval_file")?)?;
+    let options = LoadOptions { strict: d.strict };
+    let train = load_rl_any_with(&need(&d.train_file, "train_file")?, options)?;
+    let eval = load_rl_any_with(&need(&d.eval_file, "eval_file")?, options)?;
     let sft = match &d.sft_file {
-        Some(p) => load_sft(p)?,
+        Some(p) => load_sft_with(p, options)?,
         None => Vec::new(),
     };
     Ok((train, eval, sft))

@@ -10,7 +10,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::judge::JudgeArgs;
-use crate::data::TaskKind;
+use crate::data::record::{self, REWARD_FIELDS};
+use crate::data::{LoadOptions, TaskKind, UnknownFields};
 use crate::device::{BackendFn, DeviceSpec};
 use crate::error::{Error, Result};
 use crate::io::JsonlReader;
@@ -22,9 +23,14 @@ use crate::reward::{
 #[derive(Debug, Args)]
 pub struct RewardArgs {
     /// JSONL file: each line `{"data_source" | "task", "response", "ground_truth", "prompt"?,
-    /// "question"?, "response_length"?}`.
+    /// "question"?, "response_length"?}`; verl's `reward_model.ground_truth` stands for
+    /// `ground_truth` and `prompt` may be a message list. Other fields are ignored with one warning.
     #[arg(long)]
     pub input: PathBuf,
+    /// Unknown fields in the input are errors naming the line and field (default: ignored, with
+    /// one warning listing them).
+    #[arg(long)]
+    pub strict: bool,
     /// The LLM judge.
     #[command(flatten)]
     pub judge: JudgeArgs,
@@ -48,18 +54,15 @@ pub struct RewardArgs {
     pub batch_size: usize,
 }
 
-/// One input line.
+/// One input line's typed fields (the gold answer and the prompt are read by the shared row
+/// helpers of [`crate::data::record`], which know verl's forms).
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RewardLine {
     #[serde(default)]
     data_source: Option<String>,
     #[serde(default)]
     task: Option<String>,
     response: String,
-    ground_truth: Value,
-    #[serde(default)]
-    prompt: Option<String>,
     #[serde(default)]
     question: Option<String>,
     #[serde(default)]
@@ -67,34 +70,35 @@ struct RewardLine {
 }
 
 /// A parsed line, ready to reward.
+#[derive(Debug)]
 struct Parsed {
     task: TaskKind,
     line: RewardLine,
     gold: String,
+    prompt: Option<String>,
 }
 
 const EXPECTED: &str =
-    "an object with \"response\" (string), \"ground_truth\" (string or number), \
-     \"data_source\" or \"task\" (string), and optional \"prompt\", \"question\" (strings), \
-     \"response_length\" (tokens)";
+    "an object with \"response\" (string), \"ground_truth\" (string or number; or verl's \
+     \"reward_model\": {\"ground_truth\"}), \"data_source\" or \"task\" (string), and optional \
+     \"prompt\" (string or message list), \"question\" (string), \"response_length\" (tokens)";
 
-fn read_lines(path: &Path, needs_length: bool) -> Result<Vec<Parsed>> {
+/// Reads the reward input; unknown fields are ignored with one warning, or with `strict` the first
+/// is an error naming the line and field.
+fn read_lines(path: &Path, needs_length: bool, strict: bool) -> Result<Vec<Parsed>> {
     let mut out = Vec::new();
+    let mut unknown = UnknownFields::new(path, REWARD_FIELDS, LoadOptions { strict });
     JsonlReader::new(path)
         .on_bad_line(|e| format!("{e}; expected {EXPECTED}"))
-        .for_each(|n, parsed: RewardLine| {
-            let gold = match &parsed.ground_truth {
-                Value::String(s) => s.clone(),
-                Value::Number(x) => x.to_string(),
-                Value::Bool(b) => if *b { "True" } else { "False" }.to_string(),
-                other => {
-                    return Err(Error::input(
-                        path,
-                        n,
-                        format!("field \"ground_truth\": expected a string or number, got {other}"),
-                    ))
-                }
-            };
+        .for_each(|n, value: Value| {
+            let bad = |m: String| Error::input(path, n, m);
+            let row =
+                record::as_row(&value).map_err(|m| bad(format!("{m}; expected {EXPECTED}")))?;
+            unknown.check(row, n)?;
+            let parsed: RewardLine = serde_json::from_value(value.clone())
+                .map_err(|e| bad(format!("{e}; expected {EXPECTED}")))?;
+            let gold = record::gold_answer(row, "ground_truth").map_err(bad)?;
+            let prompt = record::prompt_text(row).map_err(bad)?;
             let task = TaskKind::resolve(parsed.task.as_deref(), parsed.data_source.as_deref())
                 .map_err(|e| Error::input(path, n, e.to_string()))?;
             if needs_length && parsed.response_length.is_none() {
@@ -109,9 +113,11 @@ fn read_lines(path: &Path, needs_length: bool) -> Result<Vec<Parsed>> {
                 task,
                 line: parsed,
                 gold,
+                prompt,
             });
             Ok(())
         })?;
+    unknown.finish();
     Ok(out)
 }
 
@@ -150,7 +156,7 @@ fn reward_file(args: &RewardArgs, judge: Option<Arc<dyn Judge>>) -> Result<()> {
         }
         _ => None,
     };
-    let lines = read_lines(&args.input, overlong.is_some())?;
+    let lines = read_lines(&args.input, overlong.is_some(), args.strict)?;
     if let Some(j) = &judge {
         log::info!("judge: {}", j.describe());
     }
@@ -176,7 +182,7 @@ fn reward_file(args: &RewardArgs, judge: Option<Arc<dyn Judge>>) -> Result<()> {
                 response: &p.line.response,
                 ground_truth: &p.gold,
                 question: p.line.question.as_deref(),
-                prompt: p.line.prompt.as_deref(),
+                prompt: p.prompt.as_deref(),
                 response_tokens: p.line.response_length,
                 response_ids: &[],
             })
@@ -215,4 +221,34 @@ fn reward_file(args: &RewardArgs, judge: Option<Arc<dyn Judge>>) -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extra_fields_are_accepted_verl_fields_read_and_strict_names_line_and_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("in.jsonl");
+        std::fs::write(
+            &path,
+            "{\"task\": \"qa\", \"response\": \"a\", \"ground_truth\": \"x\", \"model\": \"m\"}\n\
+             {\"data_source\": \"docmath_v1\", \"response\": \"r\", \"reward_model\": {\"ground_truth\": 12.5, \"style\": \"rule\"}, \"prompt\": [{\"role\": \"user\", \"content\": \"P\"}], \"extra_info\": {\"index\": 1}}\n",
+        )
+        .unwrap();
+        let lines = read_lines(&path, false, false).unwrap();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[1].gold, "12.5");
+        assert_eq!(lines[1].task, TaskKind::DocMath);
+        assert_eq!(lines[1].prompt.as_deref(), Some("P"));
+        let e = read_lines(&path, false, true).unwrap_err().to_string();
+        assert!(e.contains("in.jsonl:1: unknown field \"model\""), "{e}");
+        std::fs::write(&path, "{\"task\": \"qa\", \"response\": \"a\"}\n").unwrap();
+        let e = read_lines(&path, false, false).unwrap_err().to_string();
+        assert!(
+            e.contains("in.jsonl:1: missing field \"ground_truth\""),
+            "{e}"
+        );
+    }
 }

@@ -36,6 +36,10 @@ pub struct TrainArgs {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
+    /// Unknown fields (columns) in the data files are errors naming the file, line and field
+    /// (sets `[rl] strict` / `[data] strict`); by default they are ignored with one warning.
+    #[arg(long)]
+    pub strict: bool,
     /// Data parallelism: this machine's devices, one worker each, comma-separated
     /// (`cuda:0,cuda:1`; `flex,flex` runs two workers on one CPU). Overrides
     /// `[distributed] devices`.
@@ -232,6 +236,9 @@ impl Job for SftTask {
 /// Runs `longrl sft`.
 pub fn run_sft(args: TrainArgs, device: Option<DeviceSpec>) -> Result<()> {
     let mut file = load_sft_file(&args.config, &args.overrides())?;
+    if args.strict {
+        check_sft_strict(&file.sft)?;
+    }
     if args.quiet {
         file.run.progress = false;
     }
@@ -248,6 +255,17 @@ pub fn run_sft(args: TrainArgs, device: Option<DeviceSpec>) -> Result<()> {
         },
     )?;
     println!("{}", serde_json::to_string(&summary).unwrap_or_default());
+    Ok(())
+}
+
+/// `sft --strict`: reads the SFT files strictly before training (the trainer reads them again and
+/// then has nothing to warn about).
+fn check_sft_strict(sft: &crate::sft::SftConfig) -> Result<()> {
+    let strict = crate::data::LoadOptions { strict: true };
+    crate::data::load_sft_with(&sft.train_file, strict)?;
+    if let Some(valid) = &sft.valid_file {
+        crate::data::load_sft_with(valid, strict)?;
+    }
     Ok(())
 }
 
@@ -320,6 +338,7 @@ impl Job for RlTask {
 /// Runs `longrl rl`.
 pub fn run_rl(args: TrainArgs, device: Option<DeviceSpec>) -> Result<()> {
     let mut file = load_rl_file(&args.config, &args.overrides())?;
+    file.rl.strict |= args.strict;
     if args.quiet {
         file.run.progress = false;
     }
@@ -386,6 +405,7 @@ impl Job for PipelineTask {
 /// Runs `longrl pipeline`: prints the phase table and writes `RUN_DIR/summary.json`.
 pub fn run_pipeline(args: TrainArgs, device: Option<DeviceSpec>) -> Result<()> {
     let mut file = load_pipeline_file(&args.config, &args.overrides())?;
+    file.data.strict |= args.strict;
     if args.quiet {
         file.run.progress = false;
     }

@@ -1,45 +1,58 @@
-//! RL samples from verl-format parquet files, the format DocQA-RL-1.6K ships in.
+//! RL samples from parquet files, the format DocQA-RL-1.6K and other verl datasets ship in.
 //!
-//! Each row has `data_source` (string), `prompt` (a list of `{role, content}` messages holding the
-//! filled-in QwenLong-L1 template), `ability`, `reward_model` (`{style, ground_truth}`) and
-//! `extra_info` (`{index, ...}`). A row becomes an [`RlSample`] whose `prompt` is the single user
-//! message, `answer` is `reward_model.ground_truth`, `data_source` selects the verifier, and `id` is
-//! `extra_info.index` (`row-N` when absent). Files are read with the parquet crate's record API;
-//! uncompressed and snappy (pyarrow's default) column chunks are supported.
+//! A verl row has `data_source` (string), `prompt` (a list of `{role, content}` messages holding
+//! the filled-in QwenLong-L1 template), `ability`, `reward_model` (`{style, ground_truth}`) and
+//! `extra_info` (`{index, ...}`). Each row is turned into a JSON object and read by the same
+//! mapper as a JSONL line ([`record::rl_sample`]): the prompt is the single user message, the
+//! answer `reward_model.ground_truth`, the verifier `data_source`, the id `extra_info.index`
+//! (`row-N` when absent); longrl's own columns (`id`, `task`, `document`, `question`, `choices`,
+//! `answer`, `prompt` as a string) are read too. Columns no loader knows are never decoded: they
+//! are named in one warning per file, or are an error in strict mode. Files are read with the
+//! parquet crate's record API; uncompressed and snappy (pyarrow's default) column chunks are
+//! supported.
 
 use std::fs::File;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 use std::sync::Arc;
 
-use parquet::basic::CompressionCodec;
+use parquet::basic::{CompressionCodec, ConvertedType, LogicalType};
 use parquet::file::reader::{FileReader, SerializedFileReader};
 use parquet::record::{Field, Row};
 use parquet::schema::types::Type;
+use serde_json::{Map, Value};
 
+use super::record::{self, LoadOptions, UnknownFields, RL_FIELDS};
 use super::RlSample;
 use crate::error::{Error, Result};
 
-/// Top-level columns read from the file; the rest (`ability`, extra columns) are not decoded.
-const READ_COLUMNS: [&str; 4] = ["data_source", "prompt", "reward_model", "extra_info"];
-
-/// What a verl row looks like, quoted in file-level errors.
+/// What a row looks like, quoted in file-level errors.
 const EXPECTED_SCHEMA: &str = "verl's RL columns: data_source (string), prompt (list of \
     {role, content}), reward_model (struct with ground_truth) and optionally extra_info (struct \
-    with index)";
+    with index); or longrl's: task or data_source, prompt or document + question, answer";
 
-/// Reads a verl-format parquet file (DocQA-RL-1.6K's format) into RL samples; every bad row is an
-/// error naming the file, row and field.
+/// Reads a parquet file of RL samples (DocQA-RL-1.6K's format); unknown columns are ignored with
+/// one warning; every bad row is an error naming the file, row and field.
 pub fn load_verl_parquet(path: &Path) -> Result<Vec<RlSample>> {
-    load_verl_parquet_with(path, false).map(|(samples, _)| samples)
+    load_parquet_rl(path, false, LoadOptions::default()).map(|(samples, _)| samples)
 }
 
-/// Reads a verl-format parquet file into RL samples and returns them with the number of rows
-/// skipped. With `skip_bad`, a row with a missing or mistyped value (or an unsupported prompt) is
-/// logged with `log::warn!` (file and row) and counted instead of failing the load; problems with
-/// the file itself (not parquet, missing columns, unsupported compression, undecodable data) are
-/// errors either way, and so is a file with no usable rows.
+/// [`load_parquet_rl`] with unknown columns ignored with one warning.
 pub fn load_verl_parquet_with(path: &Path, skip_bad: bool) -> Result<(Vec<RlSample>, usize)> {
+    load_parquet_rl(path, skip_bad, LoadOptions::default())
+}
+
+/// Reads a parquet file of RL samples and returns them with the number of rows skipped. With
+/// `skip_bad`, a row with a missing or mistyped value (or an unsupported prompt) is logged with
+/// `log::warn!` (file and row) and counted instead of failing the load; problems with the file
+/// itself (not parquet, missing columns, unsupported compression, undecodable data) are errors
+/// either way, and so is a file with no usable rows. Columns no loader knows are named in one
+/// warning, or with `options.strict` the first is an error.
+pub fn load_parquet_rl(
+    path: &Path,
+    skip_bad: bool,
+    options: LoadOptions,
+) -> Result<(Vec<RlSample>, usize)> {
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
     let reader = guarded(path, 0, || SerializedFileReader::new(file))?.map_err(|e| {
         Error::input(
@@ -52,8 +65,13 @@ pub fn load_verl_parquet_with(path: &Path, skip_bad: bool) -> Result<(Vec<RlSamp
             ),
         )
     })?;
-    let projection = projection(path, reader.metadata().file_metadata().schema())?;
-    check_compression(path, &reader)?;
+    let schema = reader.metadata().file_metadata().schema();
+    let mut unknown = UnknownFields::new(path, RL_FIELDS, options).columns();
+    if let Value::Object(columns) = skeleton(schema) {
+        unknown.check(&columns, 0)?;
+    }
+    let (projection, read) = projection(path, schema)?;
+    check_compression(path, &reader, &read)?;
     let mut rows = guarded(path, 0, || reader.get_row_iter(Some(projection)))?
         .map_err(|e| Error::input(path, 0, format!("cannot read the rows: {}", short(e))))?;
 
@@ -67,7 +85,7 @@ pub fn load_verl_parquet_with(path: &Path, skip_bad: bool) -> Result<(Vec<RlSamp
         let row = row.map_err(|e| {
             Error::input(path, n, format!("row {n}: cannot be decoded: {}", short(e)))
         })?;
-        match sample(&row, n) {
+        match record::rl_sample(&row_json(&row), || format!("row-{n}")) {
             Ok(s) => samples.push(s),
             Err(message) if skip_bad => {
                 log::warn!("{}: row {n} skipped: {message}", path.display());
@@ -84,6 +102,7 @@ pub fn load_verl_parquet_with(path: &Path, skip_bad: bool) -> Result<(Vec<RlSamp
         };
         return Err(Error::input(path, 0, message));
     }
+    unknown.finish();
     Ok((samples, skipped))
 }
 
@@ -119,23 +138,23 @@ fn guarded<T>(path: &Path, row: usize, f: impl FnOnce() -> T) -> Result<T> {
     })
 }
 
-/// The file schema cut down to [`READ_COLUMNS`], after checking the required columns are there.
-fn projection(path: &Path, schema: &Type) -> Result<Type> {
+/// The file schema cut down to the known columns a row is read from (never `ability` or unknown
+/// ones), with their names, after checking each part of a sample has a column to come from.
+fn projection(path: &Path, schema: &Type) -> Result<(Type, Vec<String>)> {
     let top = |name: &str| schema.get_fields().iter().find(|f| f.name() == name);
+    let has = |name: &str| top(name).is_some();
     let mut missing = Vec::new();
-    if top("data_source").is_none() {
-        missing.push("data_source");
+    if !has("data_source") && !has("task") {
+        missing.push("data_source (or task)");
     }
-    if top("prompt").is_none() {
-        missing.push("prompt");
+    if !has("prompt") && !(has("document") && has("question")) {
+        missing.push("prompt (or document and question)");
     }
-    match top("reward_model") {
-        None => missing.push("reward_model.ground_truth"),
-        Some(rm) => {
-            if !rm.is_group() || !rm.get_fields().iter().any(|f| f.name() == "ground_truth") {
-                missing.push("reward_model.ground_truth");
-            }
-        }
+    let ground_truth = top("reward_model").is_some_and(|rm| {
+        rm.is_group() && rm.get_fields().iter().any(|f| f.name() == "ground_truth")
+    });
+    if !ground_truth && !has("answer") {
+        missing.push("reward_model.ground_truth (or answer)");
     }
     if !missing.is_empty() {
         let found: Vec<&str> = schema.get_fields().iter().map(|f| f.name()).collect();
@@ -153,10 +172,11 @@ fn projection(path: &Path, schema: &Type) -> Result<Type> {
     let fields: Vec<Arc<Type>> = schema
         .get_fields()
         .iter()
-        .filter(|f| READ_COLUMNS.contains(&f.name()))
+        .filter(|f| f.name() != "ability" && RL_FIELDS.top.contains(&f.name()))
         .cloned()
         .collect();
-    Type::group_type_builder(schema.name())
+    let names = fields.iter().map(|f| f.name().to_string()).collect();
+    let projection = Type::group_type_builder(schema.name())
         .with_fields(fields)
         .build()
         .map_err(|e| {
@@ -165,18 +185,106 @@ fn projection(path: &Path, schema: &Type) -> Result<Type> {
                 0,
                 format!("cannot select the columns to read: {}", short(e)),
             )
-        })
+        })?;
+    Ok((projection, names))
+}
+
+/// The shape of a schema as JSON (structs as objects, lists as one-element arrays, values as
+/// null), so that [`RowFields::unknown`](record::RowFields::unknown) names unknown columns and
+/// nested fields as it does for a JSONL line.
+fn skeleton(t: &Type) -> Value {
+    if !t.is_group() {
+        return Value::Null;
+    }
+    let info = t.get_basic_info();
+    let fields = t.get_fields();
+    let is_list = matches!(info.logical_type_ref(), Some(LogicalType::List))
+        || info.converted_type() == ConvertedType::LIST;
+    let is_map = matches!(info.logical_type_ref(), Some(LogicalType::Map))
+        || matches!(
+            info.converted_type(),
+            ConvertedType::MAP | ConvertedType::MAP_KEY_VALUE
+        );
+    if is_map {
+        return Value::Null;
+    }
+    if is_list {
+        // Three-level lists: LIST -> repeated group -> element; legacy ones repeat the element.
+        let element = match fields.first() {
+            Some(rep) if rep.is_group() && rep.get_fields().len() == 1 => {
+                skeleton(&rep.get_fields()[0])
+            }
+            Some(rep) => skeleton(rep),
+            None => Value::Null,
+        };
+        return Value::Array(vec![element]);
+    }
+    Value::Object(
+        fields
+            .iter()
+            .map(|f| (f.name().to_string(), skeleton(f)))
+            .collect(),
+    )
+}
+
+/// A row (or struct) as a JSON object.
+fn row_json(row: &Row) -> Map<String, Value> {
+    row.get_column_iter()
+        .map(|(name, f)| (name.clone(), field_json(f)))
+        .collect()
+}
+
+/// A value as JSON: strings and binary as strings, numbers as numbers (NaN as null), structs as
+/// objects, lists as arrays, maps as objects, dates, times and decimals as their text.
+fn field_json(f: &Field) -> Value {
+    let float = |x: f64| {
+        serde_json::Number::from_f64(x)
+            .map(Value::Number)
+            .unwrap_or(Value::Null)
+    };
+    match f {
+        Field::Null => Value::Null,
+        Field::Bool(b) => Value::Bool(*b),
+        Field::Byte(v) => (*v).into(),
+        Field::Short(v) => (*v).into(),
+        Field::Int(v) => (*v).into(),
+        Field::Long(v) => (*v).into(),
+        Field::UByte(v) => (*v).into(),
+        Field::UShort(v) => (*v).into(),
+        Field::UInt(v) => (*v).into(),
+        Field::ULong(v) => (*v).into(),
+        Field::Float(v) => float(f64::from(*v)),
+        Field::Double(v) => float(*v),
+        Field::Str(s) => Value::String(s.clone()),
+        Field::Bytes(b) => Value::String(String::from_utf8_lossy(b.data()).into_owned()),
+        Field::Group(row) => Value::Object(row_json(row)),
+        Field::ListInternal(list) => Value::Array(list.elements().iter().map(field_json).collect()),
+        Field::MapInternal(map) => Value::Object(
+            map.entries()
+                .iter()
+                .map(|(k, v)| {
+                    let key = match k {
+                        Field::Str(s) => s.clone(),
+                        other => other.to_string(),
+                    };
+                    (key, field_json(v))
+                })
+                .collect(),
+        ),
+        other => Value::String(other.to_string()),
+    }
 }
 
 /// Fails with a clear message when a column that is read uses a codec this build lacks.
-fn check_compression(path: &Path, reader: &SerializedFileReader<File>) -> Result<()> {
+fn check_compression(
+    path: &Path,
+    reader: &SerializedFileReader<File>,
+    read: &[String],
+) -> Result<()> {
     for group in reader.metadata().row_groups() {
         for column in group.columns() {
             let parts = column.column_path().parts();
-            if !parts
-                .first()
-                .is_some_and(|c| READ_COLUMNS.contains(&c.as_str()))
-            {
+            if !parts.first().is_some_and(|c| read.iter().any(|r| r == c)) {
                 continue;
             }
             let codec = column.compression_codec();
@@ -198,180 +306,6 @@ fn check_compression(path: &Path, reader: &SerializedFileReader<File>) -> Result
         }
     }
     Ok(())
-}
-
-/// The value of the field `name` of a row or struct, if the column exists.
-fn field<'a>(row: &'a Row, name: &str) -> Option<&'a Field> {
-    row.get_column_iter()
-        .find(|(n, _)| n.as_str() == name)
-        .map(|(_, f)| f)
-}
-
-/// A value's kind, for messages.
-fn kind(f: &Field) -> &'static str {
-    match f {
-        Field::Null => "null",
-        Field::Bool(_) => "a boolean",
-        Field::Byte(_)
-        | Field::Short(_)
-        | Field::Int(_)
-        | Field::Long(_)
-        | Field::UByte(_)
-        | Field::UShort(_)
-        | Field::UInt(_)
-        | Field::ULong(_) => "an integer",
-        Field::Float(_) | Field::Double(_) | Field::Decimal(_) => "a number",
-        Field::Str(_) => "a string",
-        Field::Bytes(_) => "binary data",
-        Field::Group(_) => "a struct",
-        Field::ListInternal(_) => "a list",
-        Field::MapInternal(_) => "a map",
-        _ => "a date or time",
-    }
-}
-
-/// A required string field; `what` names it in messages.
-fn string<'a>(f: Option<&'a Field>, what: &str, expected: &str) -> Result<&'a str, String> {
-    match f {
-        Some(Field::Str(s)) => Ok(s),
-        None | Some(Field::Null) => Err(format!(
-            "field {what:?} is missing or null; expected {expected}"
-        )),
-        Some(other) => Err(format!(
-            "field {what:?}: expected {expected}, found {}",
-            kind(other)
-        )),
-    }
-}
-
-/// The content of the prompt's single user message.
-fn user_prompt(f: Option<&Field>) -> Result<String, String> {
-    const EXPECTED: &str = "a list with one {\"role\": \"user\", \"content\": string} message";
-    let messages = match f {
-        Some(Field::ListInternal(list)) => list.elements(),
-        None | Some(Field::Null) => {
-            return Err(format!(
-                "field \"prompt\" is missing or null; expected {EXPECTED}"
-            ))
-        }
-        Some(other) => {
-            return Err(format!(
-                "field \"prompt\": expected {EXPECTED}, found {}",
-                kind(other)
-            ))
-        }
-    };
-    let mut turns = Vec::with_capacity(messages.len());
-    for (i, m) in messages.iter().enumerate() {
-        let Field::Group(m) = m else {
-            return Err(format!(
-                "field \"prompt\", message {}: expected {{\"role\": string, \"content\": string}}, found {}",
-                i + 1,
-                kind(m)
-            ));
-        };
-        let role = string(field(m, "role"), "prompt.role", "a string role")?;
-        let content = string(field(m, "content"), "prompt.content", "the message text")?;
-        turns.push((role, content));
-    }
-    let roles: Vec<&str> = turns.iter().map(|(r, _)| *r).collect();
-    if roles.contains(&"system") {
-        return Err(format!(
-            "field \"prompt\" has a system message (roles: {}); RL samples hold a single user \
-             prompt, as in the QwenLong-L1 recipe: fold the system text into the user message",
-            roles.join(", ")
-        ));
-    }
-    match turns.as_slice() {
-        [] => Err(format!(
-            "field \"prompt\" is an empty list; expected {EXPECTED}"
-        )),
-        [("user", content)] if content.trim().is_empty() => {
-            Err("field \"prompt\": the user message is empty".to_string())
-        }
-        [("user", content)] => Ok(content.to_string()),
-        _ => Err(format!(
-            "field \"prompt\" has {} messages (roles: {}); expected {EXPECTED}",
-            turns.len(),
-            roles.join(", ")
-        )),
-    }
-}
-
-/// `extra_info.index` as an id, if present.
-fn index(extra_info: Option<&Field>) -> Result<Option<String>, String> {
-    let info = match extra_info {
-        None | Some(Field::Null) => return Ok(None),
-        Some(Field::Group(info)) => info,
-        Some(other) => {
-            return Err(format!(
-                "field \"extra_info\": expected a struct, found {}",
-                kind(other)
-            ))
-        }
-    };
-    let id = match field(info, "index") {
-        None | Some(Field::Null) => return Ok(None),
-        Some(Field::Str(s)) if s.is_empty() => return Ok(None),
-        Some(Field::Str(s)) => s.clone(),
-        Some(Field::Byte(v)) => v.to_string(),
-        Some(Field::Short(v)) => v.to_string(),
-        Some(Field::Int(v)) => v.to_string(),
-        Some(Field::Long(v)) => v.to_string(),
-        Some(Field::UByte(v)) => v.to_string(),
-        Some(Field::UShort(v)) => v.to_string(),
-        Some(Field::UInt(v)) => v.to_string(),
-        Some(Field::ULong(v)) => v.to_string(),
-        Some(Field::Double(v)) if v.fract() == 0.0 && v.abs() < 9.0e15 => (*v as i64).to_string(),
-        Some(other) => {
-            return Err(format!(
-                "field \"extra_info.index\": expected an integer or a string, found {}",
-                kind(other)
-            ))
-        }
-    };
-    Ok(Some(id))
-}
-
-/// One row as a sample, or what is wrong with it.
-fn sample(row: &Row, n: usize) -> Result<RlSample, String> {
-    let data_source = string(
-        field(row, "data_source"),
-        "data_source",
-        "a string such as \"docmath_v1\"",
-    )?;
-    let prompt = user_prompt(field(row, "prompt"))?;
-    let answer =
-        match field(row, "reward_model") {
-            Some(Field::Group(rm)) => string(
-                field(rm, "ground_truth"),
-                "reward_model.ground_truth",
-                "the gold answer as a string",
-            )?,
-            None | Some(Field::Null) => return Err(
-                "field \"reward_model\" is missing or null; expected {\"style\", \"ground_truth\"}"
-                    .to_string(),
-            ),
-            Some(other) => {
-                return Err(format!(
-                    "field \"reward_model\": expected a struct with \"ground_truth\", found {}",
-                    kind(other)
-                ))
-            }
-        };
-    let id = index(field(row, "extra_info"))?.unwrap_or_else(|| format!("row-{n}"));
-    let s = RlSample {
-        id,
-        data_source: Some(data_source.to_string()),
-        task: None,
-        document: None,
-        question: None,
-        choices: None,
-        prompt: Some(prompt),
-        answer: answer.to_string(),
-    };
-    s.task_kind().map_err(|e| e.to_string())?;
-    Ok(s)
 }
 
 #[cfg(test)]

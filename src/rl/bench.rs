@@ -10,7 +10,7 @@ use serde::Serialize;
 use super::config::RlFile;
 use super::trainer::{NoObserver, RlTrainer};
 use super::warmup::WarmUpReport;
-use crate::data::{load_rl_any, prepare_prompts};
+use crate::data::{load_rl_any_with, prepare_prompts, LoadOptions};
 use crate::distributed::Worker;
 use crate::error::{Error, Result};
 use crate::model::TrainBackend;
@@ -106,7 +106,10 @@ pub fn bench_rl<B: TrainBackend>(
     config.max_steps = steps;
     config.validate()?;
     let tokenizer = file.model.load_tokenizer()?;
-    let samples = load_rl_any(&config.train_file)?;
+    let options = LoadOptions {
+        strict: config.strict,
+    };
+    let samples = load_rl_any_with(&config.train_file, options)?;
     let (prompts, _) = prepare_prompts(&samples, &tokenizer, config.max_prompt_length)?;
     let mut observer = NoObserver;
     let mut trainer = RlTrainer::<B>::new(

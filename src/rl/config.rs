@@ -16,8 +16,12 @@ use crate::train::OptimConfig;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RlConfig {
-    /// Training prompts (longrl JSONL).
+    /// Training prompts: JSONL or parquet, with longrl's or verl's fields (see
+    /// [`crate::data::record::rl_sample`]).
     pub train_file: PathBuf,
+    /// Unknown fields (columns) in `train_file` are errors naming the file, line and field
+    /// (`--strict`); by default they are ignored with one warning listing them.
+    pub strict: bool,
     /// Training steps (rollout batches); 0 derives them from `num_epochs`.
     pub max_steps: usize,
     /// Passes over the prompts when `max_steps` is 0.
@@ -83,6 +87,7 @@ impl Default for RlConfig {
     fn default() -> Self {
         Self {
             train_file: PathBuf::new(),
+            strict: false,
             max_steps: 0,
             num_epochs: 1.0,
             train_batch_size: 128,

@@ -27,7 +27,7 @@ use super::score::{score, share};
 use super::update::{update, UpdateContext};
 use super::warmup::{warm_up, WarmUpReport};
 use crate::config::{ModelSection, RunSection};
-use crate::data::{load_rl_any, EpochSampler, SamplerState};
+use crate::data::{load_rl_any_with, EpochSampler, LoadOptions, SamplerState};
 pub use crate::data::{prepare_prompts, PreparedPrompt};
 use crate::distributed::Worker;
 use crate::error::{Error, Result};
@@ -124,7 +124,10 @@ pub fn train_with<B: TrainBackend>(
 ) -> Result<RlSummary> {
     config.validate()?;
     let tokenizer = model_section.load_tokenizer()?;
-    let samples = load_rl_any(&config.train_file)?;
+    let options = LoadOptions {
+        strict: config.strict,
+    };
+    let samples = load_rl_any_with(&config.train_file, options)?;
     let (prompts, skipped) = prepare_prompts(&samples, &tokenizer, config.max_prompt_length)?;
     if skipped > 0 {
         log::warn!(

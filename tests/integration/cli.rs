@@ -458,6 +458,16 @@ fn reward_with_a_local_judge_and_overlong_shaping() {
     );
 }
 
+/// A reward input whose lines carry fields `longrl reward` does not read.
+fn input_with_extra(dir: &Path) -> String {
+    write(
+        dir,
+        "extra.jsonl",
+        "{\"task\": \"qa\", \"response\": \"a\", \"ground_truth\": \"1\", \"respons\": 1}\n\
+         {\"task\": \"qa\", \"response\": \"a\", \"ground_truth\": \"1\", \"model\": \"m\"}\n",
+    )
+}
+
 #[test]
 fn reward_input_errors_name_the_line_and_field() {
     let dir = tempfile::tempdir().unwrap();
@@ -478,19 +488,36 @@ fn reward_input_errors_name_the_line_and_field() {
             "\"ground_truth\": expected a string or number",
         ),
         (
-            "{\"task\": \"qa\", \"response\": \"a\", \"ground_truth\": \"1\", \"respons\": 1}\n",
-            ":1:",
-            "unknown field `respons`",
+            "{\"task\": \"qa\", \"response\": \"a\", \"ground_truth\": \"1\"}\n{\"task\": \"qa\", \"response\": \"a\", \"ground_truth\": \"1\", \"respons\": 1}\n",
+            ":2:",
+            "unknown field \"respons\"",
         ),
     ];
     for (text, line, msg) in cases {
         let input = write(dir.path(), "bad.jsonl", text);
-        let e = err_text(&longrl(&["reward", "--input", &input]));
+        let e = err_text(&longrl(&["reward", "--strict", "--input", &input]));
         assert!(
             e.contains(&format!("bad.jsonl{line}")) && e.contains(msg),
             "{e}"
         );
     }
+    // Without --strict an extra field is accepted, with one warning naming it.
+    let out = longrl(&["reward", "--input", &input_with_extra(dir.path())]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        stderr.matches("ignoring unknown fields").count(),
+        1,
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("unknown fields model, respons (first at line 1)"),
+        "{stderr}"
+    );
     let input = write(
         dir.path(),
         "ok.jsonl",

@@ -1,5 +1,7 @@
-//! verl-format parquet (DocQA-RL-1.6K's format) read into RL samples: the good file, bad rows with
-//! and without skipping, file-level errors, and the JSONL / parquet dispatcher. The fixtures are
+//! Data files as practitioners have them: verl-format parquet (DocQA-RL-1.6K's format) read into RL
+//! samples (the good file, bad rows with and without skipping, file-level errors, the JSONL /
+//! parquet dispatcher), extra fields and columns accepted with one warning per file or rejected in
+//! strict mode, and verl's fields read the same way from JSONL and parquet. The fixtures are
 //! written by scripts/make_parquet_fixtures.py.
 
 use crate::common;
@@ -8,7 +10,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
 use longrl::data::{
-    load_rl_any, load_verl_parquet, load_verl_parquet_with, render_prompt, RlSample,
+    load_parquet_rl, load_rl_any, load_rl_any_with, load_rl_with, load_verl_parquet,
+    load_verl_parquet_with, render_prompt, LoadOptions, RlSample,
 };
 use longrl::error::Error;
 use longrl::reward::judge::question_from_prompt;
@@ -199,8 +202,8 @@ fn wrong_types_name_the_field_and_what_was_found() {
     let (row, message) = input_error(load_verl_parquet(&path).unwrap_err(), &path);
     assert_eq!(row, 1);
     assert!(message.contains("\"prompt\""), "{message}");
-    assert!(message.contains("found a string"), "{message}");
-    assert!(message.contains("expected a list"), "{message}");
+    assert!(message.contains("found an integer"), "{message}");
+    assert!(message.contains("expected a string or a list"), "{message}");
 
     let (row, message) = input_error(load_verl_parquet_with(&path, true).unwrap_err(), &path);
     assert_eq!(row, 0);
@@ -216,7 +219,9 @@ fn missing_columns_are_named() {
     let (row, message) = input_error(load_verl_parquet(&path).unwrap_err(), &path);
     assert_eq!(row, 0);
     assert!(
-        message.contains("missing columns data_source, reward_model.ground_truth"),
+        message.contains(
+            "missing columns data_source (or task), reward_model.ground_truth (or answer)"
+        ),
         "{message}"
     );
     assert!(message.contains("found columns: prompt, ability, reward_model, extra_info"));
@@ -334,4 +339,113 @@ fn load_rl_any_dispatches_on_extension_or_magic() {
         load_rl_any(&missing).unwrap_err(),
         Error::Io { .. }
     ));
+}
+
+/// The warnings logged about `path` so far.
+fn warnings_about(path: &Path) -> Vec<String> {
+    let file = path.display().to_string();
+    WARNINGS
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|w| w.contains(&file))
+        .cloned()
+        .collect()
+}
+
+const STRICT: LoadOptions = LoadOptions { strict: true };
+
+#[test]
+fn jsonl_extra_fields_load_with_one_warning_and_strict_names_file_line_and_field() {
+    capture_warnings();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("train.jsonl");
+    std::fs::write(
+        &path,
+        "{\"task\": \"qa\", \"prompt\": \"Q1\", \"answer\": \"A\"}\n\
+         \n\
+         {\"task\": \"qa\", \"prompt\": \"Q2\", \"answer\": \"A\", \"foo\": 1, \"extra_info\": {\"split\": \"train\"}}\n\
+         {\"task\": \"qa\", \"prompt\": \"Q3\", \"answer\": \"A\", \"foo\": 2, \"reward_model\": {\"ground_truth\": \"A\", \"score\": 1}, \"bar\": null}\n",
+    )
+    .unwrap();
+    let samples = load_rl_any(&path).unwrap();
+    assert_eq!(samples.len(), 3);
+    assert_eq!(
+        warnings_about(&path),
+        [format!(
+            "{}: ignoring unknown fields bar, foo, reward_model.score (first at line 3); \
+             --strict makes them errors",
+            path.display()
+        )]
+    );
+    let (line, message) = input_error(load_rl_any_with(&path, STRICT).unwrap_err(), &path);
+    assert_eq!(line, 3, "{message}");
+    assert!(message.starts_with("unknown field \"foo\"; "), "{message}");
+    assert!(
+        message.contains("answer, reward_model, extra_info"),
+        "{message}"
+    );
+    assert_eq!(
+        warnings_about(&path).len(),
+        1,
+        "strict mode warns about nothing"
+    );
+}
+
+#[test]
+fn verl_jsonl_rows_equal_the_verl_parquet_rows() {
+    let parquet = load_verl_parquet(&data("docqa_verl.parquet")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("verl.jsonl");
+    let mut text = String::new();
+    for s in &parquet {
+        let index: i64 = s.id.parse().unwrap();
+        let row = serde_json::json!({
+            "data_source": s.data_source,
+            "prompt": [{"role": "user", "content": s.prompt}],
+            "ability": "doc-qa",
+            "reward_model": {"style": "rule", "ground_truth": s.answer},
+            "extra_info": {"index": index, "split": "train"},
+        });
+        text.push_str(&format!("{row}\n"));
+    }
+    std::fs::write(&path, text).unwrap();
+    assert_eq!(load_rl_with(&path, STRICT).unwrap(), parquet);
+}
+
+#[test]
+fn parquet_extra_columns_load_with_one_warning_and_strict_rejects_them() {
+    capture_warnings();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("extra.parquet");
+    std::fs::copy(data("extra_columns.parquet"), &path).unwrap();
+    let samples = load_verl_parquet(&path).unwrap();
+    let good = load_verl_parquet(&data("docqa_verl.parquet")).unwrap();
+    assert_eq!(samples, good[1..3]);
+    assert_eq!(
+        warnings_about(&path),
+        [format!(
+            "{}: ignoring unknown columns quality, reward_model.difficulty; --strict makes them \
+             errors",
+            path.display()
+        )]
+    );
+    let (row, message) = input_error(load_parquet_rl(&path, false, STRICT).unwrap_err(), &path);
+    assert_eq!(row, 0, "a column is the whole file's: {message}");
+    assert!(
+        message.starts_with("unknown column \"quality\"; "),
+        "{message}"
+    );
+    assert!(load_parquet_rl(&data("docqa_verl.parquet"), false, STRICT).is_ok());
+}
+
+#[test]
+fn parquet_with_longrl_columns_reads_like_jsonl() {
+    let samples = load_rl_any_with(&data("longrl_columns.parquet"), STRICT).unwrap();
+    let verl = &load_verl_parquet(&data("docqa_verl.parquet")).unwrap()[1];
+    assert_eq!(samples.len(), 1);
+    let s = &samples[0];
+    assert_eq!((s.id.as_str(), s.answer.as_str()), ("37", "12.5"));
+    assert_eq!(s.task_kind().unwrap(), verl.task_kind().unwrap());
+    assert_eq!(s.user_prompt().unwrap(), verl.user_prompt().unwrap());
 }
