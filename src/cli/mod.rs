@@ -274,7 +274,9 @@ fn info(args: &InfoArgs) -> anyhow::Result<()> {
     let config = Qwen2Config::from_file(args.model.join("config.json"))?;
     let files = checkpoint::weight_files(&args.model).ok();
     let summary = json!({
-        "model_type": "qwen2",
+        "model_type": config.model_type.as_str(),
+        "architecture": config.model_type.architecture(),
+        "qk_norm": config.qk_norm,
         "vocab_size": config.vocab_size,
         "hidden_size": config.hidden_size,
         "intermediate_size": config.intermediate_size,
@@ -303,7 +305,12 @@ fn info(args: &InfoArgs) -> anyhow::Result<()> {
         String::new()
     };
     println!("model       {}", args.model.display());
-    println!("arch        Qwen2ForCausalLM (qwen2)");
+    println!(
+        "arch        {} ({}{})",
+        config.model_type.architecture(),
+        config.model_type,
+        if config.qk_norm { ", q/k norm" } else { "" }
+    );
     println!(
         "layers      {} x (hidden {}, MLP {}, heads {}/{} kv{gqa}, head_dim {})",
         config.num_hidden_layers,

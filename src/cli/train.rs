@@ -37,7 +37,8 @@ pub struct TrainArgs {
     #[arg(long)]
     pub quiet: bool,
     /// Unknown fields (columns) in the data files are errors naming the file, line and field
-    /// (sets `[rl] strict` / `[data] strict`); by default they are ignored with one warning.
+    /// (sets `[sft] strict`, `[rl] strict` or `[data] strict`); by default they are ignored with
+    /// one warning per file.
     #[arg(long)]
     pub strict: bool,
     /// Data parallelism: this machine's devices, one worker each, comma-separated
@@ -64,6 +65,10 @@ pub struct TrainArgs {
     /// Start even when the memory plan says the config does not fit.
     #[arg(long)]
     pub no_plan_check: bool,
+    /// The chat template prompts are rendered with (overrides `[model] chat_template` and
+    /// `chat_template_kwargs`).
+    #[command(flatten)]
+    pub template: super::ChatTemplateArgs,
 }
 
 impl TrainArgs {
@@ -236,9 +241,8 @@ impl Job for SftTask {
 /// Runs `longrl sft`.
 pub fn run_sft(args: TrainArgs, device: Option<DeviceSpec>) -> Result<()> {
     let mut file = load_sft_file(&args.config, &args.overrides())?;
-    if args.strict {
-        check_sft_strict(&file.sft)?;
-    }
+    file.sft.strict |= args.strict;
+    args.template.apply_model(&mut file.model);
     if args.quiet {
         file.run.progress = false;
     }
@@ -255,17 +259,6 @@ pub fn run_sft(args: TrainArgs, device: Option<DeviceSpec>) -> Result<()> {
         },
     )?;
     println!("{}", serde_json::to_string(&summary).unwrap_or_default());
-    Ok(())
-}
-
-/// `sft --strict`: reads the SFT files strictly before training (the trainer reads them again and
-/// then has nothing to warn about).
-fn check_sft_strict(sft: &crate::sft::SftConfig) -> Result<()> {
-    let strict = crate::data::LoadOptions { strict: true };
-    crate::data::load_sft_with(&sft.train_file, strict)?;
-    if let Some(valid) = &sft.valid_file {
-        crate::data::load_sft_with(valid, strict)?;
-    }
     Ok(())
 }
 
@@ -339,6 +332,7 @@ impl Job for RlTask {
 pub fn run_rl(args: TrainArgs, device: Option<DeviceSpec>) -> Result<()> {
     let mut file = load_rl_file(&args.config, &args.overrides())?;
     file.rl.strict |= args.strict;
+    args.template.apply_model(&mut file.model);
     if args.quiet {
         file.run.progress = false;
     }
@@ -406,6 +400,7 @@ impl Job for PipelineTask {
 pub fn run_pipeline(args: TrainArgs, device: Option<DeviceSpec>) -> Result<()> {
     let mut file = load_pipeline_file(&args.config, &args.overrides())?;
     file.data.strict |= args.strict;
+    args.template.apply_model(&mut file.model);
     if args.quiet {
         file.run.progress = false;
     }

@@ -147,7 +147,7 @@ fn projection(path: &Path, schema: &Type) -> Result<(Type, Vec<String>)> {
     if !has("data_source") && !has("task") {
         missing.push("data_source (or task)");
     }
-    if !has("prompt") && !(has("document") && has("question")) {
+    if !(has("prompt") || (has("document") && has("question"))) {
         missing.push("prompt (or document and question)");
     }
     let ground_truth = top("reward_model").is_some_and(|rm| {

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::config::{ModelSection, RunSection};
-use crate::data::{load_sft, EpochSampler, SamplerState, SftRecord};
+use crate::data::{load_sft_with, EpochSampler, LoadOptions, SamplerState, SftRecord};
 use crate::distributed::Worker;
 use crate::error::{Error, Result};
 use crate::generate::stop_token_ids;
@@ -59,6 +59,9 @@ pub struct SftConfig {
     pub shapes: crate::shapes::ShapeConfig,
     /// Shuffle the data every epoch.
     pub shuffle: bool,
+    /// Unknown fields in the data files are errors naming the file, line and field (`--strict`);
+    /// by default they are ignored with one warning per file.
+    pub strict: bool,
     /// AdamW and schedule.
     pub optim: OptimConfig,
 }
@@ -79,6 +82,7 @@ impl Default for SftConfig {
             bf16: false,
             shapes: crate::shapes::ShapeConfig::default(),
             shuffle: true,
+            strict: false,
             optim: OptimConfig {
                 lr: 1e-5,
                 warmup_ratio: 0.03,
@@ -496,7 +500,10 @@ fn load_sets(
     tokenizer: &Tokenizer,
     eot: u32,
 ) -> Result<(Vec<Tokenized>, Option<Vec<Tokenized>>, usize)> {
-    let records = load_sft(&config.train_file)?;
+    let options = LoadOptions {
+        strict: config.strict,
+    };
+    let records = load_sft_with(&config.train_file, options)?;
     let (train_set, skipped) = tokenize(&records, tokenizer, eot, config.max_length)?;
     if skipped > 0 {
         log::warn!(
@@ -516,7 +523,15 @@ fn load_sets(
         ));
     }
     let valid_set = match &config.valid_file {
-        Some(p) => Some(tokenize(&load_sft(p)?, tokenizer, eot, config.max_length)?.0),
+        Some(p) => Some(
+            tokenize(
+                &load_sft_with(p, options)?,
+                tokenizer,
+                eot,
+                config.max_length,
+            )?
+            .0,
+        ),
         None => None,
     };
     Ok((train_set, valid_set, skipped))

@@ -67,6 +67,22 @@ fn info_reports_architecture_and_parameters() {
         text.contains("config only") && text.contains("parameters"),
         "{text}"
     );
+    assert_eq!(v["architecture"], "Qwen2ForCausalLM");
+    let q3 = model_dir("tiny-qwen3");
+    let v = &ok_lines(&longrl(&[
+        "info",
+        "--model",
+        q3.to_str().unwrap(),
+        "--json",
+    ]))[0];
+    assert_eq!(v["model_type"], "qwen3");
+    assert_eq!(v["architecture"], "Qwen3ForCausalLM");
+    assert_eq!(v["qk_norm"], true);
+    let stored: usize = read_safetensors(&q3.join("model.safetensors"))
+        .values()
+        .map(|a| a.data.len())
+        .sum();
+    assert_eq!(v["parameters"].as_u64().unwrap() as usize, stored);
 }
 
 #[test]
@@ -681,6 +697,44 @@ fn sft_refuses_a_config_that_cannot_fit() {
     assert!(
         err.contains("--no-plan-check") && err.contains("GiB"),
         "{err}"
+    );
+}
+
+#[test]
+fn sft_takes_the_chat_template_from_the_command_line() {
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/tiny-sft.toml");
+    let run = tempfile::tempdir().unwrap();
+    let sft = |extra: &[&str]| {
+        let mut args = vec!["sft", "--quiet", "--config", config.to_str().unwrap()];
+        args.extend_from_slice(&[
+            "--max-steps",
+            "1",
+            "--run-dir",
+            run.path().to_str().unwrap(),
+        ]);
+        args.extend_from_slice(extra);
+        longrl(&args)
+    };
+    let e = err_text(&sft(&["--chat-template", "nope"]));
+    assert!(e.contains("`nope`") && e.contains("qwen3"), "{e}");
+    std::fs::remove_dir_all(run.path()).unwrap();
+    let out = sft(&[
+        "--chat-template",
+        "qwen3",
+        "--chat-template-kwargs",
+        r#"{"enable_thinking": false}"#,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The resolved config records the choice, so a resumed run renders the same prompts.
+    let recorded = std::fs::read_to_string(run.path().join("config.toml")).unwrap();
+    assert!(
+        recorded.contains("chat_template = \"qwen3\"")
+            && recorded.contains("enable_thinking = false"),
+        "{recorded}"
     );
 }
 
