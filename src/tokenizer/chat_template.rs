@@ -50,12 +50,6 @@ impl std::fmt::Debug for ChatTemplate {
     }
 }
 
-impl PartialEq for ChatTemplate {
-    fn eq(&self, other: &Self) -> bool {
-        self.source == other.source
-    }
-}
-
 /// What one rendering is given, as transformers' `apply_chat_template` arguments.
 #[derive(Debug, Clone, Default)]
 pub struct ChatRequest {
