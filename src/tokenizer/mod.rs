@@ -379,8 +379,8 @@ mod tests {
         assert!(e.contains("`nope`") && e.contains(BUILTIN_NAMES), "{e}");
     }
 
-    #[test]
-    fn a_folder_without_template_says_how_to_choose_one() {
+    /// A folder holding only the tiny model's tokenizer.json.
+    fn bare_tokenizer_dir() -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
         let src = format!("{}/models/tiny-qwen2-chatml", env!("CARGO_MANIFEST_DIR"));
         std::fs::copy(
@@ -388,6 +388,12 @@ mod tests {
             dir.path().join("tokenizer.json"),
         )
         .unwrap();
+        dir
+    }
+
+    #[test]
+    fn a_folder_without_template_says_how_to_choose_one() {
+        let dir = bare_tokenizer_dir();
         let t = Tokenizer::from_dir(dir.path()).unwrap();
         let e = t
             .encode_chat(&[Message::new("user", "hi")], true)
@@ -398,13 +404,7 @@ mod tests {
 
     #[test]
     fn named_templates_use_default_and_can_be_chosen() {
-        let dir = tempfile::tempdir().unwrap();
-        let src = format!("{}/models/tiny-qwen2-chatml", env!("CARGO_MANIFEST_DIR"));
-        std::fs::copy(
-            format!("{src}/tokenizer.json"),
-            dir.path().join("tokenizer.json"),
-        )
-        .unwrap();
+        let dir = bare_tokenizer_dir();
         let cfg = r#"{"chat_template": [{"name": "default", "template": "D{{ messages[0].content }}"},
                                         {"name": "tool_use", "template": "T{% if %}"}]}"#;
         std::fs::write(dir.path().join("tokenizer_config.json"), cfg).unwrap();

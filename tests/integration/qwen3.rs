@@ -11,13 +11,12 @@ use std::sync::Arc;
 
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::{Bool, Distribution, Int, Tensor, TensorData};
-use common::{copy_dir, model_dir, read_safetensors};
+use common::{copy_dir, model_dir, read_safetensors, LowIds};
 use longrl::config::{ModelSection, RunSection};
 use longrl::model::{
     load_adapted, load_model, save_adapter, save_model, LoraConfig, ModelType, Qwen2Config,
     Qwen3ForCausalLM, SaveDtype, TargetModules,
 };
-use longrl::reward::{RewardItem, RewardOutput, RewardStats, Rewarder};
 use longrl::rl::{self, RlConfig};
 
 type B = Flex;
@@ -216,23 +215,6 @@ fn lora_on_qwen3_saves_as_peft_and_merges() {
     assert_eq!(json(&out.path().join("config.json"))["model_type"], "qwen3");
     let reloaded = load_model::<B>(out.path(), &Default::default()).unwrap();
     assert_eq!(logits(&reloaded, &IDS), logits(&merged, &IDS));
-}
-
-/// Reward: the fraction of response tokens with an id below 128.
-struct LowIds;
-
-impl Rewarder for LowIds {
-    fn reward(&self, items: &[RewardItem<'_>]) -> (Vec<RewardOutput>, RewardStats) {
-        let out = items
-            .iter()
-            .map(|it| {
-                let n = it.response_ids.len().max(1) as f64;
-                let score = it.response_ids.iter().filter(|&&t| t < 128).count() as f64 / n;
-                RewardOutput::from_score(score, score >= 0.5)
-            })
-            .collect();
-        (out, RewardStats::default())
-    }
 }
 
 #[test]

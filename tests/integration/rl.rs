@@ -10,7 +10,7 @@ use std::process::Command;
 use std::sync::Arc;
 
 use burn::backend::{Autodiff, Flex};
-use common::model_dir;
+use common::{model_dir, LowIds};
 use longrl::config::{ModelSection, RunSection};
 use longrl::reward::{RewardItem, RewardOutput, RewardStats, Rewarder};
 use longrl::rl::{self, RlConfig};
@@ -18,24 +18,6 @@ use longrl::train::OptimConfig;
 use serde_json::Value;
 
 type B = Autodiff<Flex>;
-
-/// Reward: the fraction of response tokens with an id below 128 (about 1/8 for a random model);
-/// accurate when at least half are.
-struct LowIds;
-
-impl Rewarder for LowIds {
-    fn reward(&self, items: &[RewardItem<'_>]) -> (Vec<RewardOutput>, RewardStats) {
-        let out = items
-            .iter()
-            .map(|it| {
-                let n = it.response_ids.len().max(1) as f64;
-                let score = it.response_ids.iter().filter(|&&t| t < 128).count() as f64 / n;
-                RewardOutput::from_score(score, score >= 0.5)
-            })
-            .collect();
-        (out, RewardStats::default())
-    }
-}
 
 /// Accuracy set by the gold answer: "right" (all), "wrong" (none), "mixed" (every other rollout).
 struct ByAnswer;

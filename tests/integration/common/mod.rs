@@ -92,3 +92,27 @@ pub fn copy_dir(src: &Path) -> tempfile::TempDir {
     }
     dst
 }
+
+/// Reward: the fraction of response tokens with an id below 128 (about 1/8 for a random model);
+/// accurate when at least half are.
+pub struct LowIds;
+
+impl longrl::reward::Rewarder for LowIds {
+    fn reward(
+        &self,
+        items: &[longrl::reward::RewardItem<'_>],
+    ) -> (
+        Vec<longrl::reward::RewardOutput>,
+        longrl::reward::RewardStats,
+    ) {
+        let out = items
+            .iter()
+            .map(|it| {
+                let n = it.response_ids.len().max(1) as f64;
+                let score = it.response_ids.iter().filter(|&&t| t < 128).count() as f64 / n;
+                longrl::reward::RewardOutput::from_score(score, score >= 0.5)
+            })
+            .collect();
+        (out, longrl::reward::RewardStats::default())
+    }
+}
