@@ -11,5 +11,5 @@ pub use crate::data::TaskKind;
 pub use config::RewardSection;
 pub use hybrid::{HybridConfig, HybridReward, RewardItem, RewardOutput, RewardStats, Rewarder};
 pub use judge::{Judge, JudgeOutcome, JudgeQuery, Verdict};
-pub use rule::{RuleOptions, RuleResult};
+pub use rule::{QaMatch, RuleOptions, RuleResult};
 pub use shaping::OverlongConfig;

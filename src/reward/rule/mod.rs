@@ -33,6 +33,23 @@ pub struct RuleOptions {
     pub case_insensitive: bool,
     /// One of these at the end of a response is removed before extraction.
     pub eos_suffixes: Vec<String>,
+    /// How a QA answer is compared with the gold (default: the reference's sub-EM).
+    pub qa_match: QaMatch,
+}
+
+/// The QA comparison, after SQuAD normalisation of both sides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum QaMatch {
+    /// The reference's sub-EM: either contains the other. A policy can hack it: an answer that
+    /// normalises to nothing (`(A)`, `the`) is in every gold, a single letter (`D)`) in every
+    /// gold that has it; the tiny pipeline's RL learned both within a stage.
+    #[default]
+    SubEm,
+    /// The gold must appear in the answer (no credit for fragments or empty answers).
+    GoldInAnswer,
+    /// The two must be equal (SQuAD exact match).
+    Exact,
 }
 
 impl Default for RuleOptions {
@@ -41,6 +58,7 @@ impl Default for RuleOptions {
             require_think: true,
             case_insensitive: false,
             eos_suffixes: DEFAULT_EOS_SUFFIXES.iter().map(|s| s.to_string()).collect(),
+            qa_match: QaMatch::SubEm,
         }
     }
 }
@@ -115,7 +133,11 @@ pub fn score(
             match pred {
                 Some(p) if !p.is_empty() => {
                     let gold = qa::parse_gold(ground_truth, ci);
-                    let s = if qa::sub_em(&p, &gold) { 1.0 } else { 0.0 };
+                    let s = if qa::matches(&p, &gold, options.qa_match) {
+                        1.0
+                    } else {
+                        0.0
+                    };
                     (Some(p), Some(gold), s)
                 }
                 p => (p, None, 0.0),
@@ -170,5 +192,47 @@ mod tests {
             extract_answer_text(" plain ", &free).as_deref(),
             Some("plain")
         );
+    }
+
+    #[test]
+    fn qa_hacks_pass_sub_em_only() {
+        let reference = RuleOptions {
+            require_think: false,
+            ..RuleOptions::default()
+        };
+        let with = |qa_match| RuleOptions {
+            qa_match,
+            ..reference.clone()
+        };
+        let (inside, exact) = (with(QaMatch::GoldInAnswer), with(QaMatch::Exact));
+        let answer = |a: &str| format!("Therefore, the answer is {a}.");
+        // Empty after normalisation, or a fragment of the gold: sub-EM credits both.
+        for hack in ["(A)", "the", "!?", "D)", "Lar"] {
+            let r = answer(hack);
+            assert_eq!(
+                score(TaskKind::Qa, &r, "Larodu", &reference).score,
+                1.0,
+                "{hack}"
+            );
+            assert_eq!(
+                score(TaskKind::Qa, &r, "Larodu", &inside).score,
+                0.0,
+                "{hack}"
+            );
+            assert_eq!(
+                score(TaskKind::Qa, &r, "Larodu", &exact).score,
+                0.0,
+                "{hack}"
+            );
+        }
+        let longer = answer("the town of Larodu");
+        assert_eq!(score(TaskKind::Qa, &longer, "Larodu", &inside).score, 1.0);
+        assert_eq!(score(TaskKind::Qa, &longer, "Larodu", &exact).score, 0.0);
+        assert_eq!(
+            score(TaskKind::Qa, &answer("the LARODU"), "Larodu", &exact).score,
+            1.0
+        );
+        let mc = "Therefore, the answer is (A).";
+        assert_eq!(score(TaskKind::MultipleChoice, mc, "A", &exact).score, 1.0);
     }
 }

@@ -60,6 +60,16 @@ pub fn sub_em(prediction: &str, gold: &str) -> bool {
     p.contains(&g) || g.contains(&p)
 }
 
+/// Whether a parsed prediction matches the parsed gold under `how` (see [`super::QaMatch`]).
+pub fn matches(prediction: &str, gold: &str, how: super::QaMatch) -> bool {
+    let (p, g) = (normalize_answer(prediction), normalize_answer(gold));
+    match how {
+        super::QaMatch::SubEm => p.contains(&g) || g.contains(&p),
+        super::QaMatch::GoldInAnswer => !g.is_empty() && p.contains(&g),
+        super::QaMatch::Exact => !g.is_empty() && p == g,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
