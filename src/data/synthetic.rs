@@ -9,9 +9,11 @@
 //! - `qa` (`musique_synth`): a two-hop question over two facts on separate lines ("The Fosan river
 //!   flows through Kaven." + "Kaven is in the province of Litot.").
 //!
-//! The facts sit at random positions among distractor lines (true statements of the same kind
-//! about other entities or other figures) until the templated prompt reaches a token length drawn
-//! uniformly from the configured range. A distractor never mentions an asked entity (for `docmath`:
+//! The facts sit among distractor lines (true statements of the same kind about other entities or
+//! other figures) until the templated prompt reaches a token length drawn uniformly from the
+//! configured range; the two facts of a `docmath` or `qa` question are then placed far apart, one
+//! in the first third of the document and one in the last, so a longer document puts more text
+//! between the passages the answer needs. A distractor never mentions an asked entity (for `docmath`:
 //! never states an asked figure, and no distractor figure equals an asked figure or the answer),
 //! so the answer is always determined by the document. Everything is drawn from one
 //! [`ChaCha8Rng`] stream per sample, so a seed and options always give the same samples.
@@ -358,7 +360,8 @@ fn generate_one(
     })
 }
 
-/// Token length of the templated prompt of `sample` with `lines` as its document.
+/// Token length of the templated prompt of `sample` with `lines` as its document: the user prompt
+/// through the chat template with the generation prompt, as training and evaluation see it.
 fn prompt_tokens(
     sample: &mut RlSample,
     lines: &[(String, bool)],
@@ -366,7 +369,7 @@ fn prompt_tokens(
 ) -> Result<usize> {
     let doc: Vec<&str> = lines.iter().map(|(l, _)| l.as_str()).collect();
     sample.document = Some(doc.join("\n"));
-    Ok(tokenizer.encode(&sample.user_prompt()?, false)?.len())
+    Ok(super::prompt::prompt_ids(tokenizer, &sample.user_prompt()?)?.len())
 }
 
 /// Places the facts among distractors until the prompt's length reaches a target drawn from
@@ -374,7 +377,7 @@ fn prompt_tokens(
 /// costs (a line encoded alone, plus one for its newline) fit the gap to the target, then measures
 /// the whole prompt; the estimate errs high, so the rounds close in on the target from below in two
 /// or three measurements. Should the range still be missed, lines are added or removed one at a
-/// time.
+/// time. The facts are then spread apart ([`spread`]).
 fn pad(
     draft: &Draft,
     sample: &mut RlSample,
@@ -426,7 +429,7 @@ fn pad(
     // reachable.
     for _ in 0..64 {
         if (min..=max).contains(&tokens) {
-            return Ok(sample.document.take().unwrap_or_default());
+            return spread(lines, sample, config, tokenizer, rng);
         }
         if tokens > max {
             let removable: Vec<usize> = (0..lines.len()).filter(|&i| !lines[i].1).collect();
@@ -448,6 +451,39 @@ fn pad(
         "synthetic data: could not fit a {} sample between {min} and {max} tokens; widen the range",
         draft.task
     )))
+}
+
+/// Moves the facts of a padded document far apart: with `k` facts and `n` distractor lines, fact
+/// `j` (in random order) goes to a random place in the `2j`-th of `2k - 1` equal slices of the
+/// distractors, so consecutive facts sit at least `n / (2k - 1)` lines apart, as evidence spread
+/// across a long document is. Keeps the padded order should the move take the prompt out of the
+/// length range (a different line break merging into a token); returns the document.
+fn spread(
+    lines: Vec<(String, bool)>,
+    sample: &mut RlSample,
+    config: &SyntheticConfig,
+    tokenizer: &Tokenizer,
+    rng: &mut ChaCha8Rng,
+) -> Result<String> {
+    let mut facts: Vec<String> = lines.iter().filter(|l| l.1).map(|l| l.0.clone()).collect();
+    let padded = sample.document.take().unwrap_or_default();
+    if facts.len() < 2 {
+        return Ok(padded);
+    }
+    facts.shuffle(rng);
+    let mut moved: Vec<(String, bool)> = lines.into_iter().filter(|l| !l.1).collect();
+    let (n, slices) = (moved.len(), 2 * facts.len() - 1);
+    // Last slice first, so the places drawn for earlier slices stay where they were drawn.
+    for (j, fact) in facts.into_iter().enumerate().rev() {
+        let at = rng.random_range(2 * j * n / slices..=(2 * j + 1) * n / slices);
+        moved.insert(at, (fact, true));
+    }
+    let tokens = prompt_tokens(sample, &moved, tokenizer)?;
+    if (config.min_tokens..=config.max_tokens).contains(&tokens) {
+        Ok(sample.document.take().unwrap_or_default())
+    } else {
+        Ok(padded)
+    }
 }
 
 /// `docmath`: the sum or difference of two figures of the same kind and month at two sites.

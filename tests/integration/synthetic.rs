@@ -26,8 +26,9 @@ fn config(seed: u64, count: usize, min_tokens: usize, max_tokens: usize) -> Synt
     }
 }
 
+/// The prompt's length as training and evaluation see it: through the chat template.
 fn prompt_tokens(tok: &Tokenizer, s: &SyntheticSample) -> usize {
-    tok.encode(&s.sample.user_prompt().unwrap(), false)
+    longrl::data::prompt_ids(tok, &s.sample.user_prompt().unwrap())
         .unwrap()
         .len()
 }
@@ -83,6 +84,32 @@ fn prompt_lengths_lie_in_the_range() {
         let mid = (min + max) as f64 / 2.0;
         assert!((mean - mid).abs() < (max - min) as f64 / 4.0, "mean {mean}");
     }
+}
+
+#[test]
+fn the_two_facts_of_a_question_sit_a_third_of_the_document_apart() {
+    let tok = tokenizer();
+    let samples = generate(&config(4, 60, 300, 600), &tok).unwrap();
+    let mut checked = 0;
+    for s in samples.iter().filter(|s| s.facts.len() == 2) {
+        let doc = s.sample.document.as_deref().unwrap();
+        let lines: Vec<&str> = doc.lines().collect();
+        let at: Vec<usize> = s
+            .facts
+            .iter()
+            .map(|f| lines.iter().position(|l| l == f).unwrap())
+            .collect();
+        let between = at[0].abs_diff(at[1]) - 1;
+        let distractors = lines.len() - 2;
+        assert!(
+            between >= distractors / 3 - 1,
+            "{}: facts at lines {at:?} of {}",
+            s.sample.id,
+            lines.len()
+        );
+        checked += 1;
+    }
+    assert!(checked >= 30, "{checked} two-fact samples");
 }
 
 #[test]
