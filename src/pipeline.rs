@@ -51,6 +51,9 @@ pub struct DataSection {
     pub tasks: Vec<TaskKind>,
     /// Synthetic: SFT responses open with a `<think>` block (for models with thinking tags).
     pub think: bool,
+    /// Synthetic: seed of the generated sets (default: `[run] seed`); `longrl ablate` fixes it so
+    /// every seed of every arm trains and evaluates on the same data.
+    pub seed: Option<u64>,
     /// Files: RL training samples (JSONL or parquet, longrl's or verl's fields).
     pub train_file: Option<PathBuf>,
     /// Files: held-out samples (JSONL or parquet, longrl's or verl's fields).
@@ -72,6 +75,7 @@ impl Default for DataSection {
             min_tokens: 120,
             tasks: vec![TaskKind::DocMath, TaskKind::MultipleChoice, TaskKind::Qa],
             think: false,
+            seed: None,
             train_file: None,
             eval_file: None,
             sft_file: None,
@@ -113,6 +117,9 @@ pub struct PipelineFile {
     /// `[lora]`: train PEFT LoRA adapters on a frozen base (absent: every weight trains).
     #[serde(default)]
     pub lora: Option<crate::model::LoraConfig>,
+    /// `[ablation]`: the arms and seeds of `longrl ablate` (ignored by `longrl pipeline`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ablation: Option<crate::ablation::AblationSection>,
 }
 
 /// One finished phase.
@@ -146,7 +153,7 @@ pub struct PipelineState {
 }
 
 /// The summary written to `RUN_DIR/summary.json`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PipelineSummary {
     /// Every phase's evaluation.
     pub phases: Vec<PhaseResult>,
@@ -187,7 +194,7 @@ fn prepare_data(
         .enumerate()
         .map(|(i, s)| PreparedPrompt::new(i, s, tokenizer))
         .collect::<Result<Vec<_>>>()?;
-    let eval = eval_items(&eval, tokenizer, &file.stages)?;
+    let eval = eval_items(&eval, tokenizer, &bucket_edges(file))?;
     Ok(Data { train, eval, sft })
 }
 
@@ -219,7 +226,7 @@ fn synthetic_data(
             tokenizer,
         )
     };
-    let seed = file.run.seed;
+    let seed = d.seed.unwrap_or(file.run.seed);
     let train = make(
         seed.wrapping_mul(3).wrapping_add(1),
         d.train_count,
@@ -263,21 +270,33 @@ fn file_data(d: &DataSection) -> Result<(Vec<RlSample>, Vec<RlSample>, Vec<SftRe
     Ok((train, eval, sft))
 }
 
-/// The held-out items, each in the length bucket of the stage its prompt falls in.
-fn eval_items(
-    eval: &[RlSample],
-    tokenizer: &Tokenizer,
-    stages: &[StageConfig],
-) -> Result<Vec<EvalItem>> {
-    let max_tokens = last_stage_limit(stages);
+/// The upper edges of the held-out length buckets: `[eval] length_buckets`, else every stage's
+/// `max_input_tokens`.
+fn bucket_edges(file: &PipelineFile) -> Vec<usize> {
+    if file.eval.length_buckets.is_empty() {
+        file.stages.iter().map(|s| s.max_input_tokens).collect()
+    } else {
+        file.eval.length_buckets.clone()
+    }
+}
+
+/// The name of the length bucket of a prompt of `len` tokens: `<=EDGE` for the first edge it
+/// fits under, `>LAST` past the last (`edges` ascending).
+pub fn bucket_name(len: usize, edges: &[usize]) -> String {
+    match edges.iter().find(|&&e| len <= e) {
+        Some(e) => format!("<={e}"),
+        None => format!(">{}", edges.last().copied().unwrap_or(0)),
+    }
+}
+
+/// The held-out items, each in its length bucket (see [`bucket_name`]).
+fn eval_items(eval: &[RlSample], tokenizer: &Tokenizer, edges: &[usize]) -> Result<Vec<EvalItem>> {
     let mut items = Vec::with_capacity(eval.len());
     for (i, s) in eval.iter().enumerate() {
         let prompt = PreparedPrompt::new(i, s, tokenizer)?;
-        let bucket = match stage_of(prompt.ids.len(), stages) {
-            Some(k) => format!("<={}", stages[k].max_input_tokens),
-            None => format!(">{max_tokens}"),
-        };
+        let bucket = bucket_name(prompt.ids.len(), edges);
         items.push(EvalItem {
+            id: s.id.clone(),
             prompt_ids: prompt.ids,
             prompt_text: prompt.text,
             task: prompt.task,
@@ -437,59 +456,36 @@ pub fn run_with<B: TrainBackend>(
     device: B::Device,
     worker: &Worker,
 ) -> Result<PipelineSummary> {
-    validate_stages(&file.stages)?;
-    let leader = worker.is_leader();
-    let root = file.run.run_dir.clone();
-    std::fs::create_dir_all(&root).map_err(|e| Error::io(&root, e))?;
-    let mut state = load_state(&root, resume)?;
-    let tokenizer = file.model.load_tokenizer()?;
-    let data_dir = root.join("data");
-    std::fs::create_dir_all(&data_dir).map_err(|e| Error::io(&data_dir, e))?;
-    let data = prepare_data(file, &tokenizer, &data_dir, leader)?;
-    let lengths: Vec<usize> = data.train.iter().map(|p| p.ids.len()).collect();
-    state.too_long = count_too_long(&lengths, &file.stages);
-    let rewarder = match rewarder {
-        Some(r) => r,
-        None => file
-            .rl
-            .reward
-            .build::<B::InnerBackend>(file.rl.max_response_length, &device)?,
-    };
-    let phases = Phases::<B> {
-        file,
-        root,
-        data_dir,
-        tokenizer,
-        data,
-        lengths,
-        rewarder,
-        device,
-        worker,
-    };
+    run_from::<B>(file, rewarder, resume, device, worker, &[])
+}
 
-    // Base.
-    if !state.done("base") {
-        phases.report(&mut state, "base", &file.model.path)?;
-    }
-    let mut current = state
-        .phases
-        .last()
-        .map(|p| p.model_dir.clone())
-        .unwrap_or_else(|| file.model.path.clone());
+/// The pipeline's opening phases only: the base model's evaluation and the warm-up SFT (when
+/// `[sft]` is set); returns their results, the start [`run_from`] takes (`longrl ablate` runs
+/// this once and every arm from it).
+pub fn run_prefix<B: TrainBackend>(
+    file: &PipelineFile,
+    rewarder: Option<Arc<dyn Rewarder>>,
+    resume: bool,
+    device: B::Device,
+    worker: &Worker,
+) -> Result<Vec<PhaseResult>> {
+    let (phases, mut state) = Phases::<B>::open(file, rewarder, resume, device, worker, &[])?;
+    phases.prefix(&mut state)?;
+    Ok(state.phases)
+}
 
-    // Warm-up SFT.
-    if let Some(sft_cfg) = &file.sft {
-        if !state.done("sft") {
-            phases.sft(&mut state, sft_cfg, &current)?;
-        }
-        current = state
-            .phases
-            .last()
-            .map(|p| p.model_dir.clone())
-            .unwrap_or(current);
-    }
-
-    // RL stages.
+/// [`run_with`] from phases already done elsewhere (`start`, e.g. [`run_prefix`]'s base and SFT):
+/// a new run records them as its own and goes on from the model the last one ended with.
+pub fn run_from<B: TrainBackend>(
+    file: &PipelineFile,
+    rewarder: Option<Arc<dyn Rewarder>>,
+    resume: bool,
+    device: B::Device,
+    worker: &Worker,
+    start: &[PhaseResult],
+) -> Result<PipelineSummary> {
+    let (phases, mut state) = Phases::<B>::open(file, rewarder, resume, device, worker, start)?;
+    let mut current = phases.prefix(&mut state)?;
     for k in 0..file.stages.len() {
         current = phases.rl_stage(&mut state, k, current)?;
     }
@@ -554,6 +550,81 @@ struct Phases<'a, B: TrainBackend> {
     worker: &'a Worker,
 }
 
+impl<'a, B: TrainBackend> Phases<'a, B> {
+    /// Validates the stages, loads (or, with `resume`, reads back) the state, prepares the data
+    /// and the reward; a new state starts with the phases of `start`.
+    fn open(
+        file: &'a PipelineFile,
+        rewarder: Option<Arc<dyn Rewarder>>,
+        resume: bool,
+        device: B::Device,
+        worker: &'a Worker,
+        start: &[PhaseResult],
+    ) -> Result<(Self, PipelineState)> {
+        validate_stages(&file.stages)?;
+        if file.eval.length_buckets.windows(2).any(|w| w[1] <= w[0]) {
+            return Err(Error::Invalid(format!(
+                "eval.length_buckets = {:?}: expected strictly ascending token counts",
+                file.eval.length_buckets
+            )));
+        }
+        let root = file.run.run_dir.clone();
+        std::fs::create_dir_all(&root).map_err(|e| Error::io(&root, e))?;
+        let mut state = load_state(&root, resume)?;
+        if state.phases.is_empty() {
+            state.phases = start.to_vec();
+        }
+        let tokenizer = file.model.load_tokenizer()?;
+        let data_dir = root.join("data");
+        std::fs::create_dir_all(&data_dir).map_err(|e| Error::io(&data_dir, e))?;
+        let data = prepare_data(file, &tokenizer, &data_dir, worker.is_leader())?;
+        let lengths: Vec<usize> = data.train.iter().map(|p| p.ids.len()).collect();
+        state.too_long = count_too_long(&lengths, &file.stages);
+        let rewarder = match rewarder {
+            Some(r) => r,
+            None => file
+                .rl
+                .reward
+                .build::<B::InnerBackend>(file.rl.max_response_length, &device)?,
+        };
+        let phases = Self {
+            file,
+            root,
+            data_dir,
+            tokenizer,
+            data,
+            lengths,
+            rewarder,
+            device,
+            worker,
+        };
+        Ok((phases, state))
+    }
+
+    /// The base evaluation and the warm-up SFT, each unless done; returns the model the last
+    /// phase done ended with (the base model when none).
+    fn prefix(&self, state: &mut PipelineState) -> Result<PathBuf> {
+        let file = self.file;
+        if state.phases.is_empty() {
+            self.report(state, "base", &file.model.path)?;
+        }
+        let last = |state: &PipelineState| {
+            state
+                .phases
+                .last()
+                .map(|p| p.model_dir.clone())
+                .unwrap_or_else(|| file.model.path.clone())
+        };
+        if let Some(sft_cfg) = &file.sft {
+            if !state.done("sft") {
+                let current = last(state);
+                self.sft(state, sft_cfg, &current)?;
+            }
+        }
+        Ok(last(state))
+    }
+}
+
 impl<B: TrainBackend> Phases<'_, B> {
     /// Records phase `name`, which ended with the model in `dir`: rank 0 evaluates it on the
     /// held-out items and saves the pipeline's state; other workers only track where each
@@ -579,6 +650,7 @@ impl<B: TrainBackend> Phases<'_, B> {
             report.accuracy,
             report.n
         );
+        write_predictions(&self.root, name, &report)?;
         state.phases.push(phase_result(name, dir, report));
         save_state(&self.root, state)
     }
@@ -744,6 +816,19 @@ fn phase_run(run: &RunSection, root: &Path, name: &str) -> RunSection {
         run_dir: root.join(name),
         ..run.clone()
     }
+}
+
+/// Writes a phase's held-out answers to `RUN_DIR/eval/PHASE.jsonl` (one line per item: id, task,
+/// bucket, prompt length, gold answer, response, score), to see what changed between phases.
+fn write_predictions(root: &Path, phase: &str, report: &EvalReport) -> Result<()> {
+    let dir = root.join("eval");
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    let mut text = String::new();
+    for p in &report.predictions {
+        text.push_str(&serde_json::to_string(p).unwrap_or_default());
+        text.push('\n');
+    }
+    write_atomic(&dir.join(format!("{phase}.jsonl")), text.as_bytes())
 }
 
 fn write_sft(records: &[SftRecord], path: &Path) -> Result<()> {

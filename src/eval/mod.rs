@@ -39,6 +39,9 @@ pub struct EvalOptions {
     pub batch_size: usize,
     /// Prompt columns prefilled per forward pass.
     pub prefill_chunk: usize,
+    /// The pipeline's length buckets: ascending upper edges in prompt tokens (default, empty: the
+    /// stages' `max_input_tokens`), so runs with different stages report the same buckets.
+    pub length_buckets: Vec<usize>,
 }
 
 impl Default for EvalOptions {
@@ -51,6 +54,7 @@ impl Default for EvalOptions {
             seed: 0,
             batch_size: 16,
             prefill_chunk: 2048,
+            length_buckets: Vec::new(),
         }
     }
 }
@@ -58,6 +62,8 @@ impl Default for EvalOptions {
 /// One item to evaluate.
 #[derive(Debug, Clone)]
 pub struct EvalItem {
+    /// The sample's id (reported with its prediction).
+    pub id: String,
     /// Prompt ids (chat template with generation prompt).
     pub prompt_ids: Vec<u32>,
     /// The user prompt text (the judge's question is cut from it).
@@ -90,6 +96,28 @@ pub struct EvalReport {
     pub by_task: BTreeMap<String, Tally>,
     /// Per length bucket.
     pub by_bucket: BTreeMap<String, Tally>,
+    /// Every answer with its score, in item order (written per phase by the pipeline).
+    #[serde(skip)]
+    pub predictions: Vec<Prediction>,
+}
+
+/// One evaluated answer: which item, what the model said, how it scored.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Prediction {
+    /// The item's id.
+    pub id: String,
+    /// Its task family.
+    pub task: String,
+    /// Its length bucket.
+    pub bucket: String,
+    /// Prompt length in tokens.
+    pub prompt_tokens: usize,
+    /// The gold answer.
+    pub answer: String,
+    /// The model's answer.
+    pub response: String,
+    /// Its score.
+    pub score: f64,
 }
 
 fn tally(map: &mut BTreeMap<String, (f64, usize)>, key: &str, score: f64) {
@@ -149,6 +177,7 @@ pub fn evaluate<B: ModelBackend>(
         stop_strings: Vec::new(),
     };
     let (mut all, mut by_task, mut by_bucket) = ((0.0, 0usize), BTreeMap::new(), BTreeMap::new());
+    let mut predictions = Vec::with_capacity(items.len());
     for (b, chunk) in items.chunks(options.batch_size.max(1)).enumerate() {
         let first = b * options.batch_size.max(1);
         let requests: Vec<GenerateRequest> = chunk
@@ -179,11 +208,20 @@ pub fn evaluate<B: ModelBackend>(
             }
         }
         let (outputs, _) = rewarder.reward(&reward_items);
-        for (o, it) in outputs.iter().zip(owners) {
+        for ((o, it), r) in outputs.iter().zip(owners).zip(&reward_items) {
             all.0 += o.score;
             all.1 += 1;
             tally(&mut by_task, it.task.name(), o.score);
             tally(&mut by_bucket, &it.bucket, o.score);
+            predictions.push(Prediction {
+                id: it.id.clone(),
+                task: it.task.name().to_string(),
+                bucket: it.bucket.clone(),
+                prompt_tokens: it.prompt_ids.len(),
+                answer: it.answer.clone(),
+                response: r.response.to_string(),
+                score: o.score,
+            });
         }
     }
     Ok(EvalReport {
@@ -191,5 +229,6 @@ pub fn evaluate<B: ModelBackend>(
         n: all.1,
         by_task: finish(by_task),
         by_bucket: finish(by_bucket),
+        predictions,
     })
 }
