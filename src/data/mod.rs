@@ -27,7 +27,7 @@ use crate::tokenizer::Message;
 pub use self::parquet::{load_parquet_rl, load_verl_parquet, load_verl_parquet_with};
 pub use prompt::{prepare_prompts, prompt_ids, PreparedPrompt};
 pub use record::{LoadOptions, UnknownFields};
-pub use sampler::{EpochSampler, SamplerState};
+pub use sampler::{EpochSampler, SamplerState, TaskBalancedSampler, TaskSamplerState};
 pub use task::TaskKind;
 pub use template::{question_from_prompt, render_prompt, PROMPT_TEMPLATE};
 

@@ -75,6 +75,9 @@ pub struct RlConfig {
     pub shapes: crate::shapes::ShapeConfig,
     /// Shuffle the prompts every epoch.
     pub shuffle: bool,
+    /// Balance every generation batch over the prompts' task types, drawing from each task in
+    /// turn (QwenLong-L1.5's task-balanced sampling; see [`crate::data::TaskBalancedSampler`]).
+    pub task_balanced_sampling: bool,
     /// The policy loss.
     pub loss: PolicyLossConfig,
     /// AdamW and schedule.
@@ -113,6 +116,7 @@ impl Default for RlConfig {
             bf16: false,
             shapes: crate::shapes::ShapeConfig::default(),
             shuffle: true,
+            task_balanced_sampling: false,
             loss: PolicyLossConfig::default(),
             optim: OptimConfig {
                 lr: 2e-6,

@@ -27,7 +27,10 @@ use super::score::{score, share};
 use super::update::{update, UpdateContext};
 use super::warmup::{warm_up, WarmUpReport};
 use crate::config::{ModelSection, RunSection};
-use crate::data::{load_rl_any_with, EpochSampler, LoadOptions, SamplerState};
+use crate::data::{
+    load_rl_any_with, EpochSampler, LoadOptions, SamplerState, TaskBalancedSampler,
+    TaskSamplerState,
+};
 pub use crate::data::{prepare_prompts, PreparedPrompt};
 use crate::distributed::Worker;
 use crate::error::{Error, Result};
@@ -48,6 +51,10 @@ pub struct RlState {
     pub total_steps: usize,
     /// The prompt sampler's position.
     pub sampler: SamplerState,
+    /// The task-balanced sampler's position (`rl.task_balanced_sampling`; absent otherwise and
+    /// in older checkpoints).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_sampler: Option<TaskSamplerState>,
     /// The observer's state (e.g. the pipeline's difficulty store).
     #[serde(default)]
     pub observer: serde_json::Value,
@@ -246,7 +253,7 @@ pub struct RlTrainer<'a, B: TrainBackend> {
     reference: Option<Qwen2ForCausalLM<B::InnerBackend>>,
     optim: AdamWOptimizer<B, Qwen2ForCausalLM<B>>,
     rewarder: Arc<dyn Rewarder>,
-    sampler: EpochSampler,
+    sampler: PromptSampler,
     params: SamplingParams,
     pad: u32,
     steps_done: usize,
@@ -255,6 +262,63 @@ pub struct RlTrainer<'a, B: TrainBackend> {
     last_score: f64,
     /// Whether [`Self::warm_up`] ran.
     warmed_up: bool,
+}
+
+/// The run's prompt sampler: one permutation per epoch, or balanced over task types
+/// (`rl.task_balanced_sampling`).
+enum PromptSampler {
+    Plain(EpochSampler),
+    Balanced(TaskBalancedSampler),
+}
+
+impl PromptSampler {
+    /// The sampler of `config` over `prompts`, at the position saved in `state` (the start when
+    /// there is none, or when the checkpoint was written with the other sampler).
+    fn new(
+        prompts: &[PreparedPrompt],
+        seed: u64,
+        config: &RlConfig,
+        state: Option<&RlState>,
+    ) -> Self {
+        if config.task_balanced_sampling {
+            let tasks: Vec<&str> = prompts.iter().map(|p| p.task.name()).collect();
+            let at = state.and_then(|s| s.task_sampler.clone());
+            if state.is_some() && at.is_none() {
+                log::warn!(
+                    "rl: the checkpoint has no task-balanced sampler position: it starts afresh"
+                );
+            }
+            let at = at.unwrap_or_default();
+            PromptSampler::Balanced(TaskBalancedSampler::new(&tasks, seed, config.shuffle, &at))
+        } else {
+            let at = state.map_or(SamplerState::default(), |s| s.sampler);
+            PromptSampler::Plain(EpochSampler::new(prompts.len(), seed, config.shuffle, at))
+        }
+    }
+
+    /// The next `n` prompt indices.
+    fn take(&mut self, n: usize) -> Vec<usize> {
+        match self {
+            PromptSampler::Plain(s) => s.take(n),
+            PromptSampler::Balanced(s) => s.take(n),
+        }
+    }
+
+    /// Passes over the prompts so far (prompts drawn / prompts when balanced).
+    fn epochs_done(&self) -> f64 {
+        match self {
+            PromptSampler::Plain(s) => s.epochs_done(),
+            PromptSampler::Balanced(s) => s.epochs_done(),
+        }
+    }
+
+    /// The positions a checkpoint keeps: `RlState::sampler` and `RlState::task_sampler`.
+    fn states(&self) -> (SamplerState, Option<TaskSamplerState>) {
+        match self {
+            PromptSampler::Plain(s) => (s.state(), None),
+            PromptSampler::Balanced(s) => (SamplerState::default(), Some(s.state())),
+        }
+    }
 }
 
 /// What one [`RlTrainer::step`] did.
@@ -351,14 +415,11 @@ impl<'a, B: TrainBackend> RlTrainer<'a, B> {
             ((config.num_epochs * prompts.len() as f64) / config.train_batch_size as f64).ceil()
                 as usize
         };
-        let (start, sampler_state) = match &state {
-            Some(s) => (s.step, s.sampler),
-            None => (0, SamplerState::default()),
-        };
+        let start = state.as_ref().map_or(0, |s| s.step);
         if let Some(s) = &state {
             observer.restore(s.observer.clone())?;
         }
-        let sampler = EpochSampler::new(prompts.len(), run.seed, config.shuffle, sampler_state);
+        let sampler = PromptSampler::new(prompts, run.seed, config, state.as_ref());
         let mut optim = AdamWOptimizer::<B, Qwen2ForCausalLM<B>>::new(&config.optim);
         if let Some(ckpt) = &resume_from {
             optim.load(&ckpt.join(OPTIMIZER_FILE), &device)?;
@@ -639,10 +700,12 @@ impl<'a, B: TrainBackend> RlTrainer<'a, B> {
             return Ok(());
         }
         let policy = self.policy.as_ref().ok_or_else(policy_lost)?;
+        let (sampler, task_sampler) = self.sampler.states();
         let state = RlState {
             step: done,
             total_steps: self.total_steps,
-            sampler: self.sampler.state(),
+            sampler,
+            task_sampler,
             observer: self.observer.state(),
         };
         let optim = &self.optim;
@@ -675,5 +738,71 @@ impl<'a, B: TrainBackend> RlTrainer<'a, B> {
             skipped_prompts: 0,
             final_dir,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::TaskKind;
+
+    fn prompts() -> Vec<PreparedPrompt> {
+        let tasks = [TaskKind::Qa, TaskKind::Qa, TaskKind::Qa, TaskKind::DocMath];
+        tasks
+            .iter()
+            .enumerate()
+            .map(|(index, &task)| PreparedPrompt {
+                index,
+                id: format!("p{index}"),
+                text: String::new(),
+                ids: vec![1],
+                task,
+                answer: String::new(),
+            })
+            .collect()
+    }
+
+    fn state(sampler: &PromptSampler) -> RlState {
+        let (sampler, task_sampler) = sampler.states();
+        RlState {
+            step: 1,
+            total_steps: 9,
+            sampler,
+            task_sampler,
+            observer: serde_json::Value::Null,
+        }
+    }
+
+    #[test]
+    fn the_task_balanced_sampler_resumes_from_the_checkpoint_state() {
+        let prompts = prompts();
+        let config = RlConfig {
+            task_balanced_sampling: true,
+            ..RlConfig::default()
+        };
+        let mut s = PromptSampler::new(&prompts, 5, &config, None);
+        let first = s.take(4);
+        let n_math = first.iter().filter(|&&i| i == 3).count();
+        assert_eq!(n_math, 2, "two of each task in a batch of four: {first:?}");
+        let json = serde_json::to_string(&state(&s)).unwrap();
+        let back: RlState = serde_json::from_str(&json).unwrap();
+        let mut r = PromptSampler::new(&prompts, 5, &config, Some(&back));
+        assert_eq!(r.take(6), s.take(6));
+        assert_eq!(r.epochs_done(), 2.5);
+    }
+
+    #[test]
+    fn checkpoints_without_the_new_fields_still_load_and_the_plain_sampler_is_unchanged() {
+        let old = r#"{"step": 2, "total_steps": 4, "sampler": {"epoch": 0, "index": 3}}"#;
+        let st: RlState = serde_json::from_str(old).unwrap();
+        assert!(st.task_sampler.is_none());
+        let prompts = prompts();
+        let config = RlConfig::default();
+        let mut plain = PromptSampler::new(&prompts, 5, &config, Some(&st));
+        let mut epoch = EpochSampler::new(4, 5, true, SamplerState { epoch: 0, index: 3 });
+        assert_eq!(plain.take(5), epoch.take(5));
+        // The plain sampler's checkpoint has no new fields.
+        let json = serde_json::to_value(state(&plain)).unwrap();
+        assert!(json.get("task_sampler").is_none());
     }
 }
