@@ -2,10 +2,11 @@
 //! dynamic sampling (which keeps the groups with a learning signal, over as many generation
 //! batches as it takes), then the kept groups get their group-relative advantages.
 
-use super::advantage::group_advantages;
+use super::advantage::task_group_advantages;
 use super::config::RlConfig;
 use super::dynamic::{FilterReport, GroupFilter};
 use super::exchange::Exchanged;
+use crate::data::PreparedPrompt;
 
 /// One rollout with everything the update needs. Under data parallelism a worker holds the
 /// tokens of its own rollouts only; of the others' it knows the numbers (length, reward, ...).
@@ -158,8 +159,9 @@ impl GroupSelection {
     }
 
     /// The advantages stage: the kept groups (warning, with the 0-based `step`, when dynamic
-    /// sampling ran out of generation batches first) with their advantages.
-    pub fn finish(self, config: &RlConfig, step: usize) -> TrainBatch {
+    /// sampling ran out of generation batches first) with their advantages; `prompts` are the
+    /// run's (their task types scale `scale_rewards = "task"`).
+    pub fn finish(self, config: &RlConfig, prompts: &[PreparedPrompt], step: usize) -> TrainBatch {
         let (mut groups, report) = self.filter.finish();
         if filter_short(&report, groups.len(), config) {
             log::warn!(
@@ -170,7 +172,7 @@ impl GroupSelection {
                 report.gen_batches
             );
         }
-        advantages(&mut groups, config);
+        advantages(&mut groups, prompts, config);
         TrainBatch {
             groups,
             report,
@@ -194,13 +196,19 @@ fn filter_short(report: &FilterReport, kept: usize, config: &RlConfig) -> bool {
     config.dynamic_sampling && kept < config.train_batch_size && report.gen_batches > 0
 }
 
-/// Sets every rollout's group-relative advantage from the groups' rewards.
-pub(crate) fn advantages(groups: &mut [Group], config: &RlConfig) {
+/// Sets every rollout's group-relative advantage from the groups' rewards; a group's task type
+/// (for `scale_rewards = "task"`) is its prompt's (`prompts[group.prompt].task`).
+pub(crate) fn advantages(groups: &mut [Group], prompts: &[PreparedPrompt], config: &RlConfig) {
     let rewards: Vec<Vec<f64>> = groups
         .iter()
         .map(|g| g.rollouts.iter().map(|r| r.reward).collect())
         .collect();
-    let advantages = group_advantages(&rewards, config.advantage, config.scale_rewards);
+    let tasks: Vec<&str> = groups
+        .iter()
+        .map(|g| prompts[g.prompt].task.name())
+        .collect();
+    let advantages =
+        task_group_advantages(&rewards, &tasks, config.advantage, config.scale_rewards);
     for (g, adv) in groups.iter_mut().zip(advantages) {
         for (r, a) in g.rollouts.iter_mut().zip(adv) {
             r.advantage = a;
@@ -211,7 +219,22 @@ pub(crate) fn advantages(groups: &mut [Group], config: &RlConfig) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rl::advantage::STD_EPS;
+    use crate::data::TaskKind;
+    use crate::rl::advantage::{ScaleRewards, STD_EPS};
+
+    /// Prompts 0..n, of task `tasks[i % tasks.len()]`.
+    fn prompts(n: usize, tasks: &[TaskKind]) -> Vec<PreparedPrompt> {
+        (0..n)
+            .map(|index| PreparedPrompt {
+                index,
+                id: format!("p{index}"),
+                text: String::new(),
+                ids: vec![1],
+                task: tasks[index % tasks.len()],
+                answer: String::new(),
+            })
+            .collect()
+    }
 
     fn rollout(reward: f64, acc: bool) -> Rollout {
         Rollout::remote(RolloutNumbers {
@@ -248,7 +271,7 @@ mod tests {
         sel.offer(group(2, &[(0.0, false), (0.0, false)]), 12);
         sel.offer(group(3, &[(0.0, false), (2.0, true)]), 13);
         assert!(!sel.wants_more());
-        let batch = sel.finish(&config, 0);
+        let batch = sel.finish(&config, &prompts(4, &[TaskKind::Qa]), 0);
         assert_eq!(batch.report.gen_batches, 2);
         let kept: Vec<usize> = batch.groups.iter().map(|g| g.prompt).collect();
         assert_eq!(kept, vec![1, 3]);
@@ -272,6 +295,39 @@ mod tests {
         assert_eq!(
             batch.generated.rewards,
             vec![1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 2.0]
+        );
+    }
+
+    #[test]
+    fn task_scaling_takes_each_groups_task_from_its_prompt() {
+        let config = RlConfig {
+            scale_rewards: ScaleRewards::Task,
+            ..RlConfig::default()
+        };
+        // Prompts 0, 2 are QA, 1 is DocMath. Groups of prompts 0 and 2: QA rewards [1, 0, 1, 1]
+        // (mean 0.75, unbiased variance 0.25); prompt 1: DocMath [2, 0] (variance 2).
+        let mut groups = vec![
+            group(0, &[(1.0, true), (0.0, false)]),
+            group(1, &[(2.0, true), (0.0, false)]),
+            group(2, &[(1.0, true), (1.0, true)]),
+        ];
+        advantages(
+            &mut groups,
+            &prompts(3, &[TaskKind::Qa, TaskKind::DocMath]),
+            &config,
+        );
+        let adv: Vec<Vec<f64>> = groups
+            .iter()
+            .map(|g| g.rollouts.iter().map(|r| r.advantage).collect())
+            .collect();
+        let (qa, math) = (0.5 + STD_EPS, 2f64.sqrt() + STD_EPS);
+        assert_eq!(
+            adv,
+            vec![
+                vec![0.5 / qa, -0.5 / qa],
+                vec![1.0 / math, -1.0 / math],
+                vec![0.0, 0.0]
+            ]
         );
     }
 

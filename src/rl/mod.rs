@@ -25,7 +25,7 @@ pub mod trainer;
 mod update;
 mod warmup;
 
-pub use advantage::{group_advantages, AdvantageEstimator, ScaleRewards};
+pub use advantage::{group_advantages, task_group_advantages, AdvantageEstimator, ScaleRewards};
 pub use config::{RlConfig, RlFile};
 pub use dynamic::{FilterReport, GroupFilter};
 pub use loss::{

@@ -113,7 +113,7 @@ fn groups(config: &RlConfig) -> Vec<Group> {
             rollouts: vec![rollout(7, 3, 0.2, false), rollout(8, 5, 0.9, false)],
         },
     ];
-    advantages(&mut groups, config);
+    advantages(&mut groups, &prompts(), config);
     groups
 }
 

@@ -537,7 +537,7 @@ impl<'a, B: TrainBackend> RlTrainer<'a, B> {
         let t_step = Instant::now();
         let seed = step_seed(self.run.seed, step);
         let generation = self.generate(step, seed)?;
-        let batch = generation.selection.finish(self.config, step);
+        let batch = generation.selection.finish(self.config, self.prompts, step);
 
         log::debug!(
             "rl step {}: rollouts done, {:?} kernels compiled so far",
