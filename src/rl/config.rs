@@ -199,3 +199,45 @@ pub struct RlFile {
     #[serde(default)]
     pub lora: Option<crate::model::LoraConfig>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn qwenlong_l15_options_read_from_toml_and_bad_aepo_bounds_name_the_field() {
+        let c: RlConfig = toml::from_str(
+            "task_balanced_sampling = true\nscale_rewards = \"task\"\n\n[loss]\naepo = true\n\
+             aepo_entropy_low = 0.1\naepo_entropy_high = 0.3\n",
+        )
+        .unwrap();
+        assert!(c.task_balanced_sampling && c.loss.aepo);
+        assert_eq!(c.scale_rewards, ScaleRewards::Task);
+        assert_eq!(
+            (c.loss.aepo_entropy_low, c.loss.aepo_entropy_high),
+            (0.1, 0.3)
+        );
+        c.validate().unwrap();
+        let d = RlConfig::default();
+        assert!(!d.task_balanced_sampling && !d.loss.aepo);
+        assert_eq!(
+            (d.loss.aepo_entropy_low, d.loss.aepo_entropy_high),
+            (0.14, 0.25)
+        );
+        let bad = |low: f64, high: f64| {
+            let mut c = c.clone();
+            (c.loss.aepo_entropy_low, c.loss.aepo_entropy_high) = (low, high);
+            c.validate().unwrap_err().to_string()
+        };
+        let e = bad(-0.1, 0.3);
+        assert!(e.contains("rl.loss.aepo_entropy_low = -0.1"), "{e}");
+        let e = bad(0.3, 0.2);
+        assert!(e.contains("rl.loss.aepo_entropy_high = 0.2"), "{e}");
+        assert!(e.contains(">= aepo_entropy_low (0.3)"), "{e}");
+        assert!(bad(0.1, f64::INFINITY).contains("rl.loss.aepo_entropy_high"));
+        assert!(bad(f64::NAN, 0.3).contains("rl.loss.aepo_entropy_low"));
+        let mut equal = c.clone();
+        (equal.loss.aepo_entropy_low, equal.loss.aepo_entropy_high) = (0.2, 0.2);
+        equal.validate().unwrap(); // equal bounds: a plain threshold
+    }
+}

@@ -28,6 +28,9 @@ pub(crate) struct Rollout {
     pub truncated: bool,
     /// The group-relative advantage (set by [`advantages`]).
     pub advantage: f64,
+    /// Left out of the update by AEPO (a negative advantage while negatives are masked; see
+    /// `rl/aepo.rs`).
+    pub aepo_masked: bool,
 }
 
 /// The numbers of a rollout that workers exchange (all but tokens and log-probs).
@@ -92,6 +95,7 @@ impl Rollout {
             acc: n.acc,
             truncated: n.truncated,
             advantage: 0.0,
+            aepo_masked: false,
         }
     }
 }

@@ -96,10 +96,20 @@ pub struct PolicyLossConfig {
     pub kl_estimator: KlEstimator,
     /// Entropy bonus coefficient (the loss subtracts `entropy_coeff * entropy`).
     pub entropy_coeff: f64,
+    /// AEPO (QwenLong-L1.5's Adaptive Entropy-Controlled Policy Optimization): leave the rollouts
+    /// with a negative advantage out of the update while the batch entropy is high (see
+    /// `rl/aepo.rs`).
+    pub aepo: bool,
+    /// AEPO's lower entropy bound (nats per token): below it the negatives train again.
+    pub aepo_entropy_low: f64,
+    /// AEPO's upper entropy bound (nats per token): above it the negatives are masked.
+    pub aepo_entropy_high: f64,
 }
 
 impl Default for PolicyLossConfig {
-    /// QwenLong-L1's public script: 0.2 / 0.2, token-mean, beta 0, entropy 0.001.
+    /// QwenLong-L1's public script: 0.2 / 0.2, token-mean, beta 0, entropy 0.001. AEPO is off;
+    /// its bounds are read off QwenLong-L1.5's Figure 11 (Qwen3-30B-A3B-Thinking: negatives
+    /// masked from about 0.25 nats, back below about 0.14); the paper states no values.
     fn default() -> Self {
         Self {
             epsilon: 0.2,
@@ -108,6 +118,9 @@ impl Default for PolicyLossConfig {
             beta: 0.0,
             kl_estimator: KlEstimator::K3,
             entropy_coeff: 0.001,
+            aepo: false,
+            aepo_entropy_low: 0.14,
+            aepo_entropy_high: 0.25,
         }
     }
 }
@@ -129,6 +142,17 @@ impl PolicyLossConfig {
         }
         if !self.entropy_coeff.is_finite() {
             return bad("entropy_coeff", self.entropy_coeff, "a finite number");
+        }
+        if !(self.aepo_entropy_low >= 0.0 && self.aepo_entropy_low.is_finite()) {
+            return bad("aepo_entropy_low", self.aepo_entropy_low, "a number >= 0");
+        }
+        if !(self.aepo_entropy_high >= self.aepo_entropy_low && self.aepo_entropy_high.is_finite())
+        {
+            return bad(
+                "aepo_entropy_high",
+                self.aepo_entropy_high,
+                &format!("a number >= aepo_entropy_low ({})", self.aepo_entropy_low),
+            );
         }
         Ok(())
     }

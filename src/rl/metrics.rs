@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
+use super::aepo::AepoReport;
 use super::groups::{Rollout, TrainBatch};
 use super::update::UpdateStats;
 use crate::reward::RewardStats;
@@ -35,6 +36,8 @@ pub(crate) struct StepMetrics<'a> {
     pub update: &'a UpdateStats,
     /// The rewarder's counters (all workers).
     pub reward: &'a RewardStats,
+    /// What AEPO did (`rl.loss.aepo`; `None` when off).
+    pub aepo: Option<AepoReport>,
     /// Stage timings.
     pub times: StepTimes,
 }
@@ -70,7 +73,15 @@ impl StepMetrics<'_> {
     /// The record written to `metrics.jsonl`.
     pub fn record(&self) -> serde_json::Value {
         let mut record = self.rollout_part();
-        for part in [self.actor_part(), self.length_part(), self.other_part()] {
+        let aepo = self.aepo.map(|a| {
+            json!({
+                "actor/aepo_entropy": a.entropy,
+                "actor/aepo_negatives_masked": a.masking as u8,
+                "actor/aepo_masked_rollouts": a.masked,
+            })
+        });
+        let parts = [self.actor_part(), self.length_part(), self.other_part()];
+        for part in parts.into_iter().chain(aepo) {
             if let (Some(map), serde_json::Value::Object(more)) = (record.as_object_mut(), part) {
                 map.extend(more);
             }
@@ -226,6 +237,7 @@ mod tests {
             batch: &batch,
             update: &update,
             reward: &reward,
+            aepo: None,
             times: StepTimes::default(),
         };
         let r = m.record();
@@ -253,5 +265,19 @@ mod tests {
         assert_eq!(f("reward/judge_calls"), 5.0);
         assert_eq!(f("timing_s/step"), 0.0);
         assert_eq!((m.score_mean(), m.entropy()), (0.25, 0.5));
+        // With AEPO on, its three numbers join the record.
+        let with_aepo = StepMetrics {
+            aepo: Some(AepoReport {
+                entropy: 0.3,
+                masking: true,
+                masked: 1,
+            }),
+            ..m
+        };
+        let r = with_aepo.record();
+        assert_eq!(r.as_object().unwrap().len(), 48);
+        assert_eq!(r["actor/aepo_entropy"], 0.3);
+        assert_eq!(r["actor/aepo_negatives_masked"], 1);
+        assert_eq!(r["actor/aepo_masked_rollouts"], 1);
     }
 }

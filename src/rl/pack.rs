@@ -53,14 +53,15 @@ pub(crate) struct PackedStep<B: TrainBackend> {
 }
 
 /// Reference log-probs of this worker's rollouts, per group then rollout, each `[1, len]` on the
-/// device (none for other workers' groups).
+/// device (none for other workers' groups, nor for the rollouts AEPO left out).
 pub(crate) struct ReferenceLogprobs<B: ModelBackend> {
     /// Per group of the step, its rollouts' log-probs (empty for another worker's group).
     pub per_group: Vec<Vec<Tensor<B, 2>>>,
 }
 
-/// The sequences of this worker's groups among `groups`, flattened in order.
-fn sequences<'a>(
+/// The sequences of this worker's groups among `groups`, flattened in order, without the
+/// rollouts AEPO left out of the update.
+pub(crate) fn sequences<'a>(
     groups: &'a [Group],
     prompts: &'a [PreparedPrompt],
 ) -> Vec<(Sequence<'a>, &'a Rollout)> {
@@ -68,7 +69,7 @@ fn sequences<'a>(
         .iter()
         .filter(|g| g.mine)
         .flat_map(|g| {
-            g.rollouts.iter().map(move |r| {
+            g.rollouts.iter().filter(|r| !r.aepo_masked).map(move |r| {
                 (
                     Sequence {
                         prompt: &prompts[g.prompt].ids,
@@ -178,7 +179,8 @@ fn pack_mini_batch<B: TrainBackend>(
 ) -> Result<MiniBatch<B>> {
     let config = ctx.config;
     let seqs = sequences(groups, ctx.prompts);
-    let counts = |r: &Rollout| !(config.mask_truncated_completions && r.truncated);
+    let truncated_out = |r: &Rollout| config.mask_truncated_completions && r.truncated;
+    let counts = |r: &Rollout| !(r.aepo_masked || truncated_out(r));
     let all = || {
         groups
             .iter()
@@ -197,7 +199,7 @@ fn pack_mini_batch<B: TrainBackend>(
         Some(r) => {
             let mut flat = Vec::with_capacity(seqs.len());
             for (g, per_rollout) in groups.iter().zip(r).filter(|(g, _)| g.mine) {
-                if per_rollout.len() != g.rollouts.len() {
+                if per_rollout.len() != g.rollouts.iter().filter(|r| !r.aepo_masked).count() {
                     return Err(missing_reference(g.prompt));
                 }
                 flat.extend(per_rollout);

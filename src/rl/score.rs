@@ -75,6 +75,7 @@ pub(crate) fn score(
                 score: o.score,
                 acc: o.acc,
                 advantage: 0.0,
+                aepo_masked: false,
             })
             .collect();
         own[ps.slot] = Some(group);

@@ -10,12 +10,14 @@ use burn::module::{ModuleVisitor, Param};
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::Tensor;
 
+use super::aepo::{aepo_stage, batch_entropy, AepoContext, AepoState};
 use super::config::RlConfig;
 use super::groups::{advantages, Group, Rollout};
 use super::loss::{policy_loss, AggScale, PolicyLossInputs, PolicyLossStats};
 use super::pack::{pack, reference_logprobs, MiniBatch, PackContext, ReferenceLogprobs};
 use super::update::mini_batch_grads;
 use crate::data::PreparedPrompt;
+use crate::distributed::Worker;
 use crate::model::{load_model, ModelBackend, Qwen2Config, Qwen2ForCausalLM, TrainBackend};
 use crate::reward::TaskKind;
 use crate::train::{token_budget_batches, Packed, Sequence};
@@ -74,6 +76,7 @@ fn rollout(seed: u32, len: usize, reward: f64, truncated: bool) -> Rollout {
         acc: reward > 0.5,
         truncated,
         advantage: 0.0,
+        aepo_masked: false,
     }
 }
 
@@ -375,4 +378,102 @@ fn a_missing_reference_log_prob_is_an_error_not_a_zero() {
         per_group: refs.per_group[..1].to_vec(),
     };
     assert!(pack::<B>(&groups, Some(&short), &ctx, &device).is_err());
+}
+
+#[test]
+fn aepo_measures_the_batch_entropy_and_its_masked_rollouts_train_as_if_removed() {
+    let config = config();
+    let prompts = prompts();
+    let policy = policy();
+    let reference = reference();
+    let device = Default::default();
+
+    // The batch entropy: the token mean over this worker's rollouts (truncated ones included),
+    // each sequence's entropies computed on its own.
+    let inner = burn::module::AutodiffModule::valid(&policy);
+    let mut groups = groups(&config);
+    let (mut sum, mut tokens) = (0.0, 0.0);
+    for (s, _) in seqs(&groups, &prompts) {
+        let packed = Packed::<Inner>::new(&[s], PAD, &device);
+        let (_, e) = packed
+            .logprobs(&inner, config.temperature, config.logits_chunk, true)
+            .unwrap();
+        let e: Vec<f32> = e.unwrap().into_data().to_vec().unwrap();
+        sum += e.iter().map(|&x| x as f64).sum::<f64>();
+        tokens += s.response.len() as f64;
+    }
+    let e = batch_entropy(&inner, &groups, &prompts, PAD, &config, &device).unwrap();
+    assert_eq!(e.tokens, tokens);
+    assert!(
+        (e.mean() - sum / tokens).abs() < 1e-4,
+        "{e:?} vs {}",
+        sum / tokens
+    );
+
+    // An entropy above the upper bound masks every negative advantage, of any worker.
+    let mut c = config.clone();
+    (c.loss.aepo_entropy_low, c.loss.aepo_entropy_high) = (0.0, e.mean() / 2.0);
+    let ctx = AepoContext {
+        config: &c,
+        prompts: &prompts,
+        pad: PAD,
+        worker: &Worker::single(crate::DeviceSpec::Flex),
+        step: 0,
+    };
+    let mut state = AepoState::default();
+    let report = aepo_stage(&inner, &mut state, &mut groups, &ctx, &device).unwrap();
+    let negatives = groups
+        .iter()
+        .flat_map(|g| &g.rollouts)
+        .filter(|r| r.advantage < 0.0)
+        .count();
+    assert!(state.masking && report.masking && negatives > 0);
+    assert_eq!((report.masked, report.entropy), (negatives, e.mean()));
+
+    // Packed with the masked rollouts, or with them removed: the same mini-batches, loss
+    // statistics and gradients, bit for bit.
+    let removed: Vec<Group> = groups
+        .iter()
+        .map(|g| Group {
+            rollouts: g
+                .rollouts
+                .iter()
+                .filter(|r| !r.aepo_masked)
+                .cloned()
+                .collect(),
+            ..g.clone()
+        })
+        .collect();
+    let pack_ctx = PackContext {
+        config: &config,
+        prompts: &prompts,
+        pad: PAD,
+    };
+    let run = |groups: &[Group]| {
+        let refs = reference_logprobs(&reference, groups, &prompts, PAD, &config, &device).unwrap();
+        let packed = pack::<B>(groups, Some(&refs), &pack_ctx, &device).unwrap();
+        let mut out = Vec::new();
+        for mini in &packed.mini_batches {
+            let MiniBatch::Mine {
+                scale,
+                micro_batches,
+            } = mini
+            else {
+                panic!("every mini-batch has rollouts of this worker");
+            };
+            let (grads, stats) = mini_batch_grads(&policy, micro_batches, scale, &config).unwrap();
+            out.push((*scale, stats, flat(&policy, &grads)));
+        }
+        out
+    };
+    let (got, want) = (run(&groups), run(&removed));
+    assert_eq!(got.len(), want.len());
+    for ((s1, st1, g1), (s2, st2, g2)) in got.iter().zip(&want) {
+        assert_eq!((s1, st1), (s2, st2));
+        assert!(g1
+            .iter()
+            .flatten()
+            .zip(g2.iter().flatten())
+            .all(|(a, b)| a.to_bits() == b.to_bits()));
+    }
 }

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use burn::tensor::FloatDType;
 use serde::{Deserialize, Serialize};
 
+use super::aepo::{aepo_stage, AepoContext, AepoReport, AepoState};
 use super::config::RlConfig;
 use super::exchange::sum_one;
 use super::groups::GroupSelection;
@@ -55,6 +56,9 @@ pub struct RlState {
     /// in older checkpoints).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task_sampler: Option<TaskSamplerState>,
+    /// AEPO's controller state (`rl.loss.aepo`; absent otherwise and in older checkpoints).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aepo: Option<AepoState>,
     /// The observer's state (e.g. the pipeline's difficulty store).
     #[serde(default)]
     pub observer: serde_json::Value,
@@ -235,8 +239,8 @@ pub fn train_prompts_with<B: TrainBackend>(
 /// An RL run in progress: the policy and its optimiser, the frozen reference, the reward and the
 /// prompt sampler. [`RlTrainer::step`] runs one training step as named stages, each with a typed
 /// output: rollout (`rl/rollout.rs`) -> score (`rl/score.rs`) -> advantages with dynamic
-/// sampling (`rl/groups.rs`) -> pack (`rl/pack.rs`) -> update (`rl/update.rs`) -> metrics
-/// (`rl/metrics.rs`). The CLI, the pipeline
+/// sampling (`rl/groups.rs`) -> AEPO when on (`rl/aepo.rs`) -> pack (`rl/pack.rs`) -> update
+/// (`rl/update.rs`) -> metrics (`rl/metrics.rs`). The CLI, the pipeline
 /// and every data-parallel worker go through it (via [`train_prompts_with`]).
 pub struct RlTrainer<'a, B: TrainBackend> {
     model_section: &'a ModelSection,
@@ -254,6 +258,8 @@ pub struct RlTrainer<'a, B: TrainBackend> {
     optim: AdamWOptimizer<B, Qwen2ForCausalLM<B>>,
     rewarder: Arc<dyn Rewarder>,
     sampler: PromptSampler,
+    /// AEPO's state across steps (`rl.loss.aepo`).
+    aepo: AepoState,
     params: SamplingParams,
     pad: u32,
     steps_done: usize,
@@ -420,6 +426,7 @@ impl<'a, B: TrainBackend> RlTrainer<'a, B> {
             observer.restore(s.observer.clone())?;
         }
         let sampler = PromptSampler::new(prompts, run.seed, config, state.as_ref());
+        let aepo = state.as_ref().and_then(|s| s.aepo).unwrap_or_default();
         let mut optim = AdamWOptimizer::<B, Qwen2ForCausalLM<B>>::new(&config.optim);
         if let Some(ckpt) = &resume_from {
             optim.load(&ckpt.join(OPTIMIZER_FILE), &device)?;
@@ -451,6 +458,7 @@ impl<'a, B: TrainBackend> RlTrainer<'a, B> {
             optim,
             rewarder,
             sampler,
+            aepo,
             params,
             pad,
             steps_done: start,
@@ -524,8 +532,9 @@ impl<'a, B: TrainBackend> RlTrainer<'a, B> {
         self.finish()
     }
 
-    /// One training step: rollout -> score -> advantages (dynamic sampling) -> pack -> update ->
-    /// metrics. The leader writes the step's record and, when due, a checkpoint.
+    /// One training step: rollout -> score -> advantages (dynamic sampling) -> AEPO (when on) ->
+    /// pack -> update -> metrics. The leader writes the step's record and, when due, a
+    /// checkpoint.
     pub fn step(&mut self) -> Result<StepReport> {
         let step = self.steps_done;
         if step >= self.total_steps {
@@ -537,7 +546,8 @@ impl<'a, B: TrainBackend> RlTrainer<'a, B> {
         let t_step = Instant::now();
         let seed = step_seed(self.run.seed, step);
         let generation = self.generate(step, seed)?;
-        let batch = generation.selection.finish(self.config, self.prompts, step);
+        let mut batch = generation.selection.finish(self.config, self.prompts, step);
+        let aepo = self.aepo_stage(step, &mut batch.groups)?;
 
         log::debug!(
             "rl step {}: rollouts done, {:?} kernels compiled so far",
@@ -594,6 +604,7 @@ impl<'a, B: TrainBackend> RlTrainer<'a, B> {
             batch: &batch,
             update: &updates,
             reward: &reward_stats,
+            aepo,
             times: StepTimes {
                 gen: generation.t_gen,
                 reward: generation.t_reward,
@@ -608,6 +619,7 @@ impl<'a, B: TrainBackend> RlTrainer<'a, B> {
             .flat_map(|g| {
                 g.rollouts
                     .iter()
+                    .filter(|r| !r.aepo_masked)
                     .map(|r| self.prompts[g.prompt].ids.len() + r.len)
             })
             .sum();
@@ -629,6 +641,30 @@ impl<'a, B: TrainBackend> RlTrainer<'a, B> {
         }
         self.save_checkpoint_if_due()?;
         Ok(report)
+    }
+
+    /// The AEPO stage (`rl.loss.aepo`, see `rl/aepo.rs`): the policy's entropy on the step's
+    /// batch moves the controller on, and while it masks, the negatives of `groups` are marked
+    /// to be left out of the update. `None` when AEPO is off.
+    fn aepo_stage(
+        &mut self,
+        step: usize,
+        groups: &mut [super::groups::Group],
+    ) -> Result<Option<AepoReport>> {
+        if !self.config.loss.aepo {
+            return Ok(None);
+        }
+        let policy = self.policy.as_ref().ok_or_else(policy_lost)?;
+        let inner = burn::module::AutodiffModule::valid(policy);
+        let ctx = AepoContext {
+            config: self.config,
+            prompts: self.prompts,
+            pad: self.pad,
+            worker: self.worker,
+            step,
+        };
+        let report = aepo_stage(&inner, &mut self.aepo, groups, &ctx, &self.device)?;
+        Ok(Some(report))
     }
 
     /// The rollout and score stages, over as many generation batches as dynamic sampling asks
@@ -706,6 +742,7 @@ impl<'a, B: TrainBackend> RlTrainer<'a, B> {
             total_steps: self.total_steps,
             sampler,
             task_sampler,
+            aepo: self.config.loss.aepo.then_some(self.aepo),
             observer: self.observer.state(),
         };
         let optim = &self.optim;
@@ -762,13 +799,14 @@ mod tests {
             .collect()
     }
 
-    fn state(sampler: &PromptSampler) -> RlState {
+    fn state(sampler: &PromptSampler, aepo: Option<AepoState>) -> RlState {
         let (sampler, task_sampler) = sampler.states();
         RlState {
             step: 1,
             total_steps: 9,
             sampler,
             task_sampler,
+            aepo,
             observer: serde_json::Value::Null,
         }
     }
@@ -784,8 +822,10 @@ mod tests {
         let first = s.take(4);
         let n_math = first.iter().filter(|&&i| i == 3).count();
         assert_eq!(n_math, 2, "two of each task in a batch of four: {first:?}");
-        let json = serde_json::to_string(&state(&s)).unwrap();
+        let aepo = Some(AepoState { masking: true });
+        let json = serde_json::to_string(&state(&s, aepo)).unwrap();
         let back: RlState = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.aepo, aepo);
         let mut r = PromptSampler::new(&prompts, 5, &config, Some(&back));
         assert_eq!(r.take(6), s.take(6));
         assert_eq!(r.epochs_done(), 2.5);
@@ -795,14 +835,14 @@ mod tests {
     fn checkpoints_without_the_new_fields_still_load_and_the_plain_sampler_is_unchanged() {
         let old = r#"{"step": 2, "total_steps": 4, "sampler": {"epoch": 0, "index": 3}}"#;
         let st: RlState = serde_json::from_str(old).unwrap();
-        assert!(st.task_sampler.is_none());
+        assert!(st.task_sampler.is_none() && st.aepo.is_none());
         let prompts = prompts();
         let config = RlConfig::default();
         let mut plain = PromptSampler::new(&prompts, 5, &config, Some(&st));
         let mut epoch = EpochSampler::new(4, 5, true, SamplerState { epoch: 0, index: 3 });
         assert_eq!(plain.take(5), epoch.take(5));
         // The plain sampler's checkpoint has no new fields.
-        let json = serde_json::to_value(state(&plain)).unwrap();
-        assert!(json.get("task_sampler").is_none());
+        let json = serde_json::to_value(state(&plain, None)).unwrap();
+        assert!(json.get("task_sampler").is_none() && json.get("aepo").is_none());
     }
 }

@@ -1,13 +1,15 @@
 //! The RL stage's warm-up: under bucketed shapes, before the first step, every rollout shape
 //! (prefill, row copy, decoding) and every micro-batch shape of the update (the policy's
-//! forward, loss and backward, and the reference's forward when the loss has a KL term) runs
-//! once, so that a JIT backend compiles and autotunes them before the first real step.
+//! forward, loss and backward, the reference's forward when the loss has a KL term, and AEPO's
+//! entropy forward when it is on) runs once, so that a JIT backend compiles and autotunes them
+//! before the first real step.
 
 use std::time::Instant;
 
 use burn::module::AutodiffModule;
 use serde::Serialize;
 
+use super::aepo::micro_batch_entropy;
 use super::config::RlConfig;
 use super::loss::AggScale;
 use super::pack::{reference_grid, MicroBatch};
@@ -84,6 +86,12 @@ pub(crate) fn warm_up<B: TrainBackend>(
     let update_shapes = warm_up_micro_batches(&list, pad, &shapes, |seqs| {
         mini_batch_grads(&policy, &[fake(seqs)?], &scale, config).map(|_| ())
     })?;
+    if config.loss.aepo {
+        let inner = policy.valid();
+        warm_up_micro_batches(&list, pad, &shapes, |seqs| {
+            micro_batch_entropy(&inner, seqs, pad, &shapes, config, device).map(|_| ())
+        })?;
+    }
     // The optimiser, fed the gradients of one micro-batch, then of two (their accumulation): the
     // backward's last ops fuse with the update's differently in each case.
     let mut optimizer_steps = 0;
