@@ -2,6 +2,7 @@
 //! curriculum-guided phased GRPO/DAPO, difficulty-aware retrospective sampling, hybrid rule + LLM
 //! judge rewards) on burn, with one code path for CUDA, wgpu and CPU backends.
 
+pub mod ablation;
 pub mod bench;
 pub mod cli;
 pub mod config;

@@ -57,6 +57,17 @@ const PALETTE: [RGBColor; 5] = [
     RGBColor(214, 39, 40),
     RGBColor(148, 103, 189),
 ];
+/// Bar colours: grey for the first series (a reference such as the start), then matplotlib's.
+const BARS: [RGBColor; 8] = [
+    RGBColor(150, 150, 150),
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+];
 /// Values of this magnitude or more are treated as absent.
 pub const MAX_VALUE: f64 = 1e300;
 const BOUNDARY: RGBColor = RGBColor(110, 110, 110);
@@ -423,6 +434,90 @@ fn draw_chart(
             .map_err(fail)?
             .label(s.label)
             .legend(move |(x, y)| PathElement::new([(x, y), (x + 24, y)], color.stroke_width(3)));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .label_font((FAMILY, 15))
+        .background_style(WHITE.mix(0.85))
+        .border_style(RGBColor(180, 180, 180))
+        .draw()
+        .map_err(fail)?;
+    root.present().map_err(fail)
+}
+
+/// A grouped bar chart with 95% intervals (`longrl ablate`'s `ablation.png`): one group of bars
+/// per entry of `groups` (x axis), one bar per series in each group (coloured, the first grey,
+/// in the legend),
+/// its height the value's `mean` in percent and a whisker of `mean +- ci95` where there is one.
+pub fn plot_bars(
+    path: &Path,
+    title: &str,
+    groups: &[String],
+    series: &[(String, Vec<crate::ablation::Interval>)],
+) -> Result<()> {
+    register_font()?;
+    let fail = |e: DrawingAreaErrorKind<_>| draw_error(path, e);
+    let top = series
+        .iter()
+        .flat_map(|(_, v)| v.iter().map(|i| i.mean + i.ci95.unwrap_or(0.0)))
+        .fold(0.0f64, f64::max);
+    let y_hi = (100.0 * top * (1.12 + 0.07 * series.len() as f64)).clamp(10.0, 160.0);
+    let root = BitMapBackend::new(path, SIZE).into_drawing_area();
+    root.fill(&WHITE).map_err(fail)?;
+    let titled = root
+        .titled(title, (FAMILY, 24).into_font().color(&BLACK))
+        .map_err(fail)?;
+    let n = groups.len().max(1) as f64;
+    let mut chart = ChartBuilder::on(&titled)
+        .margin(14)
+        .x_label_area_size(50)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0.0..n, 0.0..y_hi)
+        .map_err(fail)?;
+    let names = groups.to_vec();
+    let group_label = move |x: &f64| {
+        let k = x.floor() as usize;
+        if (x - k as f64 - 0.5).abs() < 1e-6 {
+            names.get(k).cloned().unwrap_or_default()
+        } else {
+            String::new()
+        }
+    };
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(2 * groups.len() + 1)
+        .x_label_formatter(&group_label)
+        .y_desc("held-out accuracy (%)")
+        .y_labels(10)
+        .label_style((FAMILY, 15))
+        .axis_desc_style((FAMILY, 17))
+        .light_line_style(FINE_GRID)
+        .bold_line_style(GRID)
+        .draw()
+        .map_err(fail)?;
+    let width = 0.8 / series.len().max(1) as f64;
+    for (k, (name, values)) in series.iter().enumerate() {
+        let color = BARS[k % BARS.len()];
+        let left = |g: usize| g as f64 + 0.1 + k as f64 * width;
+        chart
+            .draw_series(values.iter().enumerate().map(|(g, v)| {
+                Rectangle::new(
+                    [(left(g), 0.0), (left(g) + width * 0.92, 100.0 * v.mean)],
+                    color.filled(),
+                )
+            }))
+            .map_err(fail)?
+            .label(name.as_str())
+            .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 18, y + 6)], color.filled()));
+        let whiskers = values.iter().enumerate().filter_map(|(g, v)| {
+            let c = v.ci95?;
+            let x = left(g) + width * 0.46;
+            let (lo, hi) = (100.0 * (v.mean - c).max(0.0), 100.0 * (v.mean + c));
+            Some(PathElement::new([(x, lo), (x, hi)], BLACK.stroke_width(2)))
+        });
+        chart.draw_series(whiskers).map_err(fail)?;
     }
     chart
         .configure_series_labels()

@@ -3,6 +3,7 @@
 
 mod common;
 
+mod ablation;
 mod chat_templates;
 mod checkpoint;
 mod cli;
