@@ -232,7 +232,8 @@ mod tests {
             score(TaskKind::Qa, &answer("the LARODU"), "Larodu", &exact).score,
             1.0
         );
-        let mc = "Therefore, the answer is (A).";
+        // Multiple choice is untouched by the QA comparison.
+        let mc = "The correct answer is (A).";
         assert_eq!(score(TaskKind::MultipleChoice, mc, "A", &exact).score, 1.0);
     }
 }
