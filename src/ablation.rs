@@ -21,7 +21,9 @@ use crate::distributed::Worker;
 use crate::error::{Error, Result};
 use crate::io::write_atomic;
 use crate::model::TrainBackend;
-use crate::pipeline::{self, bucket_name, PhaseResult, PipelineFile, PipelineSummary};
+use crate::pipeline::{
+    self, bucket_edges, bucket_name, PhaseResult, PipelineFile, PipelineSummary,
+};
 use crate::reward::Rewarder;
 use crate::rl::ScaleRewards;
 
@@ -318,11 +320,7 @@ impl AblationReport {
 /// The held-out buckets of a config, shortest first: one per edge (`[eval] length_buckets`, else
 /// the stages' limits) and the one past the last edge.
 pub fn buckets(file: &PipelineFile) -> Vec<String> {
-    let edges: Vec<usize> = if file.eval.length_buckets.is_empty() {
-        file.stages.iter().map(|s| s.max_input_tokens).collect()
-    } else {
-        file.eval.length_buckets.clone()
-    };
+    let edges = bucket_edges(file);
     let mut out: Vec<String> = edges.iter().map(|&e| bucket_name(e, &edges)).collect();
     out.push(bucket_name(usize::MAX, &edges));
     out
@@ -346,10 +344,7 @@ impl Plan {
         let root = file.run.run_dir.clone();
         let mut base = file.clone();
         base.data.seed = Some(file.data.seed.unwrap_or(file.run.seed));
-        base.eval.length_buckets = match file.eval.length_buckets.is_empty() {
-            true => file.stages.iter().map(|s| s.max_input_tokens).collect(),
-            false => file.eval.length_buckets.clone(),
-        };
+        base.eval.length_buckets = bucket_edges(file);
         base.run.progress = false;
         let mut start = base.clone();
         start.run.run_dir = root.join("start");

@@ -272,7 +272,7 @@ fn file_data(d: &DataSection) -> Result<(Vec<RlSample>, Vec<RlSample>, Vec<SftRe
 
 /// The upper edges of the held-out length buckets: `[eval] length_buckets`, else every stage's
 /// `max_input_tokens`.
-fn bucket_edges(file: &PipelineFile) -> Vec<usize> {
+pub fn bucket_edges(file: &PipelineFile) -> Vec<usize> {
     if file.eval.length_buckets.is_empty() {
         file.stages.iter().map(|s| s.max_input_tokens).collect()
     } else {
