@@ -67,6 +67,12 @@ pub fn run(args: AblateArgs, device: Option<DeviceSpec>) -> Result<()> {
         resume: args.resume,
     };
     let file = super::train::load_pipeline_file(&args.config, &overrides)?;
+    if file.distributed.devices.len() > 1 || file.distributed.nodes > 1 {
+        return Err(crate::error::Error::Invalid(format!(
+            "{}: longrl ablate runs on one device; remove [distributed] (devices, nodes)",
+            args.config.display()
+        )));
+    }
     let mut section = file.ablation.clone().unwrap_or_default();
     if let Some(n) = args.seeds {
         section.seeds = n;

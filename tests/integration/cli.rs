@@ -863,3 +863,32 @@ fn bench_rl_on_wgpu_compiles_once_and_reuses_the_autotune_cache() {
         assert_eq!(s["autotunes"], 0);
     }
 }
+
+#[test]
+fn ablate_prints_its_table_and_names_a_bad_arm() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let text = crate::pipeline::CONFIG
+        .replace("MODEL", model_dir("tiny-qwen2-chatml").to_str().unwrap())
+        .replace("RUN", run.to_str().unwrap());
+    let good = write(
+        dir.path(),
+        "ablate.toml",
+        &format!("{text}\n[ablation]\nseeds = 1\narms = [\"flat\"]\n"),
+    );
+    let out = longrl(&["ablate", "--config", &good, "--quiet"]);
+    assert!(out.status.success(), "{}", err_text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("| flat | 1 | 16 |"), "{stdout}");
+    assert!(run.join("ablation.json").exists() && run.join("arms/flat/seed5").exists());
+    let bad = write(
+        dir.path(),
+        "bad.toml",
+        &format!("{text}\n[ablation]\narms = [\"flat\", \"curiculum\"]\n"),
+    );
+    let err = err_text(&longrl(&["ablate", "--config", &bad]));
+    assert!(
+        err.contains("bad.toml") && err.contains("curiculum"),
+        "{err}"
+    );
+}
