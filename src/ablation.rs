@@ -341,6 +341,17 @@ impl Plan {
                 "ablation: seeds must be at least 1 and arms must not be empty".into(),
             ));
         }
+        if let Some(a) = section
+            .arms
+            .iter()
+            .enumerate()
+            .find_map(|(i, a)| section.arms[..i].contains(a).then_some(a))
+        {
+            return Err(Error::Invalid(format!(
+                "ablation.arms lists {} twice",
+                a.name()
+            )));
+        }
         let root = file.run.run_dir.clone();
         let mut base = file.clone();
         base.data.seed = Some(file.data.seed.unwrap_or(file.run.seed));
@@ -364,6 +375,16 @@ impl Plan {
         }
         Ok(Self { root, start, runs })
     }
+}
+
+/// Records the pipeline a run directory holds as its `config.toml` (what this arm and seed ran:
+/// stages, retrospective and L1.5 options resolved).
+fn write_config(file: &PipelineFile) -> Result<()> {
+    let dir = &file.run.run_dir;
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let text = toml::to_string_pretty(file)
+        .map_err(|e| Error::Invalid(format!("the arm's config cannot be written: {e}")))?;
+    write_atomic(&dir.join("config.toml"), text.as_bytes())
 }
 
 /// Reads a finished pipeline's summary (`None` when it has not finished).
@@ -408,6 +429,7 @@ pub fn run<B: TrainBackend>(
             .build::<B::InnerBackend>(file.rl.max_response_length, &device)?,
     };
     let worker = Worker::single(crate::DeviceSpec::best_available());
+    write_config(&plan.start)?;
     let start = pipeline::run_prefix::<B>(
         &plan.start,
         Some(rewarder.clone()),
@@ -427,6 +449,7 @@ pub fn run<B: TrainBackend>(
         let (summary, wall_s) = match finished(&f.run.run_dir)? {
             Some(s) => (s, 0.0),
             None => {
+                write_config(f)?;
                 let s = pipeline::run_from::<B>(
                     f,
                     Some(rewarder.clone()),
@@ -592,6 +615,15 @@ mod tests {
         for n in names {
             assert!(json.contains(&format!("\"{n}\"")), "{n}");
         }
+        let twice = AblationSection {
+            seeds: 1,
+            arms: vec![Arm::Flat, Arm::Aepo, Arm::Flat],
+        };
+        let e = Plan::new(&config(STAGES), &twice)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("flat twice"), "{e}");
         let bad =
             crate::config::parse_toml::<AblationSection>("arms = [\"flatt\"]", Path::new("a.toml"));
         assert!(bad.unwrap_err().to_string().contains("a.toml"));

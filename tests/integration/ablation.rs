@@ -70,6 +70,11 @@ fn arms_and_seeds_share_one_start_and_repeat_exactly() {
         !a.join("arms/flat/seed5/sft").exists(),
         "SFT runs once, in start/"
     );
+    let cfg = std::fs::read_to_string(a.join("arms/flat/seed5/config.toml")).unwrap();
+    assert!(
+        cfg.contains("name = \"flat\"") && cfg.contains("max_steps = 4"),
+        "{cfg}"
+    );
     for f in ["ablation.json", "ablation.md", "ablation.png"] {
         assert!(a.join(f).exists(), "{f}");
     }
