@@ -72,13 +72,14 @@ impl AutodiffBackendFn for Steps {
             &prompts,
             "{\"task\": \"qa\", \"prompt\": \"Go.\", \"answer\": \"x\"}\n",
         )?;
-        // Greedy rollouts: sampling would amplify rounding differences between devices.
+        // Sampled rollouts (RL refuses temperature 0): both devices draw from the same seeded
+        // streams, so only a rounding difference at a sampling boundary could split them.
         let rl_cfg = RlConfig {
             train_file: prompts,
             max_steps: 2,
             train_batch_size: 1,
             num_generations: 2,
-            temperature: 0.0,
+            temperature: 1.0,
             max_response_length: 4,
             dynamic_sampling: false,
             ppo_mini_batch_size: 1,

@@ -149,15 +149,24 @@ impl RlConfig {
                 return Err(Error::Invalid(format!("rl.{name} must be at least 1")));
             }
         }
+        if !(self.temperature > 0.0 && self.temperature.is_finite()) {
+            return Err(Error::Invalid(format!(
+                "rl.temperature = {}: expected a number > 0 (rollouts are sampled, and scored for \
+                 training, at this temperature; 0 would make every training log-prob NaN and skip \
+                 every update)",
+                self.temperature
+            )));
+        }
+        if self.num_generations < 2 {
+            return Err(Error::Invalid(format!(
+                "rl.num_generations = {}: group-relative advantages need at least 2 rollouts per \
+                 prompt (a group of one has no baseline; TRL's GRPOTrainer refuses it too)",
+                self.num_generations
+            )));
+        }
         if self.max_steps == 0 && (self.num_epochs.is_nan() || self.num_epochs <= 0.0) {
             return Err(Error::Invalid(
                 "rl: set max_steps, or num_epochs > 0".into(),
-            ));
-        }
-        if self.dynamic_sampling && self.num_generations < 2 {
-            return Err(Error::Invalid(
-                "rl.dynamic_sampling needs num_generations >= 2 (a group of one has no spread)"
-                    .into(),
             ));
         }
         if self.reward.judge_url.is_some() != self.reward.judge_model.is_some() {
@@ -239,5 +248,33 @@ mod tests {
         let mut equal = c.clone();
         (equal.loss.aepo_entropy_low, equal.loss.aepo_entropy_high) = (0.2, 0.2);
         equal.validate().unwrap(); // equal bounds: a plain threshold
+    }
+
+    #[test]
+    fn greedy_rollouts_and_groups_of_one_are_refused() {
+        let c = RlConfig::default();
+        c.validate().unwrap();
+        for t in [0.0, -1.0, f32::NAN, f32::INFINITY] {
+            let e = RlConfig {
+                temperature: t,
+                ..c.clone()
+            }
+            .validate()
+            .unwrap_err()
+            .to_string();
+            assert!(
+                e.contains("rl.temperature") && e.contains("expected a number > 0"),
+                "{e}"
+            );
+        }
+        let e = RlConfig {
+            num_generations: 1,
+            dynamic_sampling: false,
+            ..c.clone()
+        }
+        .validate()
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("rl.num_generations = 1"), "{e}");
     }
 }
