@@ -512,6 +512,26 @@ fn load_state(root: &Path, resume: bool) -> Result<PipelineState> {
         .map_err(|e| Error::checkpoint(&state_path, format!("unreadable: {e}")))
 }
 
+/// Refuses, before any work, a stage whose length band holds no training sample (found only
+/// when the stage was reached, after the base eval, SFT and earlier stages, before).
+fn check_stage_pools(lengths: &[usize], stages: &[StageConfig]) -> Result<()> {
+    for k in 0..stages.len() {
+        if stage_pool(lengths, stages, k).is_empty() {
+            return Err(Error::Invalid(format!(
+                "stages[{k}] ({}): no training sample has a prompt length in ({}, {}] tokens",
+                stage_name(stages, k),
+                if k == 0 {
+                    0
+                } else {
+                    stages[k - 1].max_input_tokens
+                },
+                stages[k].max_input_tokens
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Training samples longer than every stage (warned about: they are never trained on).
 fn count_too_long(lengths: &[usize], stages: &[StageConfig]) -> usize {
     let too_long = lengths
@@ -579,6 +599,7 @@ impl<'a, B: TrainBackend> Phases<'a, B> {
         std::fs::create_dir_all(&data_dir).map_err(|e| Error::io(&data_dir, e))?;
         let data = prepare_data(file, &tokenizer, &data_dir, worker.is_leader())?;
         let lengths: Vec<usize> = data.train.iter().map(|p| p.ids.len()).collect();
+        check_stage_pools(&lengths, &file.stages)?;
         state.too_long = count_too_long(&lengths, &file.stages);
         let rewarder = match rewarder {
             Some(r) => r,
@@ -754,17 +775,6 @@ impl<B: TrainBackend> Phases<'_, B> {
         let mut pool: Vec<usize> = band.clone();
         for &i in &carried {
             pool.extend(std::iter::repeat_n(i, file.retrospective.copies()));
-        }
-        if pool.is_empty() {
-            return Err(Error::Invalid(format!(
-                "{name}: no training sample has a prompt length in ({}, {}] tokens",
-                if k == 0 {
-                    0
-                } else {
-                    file.stages[k - 1].max_input_tokens
-                },
-                file.stages[k].max_input_tokens
-            )));
         }
         Ok(pool.iter().map(|&i| self.data.train[i].clone()).collect())
     }

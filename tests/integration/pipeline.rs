@@ -164,3 +164,21 @@ fn config_without_stages_is_a_clear_error() {
         .to_string();
     assert!(e.contains("[[stages]]"), "{e}");
 }
+
+#[test]
+fn a_stage_without_samples_is_refused_before_any_work() {
+    let out = tempfile::tempdir().unwrap();
+    let mut f = file(out.path());
+    // A one-token band after the first stage: none of this seed's 30 prompts is 221 tokens long.
+    let mut narrow = f.stages[0].clone();
+    narrow.max_input_tokens = 221;
+    f.stages.insert(1, narrow);
+    let e = pipeline::run::<B>(&f, None, false, Default::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("stages[1] (stage2)") && e.contains("(220, 221]"),
+        "{e}"
+    );
+    assert!(!out.path().join("sft").exists(), "nothing ran");
+}
