@@ -421,13 +421,8 @@ pub fn run<B: TrainBackend>(
             root.display()
         )));
     }
-    let rewarder = match rewarder {
-        Some(r) => r,
-        None => file
-            .rl
-            .reward
-            .build::<B::InnerBackend>(file.rl.max_response_length, &device)?,
-    };
+    // One reward for every run (a local judge checkpoint is loaded once).
+    let rewarder = pipeline::rewarder_or_built::<B>(file, rewarder, &device)?;
     let worker = Worker::single(crate::DeviceSpec::best_available());
     write_config(&plan.start)?;
     let start = pipeline::run_prefix::<B>(

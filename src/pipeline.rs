@@ -492,6 +492,21 @@ pub fn run_from<B: TrainBackend>(
     phases.finish(&state)
 }
 
+/// The given reward, else the hybrid reward of `[rl.reward]` built on `device`.
+pub fn rewarder_or_built<B: TrainBackend>(
+    file: &PipelineFile,
+    given: Option<Arc<dyn Rewarder>>,
+    device: &B::Device,
+) -> Result<Arc<dyn Rewarder>> {
+    match given {
+        Some(r) => Ok(r),
+        None => file
+            .rl
+            .reward
+            .build::<B::InnerBackend>(file.rl.max_response_length, device),
+    }
+}
+
 /// The pipeline's state in `root`: a new one, or with `resume` the one saved there (an error
 /// without `resume`, so a finished or running pipeline is never overwritten by mistake).
 fn load_state(root: &Path, resume: bool) -> Result<PipelineState> {
@@ -601,13 +616,7 @@ impl<'a, B: TrainBackend> Phases<'a, B> {
         let lengths: Vec<usize> = data.train.iter().map(|p| p.ids.len()).collect();
         check_stage_pools(&lengths, &file.stages)?;
         state.too_long = count_too_long(&lengths, &file.stages);
-        let rewarder = match rewarder {
-            Some(r) => r,
-            None => file
-                .rl
-                .reward
-                .build::<B::InnerBackend>(file.rl.max_response_length, &device)?,
-        };
+        let rewarder = rewarder_or_built::<B>(file, rewarder, &device)?;
         let phases = Self {
             file,
             root,
