@@ -77,11 +77,7 @@ pub fn run(args: AblateArgs, device: Option<DeviceSpec>) -> Result<()> {
     if let Some(n) = args.seeds {
         section.seeds = n;
     }
-    let device = match (device, file.run.device.as_deref()) {
-        (Some(d), _) => d,
-        (None, Some(s)) => s.parse()?,
-        (None, None) => DeviceSpec::best_available(),
-    };
+    let device = super::train::pick_device(device, file.run.device.as_deref())?;
     let root = file.run.run_dir.clone();
     let report = device.run_autodiff(AblateTask {
         file,

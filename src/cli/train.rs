@@ -139,7 +139,7 @@ impl TrainArgs {
 }
 
 /// The device: `--device`, else `[run] device`, else the best compiled-in one.
-fn pick_device(cli: Option<DeviceSpec>, config: Option<&str>) -> Result<DeviceSpec> {
+pub(super) fn pick_device(cli: Option<DeviceSpec>, config: Option<&str>) -> Result<DeviceSpec> {
     match (cli, config) {
         (Some(d), _) => Ok(d),
         (None, Some(s)) => s.parse(),
