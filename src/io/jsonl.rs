@@ -43,13 +43,28 @@ impl Iterator for JsonlLines<'_> {
     type Item = Result<JsonlLine>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        let mut text = String::new();
-        match self.reader.read_line(&mut text) {
+        let mut bytes = Vec::new();
+        match self.reader.read_until(b'\n', &mut bytes) {
             Ok(0) => None,
             Ok(n) => {
                 self.number += 1;
                 let offset = self.offset;
                 self.offset += n as u64;
+                let mut text = match String::from_utf8(bytes) {
+                    Ok(text) => text,
+                    Err(e) => {
+                        let at = e.utf8_error().valid_up_to();
+                        return Some(Err(Error::input(
+                            self.path,
+                            self.number,
+                            format!(
+                                "not valid UTF-8 (byte {} of the line); expected UTF-8 text \
+                                 (re-encode the file, e.g. with iconv -t UTF-8)",
+                                at + 1
+                            ),
+                        )));
+                    }
+                };
                 let complete = text.ends_with('\n');
                 if complete {
                     text.pop();
@@ -204,6 +219,13 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("recs.jsonl:1: a = 1 is odd"), "{e}");
+        // Bytes that are not UTF-8 (a Latin-1 file) name their line too.
+        std::fs::write(&path, b"{\"a\": 1}\n{\"a\": \"caf\xe9\"}\n").unwrap();
+        let e = read_jsonl::<Rec>(&path).unwrap_err().to_string();
+        assert!(
+            e.contains("recs.jsonl:2: not valid UTF-8 (byte 11 of the line)"),
+            "{e}"
+        );
         let missing = path.with_file_name("none.jsonl");
         let e = read_jsonl::<Rec>(&missing).unwrap_err();
         assert!(e.is_not_found(), "{e}");

@@ -164,6 +164,16 @@ impl RlConfig {
                 self.num_generations
             )));
         }
+        if self.ppo_mini_batch_size < self.train_batch_size
+            && self.train_batch_size % self.ppo_mini_batch_size != 0
+        {
+            return Err(Error::Invalid(format!(
+                "rl.ppo_mini_batch_size = {} does not divide rl.train_batch_size = {}: every \
+                 update must see as many prompts (the last mini-batch would be smaller and weigh \
+                 more per prompt; verl refuses it too); a size >= the batch makes one update",
+                self.ppo_mini_batch_size, self.train_batch_size
+            )));
+        }
         if self.max_steps == 0 && (self.num_epochs.is_nan() || self.num_epochs <= 0.0) {
             return Err(Error::Invalid(
                 "rl: set max_steps, or num_epochs > 0".into(),
@@ -276,5 +286,27 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("rl.num_generations = 1"), "{e}");
+    }
+
+    #[test]
+    fn a_mini_batch_that_does_not_divide_the_batch_is_refused() {
+        let c = RlConfig {
+            train_batch_size: 12,
+            ppo_mini_batch_size: 5,
+            ..RlConfig::default()
+        };
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("rl.ppo_mini_batch_size = 5 does not divide rl.train_batch_size = 12"),
+            "{e}"
+        );
+        for mini in [3, 12, 32] {
+            RlConfig {
+                ppo_mini_batch_size: mini,
+                ..c.clone()
+            }
+            .validate()
+            .unwrap();
+        }
     }
 }
