@@ -278,6 +278,10 @@ pub fn main() -> anyhow::Result<()> {
 fn info(args: &InfoArgs) -> anyhow::Result<()> {
     let config = Qwen2Config::from_file(args.model.join("config.json"))?;
     let files = checkpoint::weight_files(&args.model).ok();
+    // A weight file cut short is an error here, not a summary of its header.
+    for file in files.iter().flatten() {
+        checkpoint::check_weight_file(file)?;
+    }
     let summary = json!({
         "model_type": config.model_type.as_str(),
         "architecture": config.model_type.architecture(),

@@ -144,16 +144,16 @@ pub fn plot_run(run_dir: &Path) -> Result<Vec<PathBuf>> {
 }
 
 /// Reads a metrics log: one JSON object with a `"step"` per line (blank lines are skipped). A
-/// line that is not such an object is an error naming the file and line.
+/// line that is not such an object is an error naming the file and line, except the last one:
+/// a run killed while appending a record leaves it unfinished, so it is skipped with a warning
+/// naming the file, line and what is wrong.
 pub fn read_metrics(path: &Path) -> Result<Vec<Value>> {
-    let mut records = Vec::new();
-    JsonlReader::new(path)
-        .on_bad_line(|e| format!("not valid JSON ({e}); expected a metrics object with a \"step\""))
-        .for_each(|n, value: Value| {
-            RecordKey::of(&value).map_err(|m| Error::input(path, n, m))?;
-            records.push(value);
-            Ok(())
-        })
+    let reader = JsonlReader::new(path).on_bad_line(|e| {
+        format!("not valid JSON ({e}); expected a metrics object with a \"step\"")
+    });
+    let lines = reader
+        .lines()
+        .and_then(|l| l.collect::<Result<Vec<_>>>())
         .map_err(|e| {
             if e.is_not_found() {
                 Error::Invalid(format!(
@@ -165,6 +165,29 @@ pub fn read_metrics(path: &Path) -> Result<Vec<Value>> {
                 e
             }
         })?;
+    let last = lines.iter().rposition(|l| !l.is_blank());
+    let mut records = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        if line.is_blank() {
+            continue;
+        }
+        let record = reader.parse::<Value>(line).and_then(|value| {
+            RecordKey::of(&value).map_err(|m| Error::input(path, line.number, m))?;
+            Ok(value)
+        });
+        match record {
+            Ok(value) => records.push(value),
+            Err(e) if Some(i) == last => log::warn!(
+                "{e}; skipped: the last line of the log{}",
+                if line.complete {
+                    ""
+                } else {
+                    ", cut short (no line end) by an interrupted write"
+                }
+            ),
+            Err(e) => return Err(e),
+        }
+    }
     Ok(records)
 }
 

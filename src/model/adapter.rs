@@ -95,6 +95,7 @@ pub fn load_adapter<B: Backend>(
     }
     let lora = LoraConfig::from_adapter_config(&dir.join(ADAPTER_CONFIG))?;
     let path = dir.join(ADAPTER_WEIGHTS);
+    super::checkpoint::check_weight_file(&path)?;
     let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
     let file = SafeTensors::deserialize(&bytes)
         .map_err(|e| Error::checkpoint(&path, format!("not a valid safetensors file: {e}")))?;

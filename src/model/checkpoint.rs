@@ -10,7 +10,7 @@ use std::sync::Arc;
 use burn::module::Param;
 use burn::tensor::{backend::Backend, DType, Tensor, TensorCreationOptions, TensorData};
 use burn_store::{BurnToPyTorchAdapter, ModuleSnapshot};
-use safetensors::tensor::{Dtype as StDtype, SafeTensors, TensorView};
+use safetensors::tensor::{Dtype as StDtype, Metadata, SafeTensorError, SafeTensors, TensorView};
 
 use super::config::Qwen2Config;
 use super::qwen2::Qwen2ForCausalLM;
@@ -186,6 +186,74 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     ))
 }
 
+/// Checks that `path` is a whole safetensors file: its header parses and every tensor's data lies
+/// within the file, which ends where the last tensor's data does. A file cut short (a full disk,
+/// an interrupted copy) is an error naming the file and how much is missing, before any loading.
+pub fn check_weight_file(path: &Path) -> Result<()> {
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    // SAFETY: as in `WeightFiles::open`: read-only, and only read through this map.
+    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+    read_header(path, &map).map(|_| ())
+}
+
+/// The header of the safetensors file `path` mapped as `bytes`: (header length, metadata), after
+/// the checks of [`SafeTensors::read_metadata`] (data offsets consistent with the shapes, the data
+/// exactly filling the rest of the file); errors say what is wrong in words.
+fn read_header(path: &Path, bytes: &[u8]) -> Result<(usize, Metadata)> {
+    SafeTensors::read_metadata(bytes).map_err(|e| {
+        let why = match e {
+            SafeTensorError::HeaderTooSmall => format!(
+                "truncated: {} bytes, less than the 8 that give the header's length",
+                bytes.len()
+            ),
+            SafeTensorError::InvalidHeaderLength => format!(
+                "truncated inside its header: {} bytes, but the header alone needs {}",
+                bytes.len(),
+                header_end(bytes).unwrap_or(0)
+            ),
+            SafeTensorError::MetadataIncompleteBuffer => {
+                size_mismatch(bytes).unwrap_or_else(|| e.to_string())
+            }
+            e => e.to_string(),
+        };
+        Error::checkpoint(path, format!("not a valid safetensors file: {why}"))
+    })
+}
+
+/// Where the header of a safetensors file ends (8 bytes of length, then the JSON header).
+fn header_end(bytes: &[u8]) -> Option<usize> {
+    let n = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?);
+    usize::try_from(n).ok()?.checked_add(8)
+}
+
+/// Describes a file whose size differs from what its (valid) header describes: cut short (naming
+/// the first tensor whose data is missing) or with bytes after the last tensor.
+fn size_mismatch(bytes: &[u8]) -> Option<String> {
+    let start = header_end(bytes)?;
+    let meta: Metadata = serde_json::from_slice(bytes.get(8..start)?).ok()?;
+    let expected = start.checked_add(meta.data_len())?;
+    let actual = bytes.len();
+    if actual >= expected {
+        return Some(format!(
+            "{} bytes after the last tensor's data (the header describes {expected} bytes, the \
+             file has {actual})",
+            actual - expected
+        ));
+    }
+    let data = actual - start;
+    let cut = meta
+        .offset_keys()
+        .into_iter()
+        .find(|k| meta.info(k).is_some_and(|i| i.data_offsets.1 > data))
+        .unwrap_or_default();
+    Some(format!(
+        "truncated: {actual} bytes, but its header places tensor data up to byte {expected} \
+         ({} bytes missing, from tensor `{cut}` on); the file was cut short, e.g. by a full disk \
+         or an interrupted copy",
+        expected - actual
+    ))
+}
+
 pub(super) fn burn_dtype(dtype: StDtype) -> Option<DType> {
     match dtype {
         StDtype::F32 => Some(DType::F32),
@@ -204,9 +272,7 @@ impl WeightFiles {
             // SAFETY: the file is opened read-only and only read through this map; a checkpoint
             // modified by another process while loading is outside what any loader can guard.
             let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-            let (header_len, meta) = SafeTensors::read_metadata(&map).map_err(|e| {
-                Error::checkpoint(path, format!("not a valid safetensors file: {e}"))
-            })?;
+            let (header_len, meta) = read_header(path, &map)?;
             let base = 8 + header_len;
             for (name, info) in meta.tensors() {
                 let dtype = burn_dtype(info.dtype).ok_or_else(|| {
@@ -743,5 +809,39 @@ mod tests {
             load_model_as::<burn::backend::NdArray>(tiny(), Some(BaseDtype::Bfloat16), &device)
                 .expect_err("ndarray holds no bf16");
         assert!(err.to_string().contains("model.base_dtype"), "{err}");
+    }
+
+    #[test]
+    fn a_cut_short_or_padded_weight_file_is_named_with_what_is_wrong() {
+        let whole = std::fs::read(tiny().join("model.safetensors")).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("model.safetensors");
+        std::fs::write(&path, &whole).unwrap();
+        check_weight_file(&path).unwrap();
+        let check = |bytes: &[u8]| {
+            std::fs::write(&path, bytes).unwrap();
+            let e = check_weight_file(&path).unwrap_err().to_string();
+            assert!(e.contains(&path.display().to_string()), "{e}");
+            e
+        };
+        let e = check(&whole[..whole.len() - 10]);
+        assert!(
+            e.contains("truncated") && e.contains("10 bytes missing"),
+            "{e}"
+        );
+        assert!(e.contains("from tensor `"), "{e}");
+        let e = check(&whole[..20]);
+        assert!(e.contains("truncated inside its header"), "{e}");
+        let e = check(&whole[..5]);
+        assert!(e.contains("truncated: 5 bytes"), "{e}");
+        let e = check(&[whole.as_slice(), b"xyz"].concat());
+        assert!(e.contains("3 bytes after the last tensor"), "{e}");
+        // Loading reports the same.
+        std::fs::write(&path, &whole[..whole.len() - 10]).unwrap();
+        std::fs::copy(tiny().join("config.json"), dir.path().join("config.json")).unwrap();
+        let e = load_model::<Flex>(dir.path(), &Default::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("10 bytes missing"), "{e}");
     }
 }

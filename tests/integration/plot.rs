@@ -192,9 +192,10 @@ fn a_log_without_known_metrics_writes_nothing() {
 fn a_bad_line_names_the_file_and_line() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("metrics.jsonl");
+    // A bad line before the last one is an error (only an unfinished last line is skipped).
     std::fs::write(
         &path,
-        "{\"step\": 1, \"train/loss\": 1.0}\n\n{\"step\": 2, \"train/loss\": 0.9\n",
+        "{\"step\": 1, \"train/loss\": 1.0}\n\n{\"step\": 2, \"train/loss\": 0.9\n{\"step\": 3}\n",
     )
     .unwrap();
     let err = plot_run(dir.path()).unwrap_err();
@@ -213,11 +214,15 @@ fn a_bad_line_names_the_file_and_line() {
     assert!(text.contains("not valid JSON"), "{text}");
     assert!(!dir.path().join("plots").exists());
 
-    std::fs::write(&path, "{\"step\": 1}\n{\"train/loss\": 0.9}\n").unwrap();
+    std::fs::write(
+        &path,
+        "{\"step\": 1}\n{\"train/loss\": 0.9}\n{\"step\": 3}\n",
+    )
+    .unwrap();
     let text = read_metrics(&path).unwrap_err().to_string();
     assert_eq!(text, format!("{}:2: missing \"step\"", path.display()));
 
-    std::fs::write(&path, "[1, 2]\n").unwrap();
+    std::fs::write(&path, "[1, 2]\n\n{\"step\": 3}\n").unwrap();
     let text = plot_run(dir.path()).unwrap_err().to_string();
     assert!(
         text.starts_with(&format!("{}:1:", path.display())),
@@ -236,4 +241,27 @@ fn a_missing_metrics_file_is_named() {
     let expected = dir.path().join("metrics.jsonl").display().to_string();
     assert!(text.contains(&expected), "{text}");
     assert!(text.contains("not found"), "{text}");
+}
+
+/// A run killed while appending a record leaves an unfinished last line: the log is still read
+/// (the line skipped), and the charts are drawn.
+#[test]
+fn an_unfinished_last_line_is_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_metrics(dir.path(), &sft_records(6));
+    let whole = read_metrics(&path).unwrap();
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap();
+    write!(f, "{{\"phase\": \"sft\", \"step\": 7, \"train/lo").unwrap();
+    drop(f);
+    assert_eq!(read_metrics(&path).unwrap(), whole);
+    assert_eq!(names(&plot_run(dir.path()).unwrap()), ["sft_loss.png"]);
+    // A complete last line that is not a record is skipped too; blank lines after it do not
+    // make it a middle line.
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    text.push_str("\n\n");
+    std::fs::write(&path, &text).unwrap();
+    assert_eq!(read_metrics(&path).unwrap(), whole);
 }
