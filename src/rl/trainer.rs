@@ -40,7 +40,6 @@ use crate::model::{load_model, Qwen2ForCausalLM};
 pub use crate::reward::RewardSection;
 use crate::reward::{RewardStats, Rewarder};
 use crate::tokenizer::Tokenizer;
-use crate::train::run_dir::OPTIMIZER_FILE;
 use crate::train::{stable_param_ids, AdamWOptimizer, RunDir};
 
 /// What an RL checkpoint remembers besides the weights and the optimiser.
@@ -429,10 +428,10 @@ impl<'a, B: TrainBackend> RlTrainer<'a, B> {
         let aepo = state.as_ref().and_then(|s| s.aepo).unwrap_or_default();
         let mut optim = AdamWOptimizer::<B, Qwen2ForCausalLM<B>>::new(&config.optim);
         if let Some(ckpt) = &resume_from {
-            optim.load(&ckpt.join(OPTIMIZER_FILE), &device)?;
-            if leader {
-                run_dir.truncate_metrics_after(start)?;
-            }
+            run_dir.load_optimizer(ckpt, |p| optim.load(p, &device))?;
+        }
+        if leader {
+            run_dir.truncate_metrics(resume_from.as_ref().map(|_| start))?;
         }
         let params = SamplingParams {
             temperature: config.temperature,

@@ -324,10 +324,10 @@ pub fn train_with<B: TrainBackend>(
     let mut sampler = EpochSampler::new(train_set.len(), run.seed, config.shuffle, sampler_state);
     let mut optim = AdamWOptimizer::<B, Qwen2ForCausalLM<B>>::new(&config.optim);
     if let Some(ckpt) = &resume_from {
-        optim.load(&ckpt.join(crate::train::run_dir::OPTIMIZER_FILE), &device)?;
-        if leader {
-            run_dir.truncate_metrics_after(start)?;
-        }
+        run_dir.load_optimizer(ckpt, |p| optim.load(p, &device))?;
+    }
+    if leader {
+        run_dir.truncate_metrics(resume_from.as_ref().map(|_| start))?;
     }
     let valid = |m: &Qwen2ForCausalLM<B>| {
         held_out_loss(m, valid_set.as_deref(), worker, pad, config, &device)

@@ -17,6 +17,7 @@ mod parquet_data;
 mod pipeline;
 mod plot;
 mod qwen3;
+mod recovery;
 mod reward;
 mod rl;
 mod rl_loss;
