@@ -22,7 +22,7 @@ use longrl::DeviceSpec;
 struct EvenIds;
 
 impl Rewarder for EvenIds {
-    fn reward(&self, items: &[RewardItem<'_>]) -> (Vec<RewardOutput>, RewardStats) {
+    fn reward(&self, items: &[RewardItem<'_>]) -> longrl::Result<(Vec<RewardOutput>, RewardStats)> {
         let out = items
             .iter()
             .map(|it| {
@@ -31,7 +31,7 @@ impl Rewarder for EvenIds {
                 RewardOutput::from_score(score, score >= 0.5)
             })
             .collect();
-        (out, RewardStats::default())
+        Ok((out, RewardStats::default()))
     }
 }
 

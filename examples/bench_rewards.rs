@@ -155,7 +155,7 @@ fn main() -> anyhow::Result<()> {
     for n in [1, threads] {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(n).build()?;
         let t = Instant::now();
-        let (out, _) = pool.install(|| reward.score_batch(&items));
+        let (out, _) = pool.install(|| reward.score_batch(&items))?;
         let s = t.elapsed().as_secs_f64();
         let correct = out.iter().filter(|o| o.acc).count();
         counts.push(correct);

@@ -19,7 +19,7 @@ use longrl::train::OptimConfig;
 struct Digits;
 
 impl Rewarder for Digits {
-    fn reward(&self, items: &[RewardItem<'_>]) -> (Vec<RewardOutput>, RewardStats) {
+    fn reward(&self, items: &[RewardItem<'_>]) -> longrl::Result<(Vec<RewardOutput>, RewardStats)> {
         let out = items
             .iter()
             .map(|it| {
@@ -34,7 +34,7 @@ impl Rewarder for Digits {
                 RewardOutput::from_score(score, score >= 0.5)
             })
             .collect();
-        (out, RewardStats::default())
+        Ok((out, RewardStats::default()))
     }
 }
 

@@ -57,6 +57,10 @@ pub enum Error {
     /// A data-parallel run stopped: a worker failed or a collective operation timed out.
     #[error("data-parallel run: {0}")]
     Distributed(String),
+    /// The LLM judge could not be reached (at start, or for longer than the allowed outage), so
+    /// the reward cannot be computed as configured.
+    #[error("{0}")]
+    Judge(String),
 }
 
 impl Error {

@@ -1,11 +1,16 @@
 //! A client for OpenAI-compatible chat-completions servers (vLLM, SGLang, llama.cpp, hosted APIs),
 //! shared by the HTTP judge and the evaluation of served models: a connection pool, a bound on
 //! requests in flight common to every caller, and retries with exponential backoff (honouring
-//! `Retry-After`) when the server is busy or unreachable.
+//! `Retry-After`) when the server is busy or unreachable, and optionally a circuit breaker
+//! ([`Breaker`]) that makes calls fail at once while the server is down.
+
+mod breaker;
+
+pub use breaker::{Breaker, BreakerConfig, Permit};
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -34,6 +39,8 @@ pub struct ChatClientConfig {
     pub initial_backoff: Duration,
     /// Cap on the wait between retries, also applied to a server's `Retry-After`.
     pub max_backoff: Duration,
+    /// Circuit breaker over every attempt of the client; `None`: each request retries on its own.
+    pub breaker: Option<BreakerConfig>,
 }
 
 impl std::fmt::Debug for ChatClientConfig {
@@ -47,6 +54,7 @@ impl std::fmt::Debug for ChatClientConfig {
             .field("max_retries", &self.max_retries)
             .field("initial_backoff", &self.initial_backoff)
             .field("max_backoff", &self.max_backoff)
+            .field("breaker", &self.breaker)
             .finish()
     }
 }
@@ -139,6 +147,7 @@ pub struct ChatClient {
     endpoint: String,
     agent: ureq::Agent,
     slots: Slots,
+    breaker: Option<Breaker>,
 }
 
 impl std::fmt::Debug for ChatClient {
@@ -169,6 +178,7 @@ impl ChatClient {
             .max_idle_connections_per_host(config.concurrency)
             .build();
         Ok(Self {
+            breaker: config.breaker.map(|b| Breaker::new(endpoint.clone(), b)),
             endpoint,
             agent: ureq::Agent::new_with_config(agent_config),
             slots: Slots::new(config.concurrency),
@@ -186,21 +196,54 @@ impl ChatClient {
         &self.endpoint
     }
 
+    /// The client's circuit breaker, when it has one.
+    pub fn breaker(&self) -> Option<&Breaker> {
+        self.breaker.as_ref()
+    }
+
     /// POSTs `body`, retrying as configured; `label` names the request in logs. The error is the
-    /// reason the request was given up (HTTP status and reply start, or transport error).
+    /// reason the request was given up (HTTP status and reply start, transport error, or the open
+    /// circuit that refused it without sending).
     pub fn complete(&self, label: &str, body: &Value) -> std::result::Result<ChatReply, String> {
-        let attempts = self.config.max_retries.saturating_add(1);
+        self.complete_within(label, body, self.config.max_retries.saturating_add(1))
+    }
+
+    /// POSTs `body` once, without retries (a health check); errors as [`ChatClient::complete`].
+    pub fn complete_once(
+        &self,
+        label: &str,
+        body: &Value,
+    ) -> std::result::Result<ChatReply, String> {
+        self.complete_within(label, body, 1)
+    }
+
+    /// POSTs `body` in at most `attempts` attempts, waiting out the backoff between them; stops
+    /// at once when the circuit breaker refuses an attempt or opens after one.
+    fn complete_within(
+        &self,
+        label: &str,
+        body: &Value,
+        attempts: u32,
+    ) -> std::result::Result<ChatReply, String> {
         let mut backoff = self.config.initial_backoff.min(self.config.max_backoff);
         let mut attempt = 1;
         loop {
-            match self.attempt(body) {
-                Attempt::Reply(reply) => return Ok(reply),
-                Attempt::Fail(reason) => {
+            match self.attempt_guarded(body) {
+                Err(refused) => return Err(refused),
+                Ok(Attempt::Reply(reply)) => return Ok(reply),
+                Ok(Attempt::Fail(reason)) => {
                     return Err(format!("{reason} (attempt {attempt}, not retried)"))
                 }
-                Attempt::Retry(reason, retry_after) => {
+                Ok(Attempt::Retry(reason, retry_after)) => {
                     if attempt >= attempts {
                         return Err(format!("{reason} (gave up after {attempt} attempts)"));
+                    }
+                    if let Some(open) = self
+                        .breaker
+                        .as_ref()
+                        .and_then(|b| b.refused(Instant::now()))
+                    {
+                        return Err(format!("{reason} (attempt {attempt}, not retried: {open})"));
                     }
                     let wait = retry_after.unwrap_or(backoff).min(self.config.max_backoff);
                     log::debug!(
@@ -216,6 +259,22 @@ impl ChatClient {
                 }
             }
         }
+    }
+
+    /// One attempt through the circuit breaker: refused without sending while it is open, else
+    /// sent and its outcome reported (a retryable failure counts against the server, any reply
+    /// that shows it is up, a 4xx included, for it).
+    fn attempt_guarded(&self, body: &Value) -> std::result::Result<Attempt, String> {
+        let Some(breaker) = &self.breaker else {
+            return Ok(self.attempt(body));
+        };
+        let permit = breaker.admit(Instant::now())?;
+        let outcome = self.attempt(body);
+        match &outcome {
+            Attempt::Retry(reason, _) => permit.failure(Instant::now(), reason),
+            Attempt::Reply(_) | Attempt::Fail(_) => permit.success(Instant::now()),
+        }
+        Ok(outcome)
     }
 
     /// Runs `work(i, &items[i])` for every item on up to `concurrency` scoped threads, each
@@ -480,6 +539,7 @@ mod tests {
             max_retries: 0,
             initial_backoff: Duration::ZERO,
             max_backoff: Duration::ZERO,
+            breaker: None,
         };
         let err = |c| ChatClient::new(c, names).unwrap_err().to_string();
         assert!(err(config("localhost:8000")).starts_with("--endpoint:"));

@@ -188,6 +188,7 @@ fn run_endpoint(
             max_retries: args.endpoint_retries,
             initial_backoff: Duration::from_secs(1),
             max_backoff: Duration::from_secs(64),
+            breaker: None,
         },
         OptionNames {
             url: "--endpoint",

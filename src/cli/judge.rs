@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::Args;
 
 use crate::error::Result;
+use crate::openai::BreakerConfig;
 use crate::reward::judge::{HttpJudge, HttpJudgeConfig, LocalJudge, LocalJudgeConfig};
 use crate::reward::Judge;
 
@@ -33,6 +34,12 @@ pub struct JudgeArgs {
     /// Retries of a judge request after 429, 5xx or a transport error.
     #[arg(long, default_value_t = 5)]
     pub judge_retries: u32,
+    /// Failed judge attempts in a row that open the circuit breaker (queries then fail at once).
+    #[arg(long, default_value_t = 5)]
+    pub judge_breaker_failures: u32,
+    /// Seconds an open circuit refuses judge queries before one probe is sent.
+    #[arg(long, default_value_t = 30.0)]
+    pub judge_breaker_cooldown: f64,
     /// A local judge: HuggingFace model folder run on `--device` (e.g. Qwen2.5-1.5B-Instruct).
     #[arg(long)]
     pub judge_checkpoint: Option<PathBuf>,
@@ -50,6 +57,12 @@ impl JudgeArgs {
                 concurrency: self.judge_concurrency,
                 timeout: Duration::from_secs_f64(self.judge_timeout.max(0.001)),
                 max_retries: self.judge_retries,
+                breaker: Some(BreakerConfig::from_settings(
+                    self.judge_breaker_failures,
+                    self.judge_breaker_cooldown,
+                    "--judge-breaker-failures",
+                    "--judge-breaker-cooldown",
+                )?),
                 ..HttpJudgeConfig::new(url.clone(), model.clone())
             })?))),
             _ => Ok(None),

@@ -15,6 +15,7 @@ use crate::data::{LoadOptions, TaskKind, UnknownFields};
 use crate::device::{BackendFn, DeviceSpec};
 use crate::error::{Error, Result};
 use crate::io::JsonlReader;
+use crate::reward::judge::{JudgeFailure, OutageNames, OutagePolicy};
 use crate::reward::{
     HybridConfig, HybridReward, Judge, OverlongConfig, RewardItem, RewardStats, RuleOptions,
 };
@@ -52,6 +53,14 @@ pub struct RewardArgs {
     /// Lines rewarded together (the judge's concurrency applies within a batch).
     #[arg(long, default_value_t = 256)]
     pub batch_size: usize,
+    /// While the judge is down: `stop` (refuse to start when it fails a test query; later ask the
+    /// failed queries again for up to --judge-max-outage, then fail) or `rule_only` (score them
+    /// with the rule alone, written out as `"verdict": "error"`, `"judge": null`).
+    #[arg(long, value_enum, default_value_t = JudgeFailure::Stop)]
+    pub judge_failure: JudgeFailure,
+    /// Under `--judge-failure stop`: the longest judge outage waited out, in seconds.
+    #[arg(long, default_value_t = 300.0)]
+    pub judge_max_outage: f64,
 }
 
 /// One input line's typed fields (the gold answer and the prompt are read by the shared row
@@ -156,9 +165,12 @@ fn reward_file(args: &RewardArgs, judge: Option<Arc<dyn Judge>>) -> Result<()> {
         }
         _ => None,
     };
+    let outage =
+        OutagePolicy::from_settings(args.judge_failure, args.judge_max_outage, OutageNames::CLI)?;
     let lines = read_lines(&args.input, overlong.is_some(), args.strict)?;
     if let Some(j) = &judge {
         log::info!("judge: {}", j.describe());
+        outage.check(j.as_ref())?;
     }
     let reward = HybridReward::new(
         HybridConfig {
@@ -168,6 +180,7 @@ fn reward_file(args: &RewardArgs, judge: Option<Arc<dyn Judge>>) -> Result<()> {
                 ..RuleOptions::default()
             },
             overlong,
+            outage,
         },
         judge,
     );
@@ -187,7 +200,7 @@ fn reward_file(args: &RewardArgs, judge: Option<Arc<dyn Judge>>) -> Result<()> {
                 response_ids: &[],
             })
             .collect();
-        let (outputs, stats) = reward.score_batch(&items);
+        let (outputs, stats) = reward.score_batch(&items)?;
         total.add(&stats);
         for o in outputs {
             let mut line = json!({
@@ -196,6 +209,7 @@ fn reward_file(args: &RewardArgs, judge: Option<Arc<dyn Judge>>) -> Result<()> {
                 "pred": o.pred,
                 "rule": o.rule,
                 "judge": o.judge,
+                "verdict": o.verdict,
             });
             if overlong.is_some() {
                 line["overlong"] = json!(o.overlong);
@@ -216,7 +230,7 @@ fn reward_file(args: &RewardArgs, judge: Option<Arc<dyn Judge>>) -> Result<()> {
     );
     if total.judge_failures > 0 {
         eprintln!(
-            "warning: {} judge calls failed and were scored 0",
+            "warning: {} judge calls failed and were scored with the rule alone (\"verdict\": \"error\")",
             total.judge_failures
         );
     }

@@ -111,9 +111,10 @@ pub struct ItemRecord {
     pub prediction: Option<String>,
     /// Rule score (0 or 1).
     pub rule: f64,
-    /// Judge score (0 or 1); `None` when the judge was not asked.
+    /// Judge score (0 or 1); `None` when the judge was not asked or its query failed.
     pub judge: Option<f64>,
-    /// The judge's verdict (`yes`, `no`, `unparsed`, `failed`) when asked.
+    /// The judge's verdict (`yes`, `no`, `unparsed`, `error`) when asked (`failed` in files
+    /// written before the failed verdict was named `error`).
     pub judge_verdict: Option<String>,
     /// `max(rule, judge)`.
     pub score: f64,
@@ -142,7 +143,7 @@ pub struct BenchSummary {
     pub rule_accuracy: f64,
     /// Answers the rule rejected and the judge accepted.
     pub judge_rescued: usize,
-    /// Judge calls that failed (scored 0; a rerun asks again).
+    /// Judge calls that failed (`error`: scored with the rule alone; a rerun asks again).
     pub judge_failures: usize,
     /// Answers whose prompt was middle-truncated.
     pub truncated: usize,
@@ -208,10 +209,7 @@ pub fn summarize_benchmark(benchmark: Benchmark, records: &[ItemRecord]) -> Benc
             .iter()
             .filter(|r| r.rule < 1.0 && r.judge == Some(1.0))
             .count(),
-        judge_failures: records
-            .iter()
-            .filter(|r| r.judge_verdict.as_deref() == Some("failed"))
-            .count(),
+        judge_failures: records.iter().filter(|r| judge_failed(r)).count(),
         truncated: records.iter().filter(|r| r.truncated).count(),
         length_cut: records
             .iter()
@@ -430,20 +428,16 @@ fn judge_records(judge: &dyn Judge, records: &mut [ItemRecord], asks: &[(usize, 
     let outcomes = judge.judge(&queries);
     for ((i, _), outcome) in asks.iter().zip(outcomes) {
         let r = &mut records[*i];
-        let score = outcome.verdict.score();
-        r.judge = Some(score);
-        r.judge_verdict = Some(verdict_name(outcome.verdict).into());
-        r.score = r.rule.max(score);
+        let failed = outcome.verdict == Verdict::Failed;
+        r.judge = (!failed).then(|| outcome.verdict.score());
+        r.judge_verdict = Some(outcome.verdict.name().into());
+        r.score = r.rule.max(r.judge.unwrap_or(0.0));
     }
 }
 
-fn verdict_name(v: Verdict) -> &'static str {
-    match v {
-        Verdict::Yes => "yes",
-        Verdict::No => "no",
-        Verdict::Unparsed => "unparsed",
-        Verdict::Failed => "failed",
-    }
+/// Whether the judge's query about `r` failed (`error`, or `failed` in older answer files).
+fn judge_failed(r: &ItemRecord) -> bool {
+    matches!(r.judge_verdict.as_deref(), Some("error" | "failed"))
 }
 
 /// The answer the judge is shown for a record, under `policy`; `None`: not asked.
@@ -632,7 +626,7 @@ impl Answering<'_> {
             .records
             .iter()
             .enumerate()
-            .filter(|(_, r)| r.judge_verdict.as_deref() == Some("failed"))
+            .filter(|(_, r)| judge_failed(r))
             .filter_map(|(i, r)| {
                 let v = score_response(bench.answer_kind(), &r.response, &r.gold);
                 judge_answer(self.policy, v.judge_answer, v.score).map(|a| (i, a))

@@ -18,7 +18,7 @@ use crate::data::TaskKind;
 use crate::error::Result;
 use crate::generate::{sample_seed, Engine, EngineOptions, GenerateRequest, SamplingParams};
 use crate::model::Qwen2ForCausalLM;
-use crate::reward::{RewardItem, Rewarder};
+use crate::reward::{RewardItem, Rewarder, Verdict};
 use crate::tokenizer::Tokenizer;
 
 /// Generation settings of an evaluation.
@@ -118,6 +118,10 @@ pub struct Prediction {
     pub response: String,
     /// Its score.
     pub score: f64,
+    /// The judge's verdict when it was asked (`error`: its query failed and the rule alone
+    /// scored the answer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<Verdict>,
 }
 
 fn tally(map: &mut BTreeMap<String, (f64, usize)>, key: &str, score: f64) {
@@ -207,7 +211,7 @@ pub fn evaluate<B: ModelBackend>(
                 owners.push(it);
             }
         }
-        let (outputs, _) = rewarder.reward(&reward_items);
+        let (outputs, _) = rewarder.reward(&reward_items)?;
         for ((o, it), r) in outputs.iter().zip(owners).zip(&reward_items) {
             all.0 += o.score;
             all.1 += 1;
@@ -221,6 +225,7 @@ pub fn evaluate<B: ModelBackend>(
                 answer: it.answer.clone(),
                 response: r.response.to_string(),
                 score: o.score,
+                verdict: o.verdict,
             });
         }
     }

@@ -11,10 +11,11 @@ use std::sync::{Arc, Mutex};
 use rayon::prelude::*;
 use serde::Serialize;
 
-use super::judge::{question_from_prompt, Judge, JudgeQuery, Verdict};
+use super::judge::{question_from_prompt, Judge, JudgeQuery, OutagePolicy, OutageWatch, Verdict};
 use super::rule::{self, RuleOptions};
 use super::shaping::OverlongConfig;
 use crate::data::TaskKind;
+use crate::error::Result;
 
 /// One response to reward.
 #[derive(Debug, Clone, Copy)]
@@ -37,12 +38,13 @@ pub struct RewardItem<'a> {
 
 /// Anything that rewards a batch of responses: the hybrid reward, or a researcher's own function.
 pub trait Rewarder: Send + Sync {
-    /// One output per item, in order, and the batch's counters.
-    fn reward(&self, items: &[RewardItem<'_>]) -> (Vec<RewardOutput>, RewardStats);
+    /// One output per item, in order, and the batch's counters; an error (e.g. the judge down for
+    /// longer than allowed) stops the RL step before any update.
+    fn reward(&self, items: &[RewardItem<'_>]) -> Result<(Vec<RewardOutput>, RewardStats)>;
 }
 
 impl Rewarder for HybridReward {
-    fn reward(&self, items: &[RewardItem<'_>]) -> (Vec<RewardOutput>, RewardStats) {
+    fn reward(&self, items: &[RewardItem<'_>]) -> Result<(Vec<RewardOutput>, RewardStats)> {
         self.score_batch(items)
     }
 }
@@ -58,10 +60,9 @@ pub struct RewardOutput {
     pub pred: Option<String>,
     /// The rule verifier's score.
     pub rule: f64,
-    /// The judge's score, when it was asked.
+    /// The judge's score, when it was asked and answered (`None` for a failed query).
     pub judge: Option<f64>,
-    /// The judge's verdict, when it was asked.
-    #[serde(skip)]
+    /// The judge's verdict, when it was asked (`error` when the query failed).
     pub verdict: Option<Verdict>,
     /// Overlong penalty (0 when shaping is off or the response is short enough).
     pub overlong: f64,
@@ -99,7 +100,8 @@ pub struct RewardStats {
     pub judge_cache_hits: usize,
     /// Responses the rule scored below 1 and the judge raised to 1.
     pub judge_flips: usize,
-    /// Judge calls that failed (server down, timeout, retries exhausted): scored 0.
+    /// Judge calls that failed (server down, timeout, retries exhausted, circuit open) and were
+    /// scored with the rule alone (`judge_failure = "rule_only"`).
     pub judge_failures: usize,
     /// Judge replies without `[[YES]]`/`[[NO]]`: scored 0.
     pub judge_unparsed: usize,
@@ -128,6 +130,8 @@ pub struct HybridConfig {
     pub rule: RuleOptions,
     /// Overlong shaping; `None` is off.
     pub overlong: Option<OverlongConfig>,
+    /// What to do while the judge is down (default: stop after a 300 s outage).
+    pub outage: OutagePolicy,
 }
 
 /// Most cached verdicts kept; the cache is emptied when it grows past this.
@@ -138,12 +142,14 @@ pub struct HybridReward {
     config: HybridConfig,
     judge: Option<Arc<dyn Judge>>,
     cache: Mutex<HashMap<JudgeQuery, Verdict>>,
+    watch: OutageWatch,
 }
 
 impl HybridReward {
     /// A rewarder; `judge: None` scores with the rules alone.
     pub fn new(config: HybridConfig, judge: Option<Arc<dyn Judge>>) -> Self {
         Self {
+            watch: OutageWatch::new(config.outage),
             config,
             judge,
             cache: Mutex::new(HashMap::new()),
@@ -155,8 +161,12 @@ impl HybridReward {
         self.judge.as_ref()
     }
 
-    /// Rewards a batch: one output per item, in order, and the batch's counters.
-    pub fn score_batch(&self, items: &[RewardItem<'_>]) -> (Vec<RewardOutput>, RewardStats) {
+    /// Rewards a batch: one output per item, in order, and the batch's counters; an error when the
+    /// judge is down longer than the outage policy allows.
+    pub fn score_batch(
+        &self,
+        items: &[RewardItem<'_>],
+    ) -> Result<(Vec<RewardOutput>, RewardStats)> {
         let rules: Vec<rule::RuleResult> = items
             .par_iter()
             .map(|it| rule::score(it.task, it.response, it.ground_truth, &self.config.rule))
@@ -198,7 +208,7 @@ impl HybridReward {
             }
         }
         stats.judge_cache_hits += eligible_items - queries.len();
-        let verdicts = self.ask(&queries, &mut stats);
+        let verdicts = self.ask(&queries, &mut stats)?;
 
         let outputs = items
             .iter()
@@ -206,7 +216,9 @@ impl HybridReward {
             .zip(asks)
             .map(|((it, r), ask)| {
                 let verdict = ask.map(|k| verdicts[k]);
-                let judge = verdict.map(Verdict::score);
+                let judge = verdict
+                    .filter(|&v| v != Verdict::Failed)
+                    .map(Verdict::score);
                 let score = r.score.max(judge.unwrap_or(0.0));
                 if judge == Some(1.0) && r.score < 1.0 {
                     stats.judge_flips += 1;
@@ -232,13 +244,14 @@ impl HybridReward {
                 }
             })
             .collect();
-        (outputs, stats)
+        Ok((outputs, stats))
     }
 
-    /// Verdicts for distinct queries: cached ones from the cache, the rest from one judge call.
-    fn ask(&self, queries: &[JudgeQuery], stats: &mut RewardStats) -> Vec<Verdict> {
+    /// Verdicts for distinct queries: cached ones from the cache, the rest from one judge call
+    /// under the outage policy (failed ones are `Failed`, never cached).
+    fn ask(&self, queries: &[JudgeQuery], stats: &mut RewardStats) -> Result<Vec<Verdict>> {
         let Some(judge) = &self.judge else {
-            return Vec::new();
+            return Ok(Vec::new());
         };
         let mut verdicts: Vec<Option<Verdict>> = {
             let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
@@ -250,7 +263,7 @@ impl HybridReward {
         stats.judge_cache_hits += queries.len() - missing.len();
         if !missing.is_empty() {
             let batch: Vec<JudgeQuery> = missing.iter().map(|&k| queries[k].clone()).collect();
-            let outcomes = judge.judge(&batch);
+            let outcomes = self.watch.judge(judge.as_ref(), &batch)?;
             stats.judge_calls += batch.len();
             let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
             if cache.len() + batch.len() > CACHE_LIMIT {
@@ -269,9 +282,9 @@ impl HybridReward {
                 verdicts[k] = Some(verdict);
             }
         }
-        verdicts
+        Ok(verdicts
             .into_iter()
             .map(|v| v.unwrap_or(Verdict::Failed))
-            .collect()
+            .collect())
     }
 }

@@ -10,6 +10,6 @@ pub mod shaping;
 pub use crate::data::TaskKind;
 pub use config::RewardSection;
 pub use hybrid::{HybridConfig, HybridReward, RewardItem, RewardOutput, RewardStats, Rewarder};
-pub use judge::{Judge, JudgeOutcome, JudgeQuery, Verdict};
+pub use judge::{Judge, JudgeFailure, JudgeOutcome, JudgeQuery, Verdict};
 pub use rule::{QaMatch, RuleOptions, RuleResult};
 pub use shaping::OverlongConfig;

@@ -49,7 +49,7 @@ pub(crate) fn score(
         }
     }
     let expected = items.len();
-    let (outputs, stats) = rewarder.reward(&items);
+    let (outputs, stats) = rewarder.reward(&items)?;
     drop(items);
     let elapsed = t1.elapsed();
     if outputs.len() != expected {
@@ -152,7 +152,7 @@ mod tests {
     struct ByLength;
 
     impl Rewarder for ByLength {
-        fn reward(&self, items: &[RewardItem<'_>]) -> (Vec<RewardOutput>, RewardStats) {
+        fn reward(&self, items: &[RewardItem<'_>]) -> Result<(Vec<RewardOutput>, RewardStats)> {
             let out = items
                 .iter()
                 .map(|it| {
@@ -164,7 +164,7 @@ mod tests {
                 items: items.len(),
                 ..RewardStats::default()
             };
-            (out, stats)
+            Ok((out, stats))
         }
     }
 

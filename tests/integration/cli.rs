@@ -392,8 +392,12 @@ fn reward_asks_a_loopback_judge_only_for_rule_failures() {
     let url = format!("http://{}/v1", server.server_addr().to_ip().unwrap());
     let handle = std::thread::spawn(move || {
         let mut bodies = Vec::new();
-        // Exactly one request is expected; the server stops after it.
-        if let Ok(Some(mut req)) = server.recv_timeout(std::time::Duration::from_secs(60)) {
+        // Exactly two requests are expected (the health check at start, then the one query);
+        // the server stops after them.
+        while bodies.len() < 2 {
+            let Ok(Some(mut req)) = server.recv_timeout(std::time::Duration::from_secs(60)) else {
+                break;
+            };
             let mut body = String::new();
             req.as_reader().read_to_string(&mut body).unwrap();
             bodies.push(body);
@@ -419,8 +423,11 @@ fn reward_asks_a_loopback_judge_only_for_rule_failures() {
         "30",
     ]));
     let bodies = handle.join().unwrap();
-    assert_eq!(bodies.len(), 1);
-    let req: Value = serde_json::from_str(&bodies[0]).unwrap();
+    assert_eq!(bodies.len(), 2);
+    let check: Value = serde_json::from_str(&bodies[0]).unwrap();
+    let probe = check["messages"][1]["content"].as_str().unwrap();
+    assert!(probe.contains("Problem: What is 1 + 1?"), "{probe}");
+    let req: Value = serde_json::from_str(&bodies[1]).unwrap();
     assert_eq!(req["model"], "judge-1");
     let user = req["messages"][1]["content"].as_str().unwrap();
     assert!(user.contains("Problem: Which landmark?"), "{user}");
@@ -430,6 +437,8 @@ fn reward_asks_a_loopback_judge_only_for_rule_failures() {
         "{user}"
     );
     assert_eq!(lines[1]["judge"], 1.0);
+    assert_eq!(lines[1]["verdict"], "yes");
+    assert_eq!(lines[0]["verdict"], Value::Null);
     assert_eq!(
         (lines[1]["score"].as_f64(), lines[1]["acc"].as_bool()),
         (Some(1.0), Some(true))

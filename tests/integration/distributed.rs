@@ -156,7 +156,10 @@ fn sft_on_two_workers_takes_the_single_device_step() {
 struct EvenFirst;
 
 impl Rewarder for EvenFirst {
-    fn reward(&self, items: &[RewardItem<'_>]) -> (Vec<RewardOutput>, RewardStats) {
+    fn reward(
+        &self,
+        items: &[RewardItem<'_>],
+    ) -> longrl::Result<(Vec<RewardOutput>, RewardStats)> {
         let out = items
             .iter()
             .map(|it| {
@@ -171,7 +174,7 @@ impl Rewarder for EvenFirst {
             items: items.len(),
             ..RewardStats::default()
         };
-        (out, stats)
+        Ok((out, stats))
     }
 }
 

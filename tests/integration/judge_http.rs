@@ -1,17 +1,30 @@
 //! The HTTP judge against a real chat-completions server on loopback (tiny_http, served from
 //! several threads): verdicts and request contents, the judge-wide concurrency bound, retries on
-//! 429/5xx, timeouts, malformed replies, an unreachable server and config validation.
+//! 429/5xx, timeouts, malformed replies, an unreachable server and config validation; and a judge
+//! outage (refused, 500, hanging, recovering): the circuit breaker, the `stop` / `rule_only`
+//! policy, the health check at start, and an RL run whose judge dies.
 
 use std::net::TcpListener;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::common::model_dir;
 use crate::common::server::{Reply, TestServer};
 
+use burn::backend::{Autodiff, Flex};
+use longrl::config::{ModelSection, RunSection};
+use longrl::openai::BreakerConfig;
 use longrl::reward::judge::{
-    HttpJudge, HttpJudgeConfig, Judge, JudgeQuery, Verdict, JUDGE_SYSTEM_PROMPT,
+    HttpJudge, HttpJudgeConfig, Judge, JudgeFailure, JudgeQuery, OutagePolicy, Verdict,
+    JUDGE_SYSTEM_PROMPT,
 };
+use longrl::reward::{
+    HybridConfig, HybridReward, RewardItem, RewardOutput, RewardSection, RewardStats, Rewarder,
+    TaskKind,
+};
+use longrl::rl::{self, RlConfig};
 use longrl::Error;
 use serde_json::Value;
 
@@ -304,6 +317,8 @@ fn an_unreachable_server_fails_every_query_quickly() {
     };
     let mut config = fast_config(&format!("http://127.0.0.1:{port}/v1"));
     config.max_retries = 2;
+    // Without the circuit breaker each query retries on its own (with it: see below).
+    config.breaker = None;
     let judge = HttpJudge::new(config).unwrap();
     let queries: Vec<JudgeQuery> = (0..6).map(query).collect();
     let start = Instant::now();
@@ -346,4 +361,434 @@ fn bad_settings_are_rejected() {
         judge.describe(),
         "HTTP judge judge-model at http://127.0.0.1:8000/v1/chat/completions"
     );
+}
+
+// --- A judge outage: the circuit breaker, the failure policy and the health check at start. ---
+
+/// Settings whose breaker opens after `failures` failed attempts for `cooldown`, with five retries
+/// per query (so, without the breaker, 6 attempts per query).
+fn breaker_config(url: &str, failures: u32, cooldown: Duration) -> HttpJudgeConfig {
+    let mut config = fast_config(url);
+    config.max_retries = 5;
+    config.timeout = Duration::from_millis(200);
+    config.breaker = Some(BreakerConfig { failures, cooldown });
+    config
+}
+
+/// A port that refuses connections (bound, then let go).
+fn refused_url() -> String {
+    let port = {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    format!("http://127.0.0.1:{port}/v1")
+}
+
+/// A server that accepts connections and never answers; returns its URL and the count of
+/// connections it accepted.
+fn hanging_server() -> (String, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/v1", listener.local_addr().unwrap());
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().flatten() {
+            count.fetch_add(1, Ordering::SeqCst);
+            held.push(stream);
+        }
+    });
+    (url, accepted)
+}
+
+/// Items the rule scores 0 with a parsed answer, so each asks the judge one distinct query.
+fn judged_items(answers: &[String]) -> Vec<RewardItem<'_>> {
+    answers
+        .iter()
+        .map(|a| RewardItem {
+            task: TaskKind::Qa,
+            response: a,
+            ground_truth: "the gold",
+            question: Some("Which one?"),
+            prompt: None,
+            response_tokens: None,
+            response_ids: &[],
+        })
+        .collect()
+}
+
+fn answers(n: usize, tag: &str) -> Vec<String> {
+    (0..n)
+        .map(|i| format!("<think>t</think>Therefore, the answer is {tag} {i}"))
+        .collect()
+}
+
+fn hybrid(judge: HttpJudge, on_failure: JudgeFailure, max_outage: Duration) -> HybridReward {
+    HybridReward::new(
+        HybridConfig {
+            outage: OutagePolicy {
+                on_failure,
+                max_outage,
+                ..OutagePolicy::default()
+            },
+            ..HybridConfig::default()
+        },
+        Some(Arc::new(judge)),
+    )
+}
+
+#[test]
+fn the_breaker_opens_on_a_server_error_and_later_queries_fail_without_a_request() {
+    let server = TestServer::start(4, |_, _| Reply::raw(500, "{\"error\":\"boom\"}"));
+    let judge = HttpJudge::new(breaker_config(&server.url, 5, Duration::from_secs(60))).unwrap();
+    let queries: Vec<JudgeQuery> = (0..32).map(query).collect();
+    let outcomes = judge.judge(&queries);
+    assert!(outcomes.iter().all(|o| o.verdict == Verdict::Failed));
+    // The 5 failures that open it, and at most the other 3 attempts already in flight; without
+    // the breaker: 32 queries x 6 attempts = 192.
+    let requests = server.requests();
+    assert!((5..=8).contains(&requests), "{requests} requests");
+    let refused = outcomes
+        .iter()
+        .filter(|o| o.detail.as_deref().unwrap().contains("circuit open for"))
+        .count();
+    assert!(refused >= 32 - 8, "{refused} refused: {outcomes:?}");
+    let detail = outcomes.iter().find_map(|o| o.detail.clone()).unwrap();
+    assert!(detail.contains("HTTP 500"), "{detail}");
+    assert!(judge
+        .retry_in()
+        .is_some_and(|d| d > Duration::from_secs(50)));
+
+    // The next batch sends nothing while the circuit is open.
+    assert!(judge
+        .judge(&queries)
+        .iter()
+        .all(|o| o.verdict == Verdict::Failed));
+    assert_eq!(server.requests(), requests);
+}
+
+#[test]
+fn the_breaker_opens_on_refused_connections() {
+    let judge = HttpJudge::new(breaker_config(&refused_url(), 3, Duration::from_secs(60))).unwrap();
+    let queries: Vec<JudgeQuery> = (0..32).map(query).collect();
+    let start = Instant::now();
+    let outcomes = judge.judge(&queries);
+    let refused = outcomes
+        .iter()
+        .filter(|o| o.detail.as_deref().unwrap().contains("circuit open for"))
+        .count();
+    assert!(refused >= 32 - 3 - 4, "{refused} refused: {outcomes:?}");
+    assert!(outcomes.iter().all(|o| o.verdict == Verdict::Failed));
+    assert!(
+        start.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        start.elapsed()
+    );
+}
+
+#[test]
+fn the_breaker_opens_after_one_round_of_timeouts_on_a_hanging_server() {
+    let (url, accepted) = hanging_server();
+    let mut config = breaker_config(&url, 5, Duration::from_secs(60));
+    config.concurrency = 8;
+    let judge = HttpJudge::new(config).unwrap();
+    let queries: Vec<JudgeQuery> = (0..32).map(query).collect();
+    let start = Instant::now();
+    let outcomes = judge.judge(&queries);
+    assert!(outcomes.iter().all(|o| o.verdict == Verdict::Failed));
+    // One round of 8 timed-out attempts opens it; the retries and the other queries fail at once
+    // (without the breaker: 32 x 6 = 192 connections, each waiting for its timeout).
+    let connections = accepted.load(Ordering::SeqCst);
+    assert!((5..=16).contains(&connections), "{connections} connections");
+    let timeouts = outcomes
+        .iter()
+        .filter(|o| o.detail.as_deref().unwrap().contains("timeout"))
+        .count();
+    assert!(timeouts >= 5, "{outcomes:?}");
+    assert!(
+        start.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        start.elapsed()
+    );
+}
+
+#[test]
+fn a_recovered_server_closes_the_breaker_and_stop_waits_out_the_outage() {
+    // The first 5 requests fail (the breaker opens), then the server answers again.
+    let server = flaky_server(5, 503, None);
+    let config = breaker_config(&server.url, 5, Duration::from_millis(100));
+    let reward = hybrid(
+        HttpJudge::new(config).unwrap(),
+        JudgeFailure::Stop,
+        Duration::from_secs(60),
+    );
+    let texts = answers(12, "recovered");
+    let (out, stats) = reward.score_batch(&judged_items(&texts)).unwrap();
+    assert!(
+        out.iter()
+            .all(|o| o.verdict == Some(Verdict::Yes) && o.score == 1.0),
+        "{out:?}"
+    );
+    assert_eq!((stats.judge_failures, stats.judge_calls), (0, 12));
+    // The failures that opened it, the attempts in flight then, one probe, one answer per query.
+    let requests = server.requests();
+    assert!((5 + 12..=5 + 3 + 1 + 12).contains(&requests), "{requests}");
+    // Closed: the next batch goes straight through.
+    let texts = answers(4, "after");
+    let (out, _) = reward.score_batch(&judged_items(&texts)).unwrap();
+    assert!(out.iter().all(|o| o.verdict == Some(Verdict::Yes)));
+    assert_eq!(server.requests(), requests + 4);
+}
+
+#[test]
+fn stop_fails_the_batch_after_the_bounded_wait_naming_the_judge() {
+    let server = TestServer::start(4, |_, _| Reply::raw(500, "down"));
+    let config = breaker_config(&server.url, 5, Duration::from_millis(50));
+    let endpoint = HttpJudge::new(config.clone())
+        .unwrap()
+        .endpoint()
+        .to_string();
+    let reward = hybrid(
+        HttpJudge::new(config).unwrap(),
+        JudgeFailure::Stop,
+        Duration::from_millis(300),
+    );
+    let texts = answers(16, "x");
+    let e = reward.score_batch(&judged_items(&texts)).unwrap_err();
+    assert!(matches!(e, Error::Judge(_)), "{e}");
+    let e = e.to_string();
+    for part in [
+        endpoint.as_str(),
+        "has been failing for",
+        "HTTP 500",
+        "rl.reward.judge_max_outage_s",
+        "judge_failure = \"rule_only\"",
+    ] {
+        assert!(e.contains(part), "{part}: {e}");
+    }
+    // The opening failures and attempts in flight, then about one probe per 50 ms cool-down.
+    let requests = server.requests();
+    assert!(requests <= 8 + 10, "{requests} requests");
+}
+
+#[test]
+fn rule_only_scores_with_the_rule_counts_failures_and_writes_error() {
+    let server = TestServer::start(4, |_, _| Reply::raw(502, "bad gateway"));
+    let config = breaker_config(&server.url, 5, Duration::from_secs(60));
+    let reward = hybrid(
+        HttpJudge::new(config).unwrap(),
+        JudgeFailure::RuleOnly,
+        Duration::ZERO,
+    );
+    let texts = answers(16, "y");
+    let (out, stats) = reward.score_batch(&judged_items(&texts)).unwrap();
+    for o in &out {
+        assert_eq!((o.score, o.rule, o.judge), (0.0, 0.0, None), "{o:?}");
+        assert_eq!(o.verdict, Some(Verdict::Failed));
+        let written = serde_json::to_value(o).unwrap();
+        assert_eq!(written["verdict"], "error");
+        assert!(written["judge"].is_null());
+    }
+    assert_eq!(stats.judge_failures, 16);
+    let requests = server.requests();
+    assert!((5..=8).contains(&requests), "{requests}");
+    // While the circuit is open, a batch costs no request and no wait.
+    let texts = answers(16, "z");
+    let (_, stats) = reward.score_batch(&judged_items(&texts)).unwrap();
+    assert_eq!(stats.judge_failures, 16);
+    assert_eq!(server.requests(), requests);
+}
+
+/// `[rl.reward]` with a judge at `url`, a tiny outage bound and a fast breaker.
+fn reward_section(url: &str, on_failure: JudgeFailure) -> RewardSection {
+    RewardSection {
+        judge_url: Some(url.into()),
+        judge_model: Some("judge-model".into()),
+        judge_failure: on_failure,
+        judge_max_outage_s: 0.3,
+        judge_breaker_failures: 2,
+        judge_breaker_cooldown_s: 0.05,
+        judge_timeout_s: 2.0,
+        judge_retries: 1,
+        ..RewardSection::default()
+    }
+}
+
+#[test]
+fn the_health_check_at_start_refuses_a_dead_judge_under_stop() {
+    let url = refused_url();
+    let e = reward_section(&url, JudgeFailure::Stop)
+        .build::<Flex>(8, &Default::default())
+        .err()
+        .expect("a dead judge is refused at start")
+        .to_string();
+    assert!(e.starts_with("rl.reward.judge_url:"), "{e}");
+    assert!(e.contains(&format!("{url}/chat/completions")), "{e}");
+    assert!(e.contains("did not answer a test query"), "{e}");
+    assert!(e.contains("rl.reward.judge_failure = \"rule_only\""), "{e}");
+    // Under rule_only: a warning, and the reward is built.
+    assert!(reward_section(&url, JudgeFailure::RuleOnly)
+        .build::<Flex>(8, &Default::default())
+        .is_ok());
+
+    // One attempt, no retries; a server that answers passes.
+    let server = TestServer::start(2, |_, _| Reply::raw(503, "loading"));
+    let e = reward_section(&server.url, JudgeFailure::Stop)
+        .build::<Flex>(8, &Default::default())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("503"), "{e}");
+    assert_eq!(server.requests(), 1);
+    let server = TestServer::start(2, |_, _| Reply::completion("[[YES]]"));
+    assert!(reward_section(&server.url, JudgeFailure::Stop)
+        .build::<Flex>(8, &Default::default())
+        .is_ok());
+    assert_eq!(server.requests(), 1);
+
+    // The settings are checked, naming the field.
+    let mut bad = reward_section(&server.url, JudgeFailure::Stop);
+    bad.judge_breaker_failures = 0;
+    let e = bad.validate().unwrap_err().to_string();
+    assert!(e.starts_with("rl.reward.judge_breaker_failures:"), "{e}");
+    let mut bad = reward_section(&server.url, JudgeFailure::Stop);
+    bad.judge_max_outage_s = -1.0;
+    let e = bad.validate().unwrap_err().to_string();
+    assert!(e.starts_with("rl.reward.judge_max_outage_s:"), "{e}");
+    let parsed: RewardSection =
+        toml::from_str("judge_failure = \"rule_only\"\njudge_breaker_cooldown_s = 5.0\n").unwrap();
+    assert_eq!(parsed.judge_failure, JudgeFailure::RuleOnly);
+    assert_eq!(parsed.judge_breaker_failures, 5);
+    assert!(toml::from_str::<RewardSection>("judge_failure = \"ignore\"\n").is_err());
+}
+
+/// The hybrid reward with an HTTP judge asked about each response's token ids (the tiny model
+/// writes no answer the rule could parse, so every response is judged); from call `dies_at` on,
+/// the judge server answers 500.
+struct JudgedIds {
+    inner: Arc<dyn Rewarder>,
+    calls: AtomicUsize,
+    dies_at: usize,
+    dead: Arc<AtomicBool>,
+}
+
+impl Rewarder for JudgedIds {
+    fn reward(&self, items: &[RewardItem<'_>]) -> longrl::Result<(Vec<RewardOutput>, RewardStats)> {
+        if self.calls.fetch_add(1, Ordering::SeqCst) >= self.dies_at {
+            self.dead.store(true, Ordering::SeqCst);
+        }
+        let texts: Vec<String> = items
+            .iter()
+            .map(|it| {
+                format!(
+                    "<think>t</think>Therefore, the answer is {:?}",
+                    it.response_ids
+                )
+            })
+            .collect();
+        let judged: Vec<RewardItem<'_>> = items
+            .iter()
+            .zip(&texts)
+            .map(|(it, text)| RewardItem {
+                task: TaskKind::Qa,
+                response: text,
+                ground_truth: "gold",
+                question: Some("Which ids?"),
+                prompt: None,
+                response_tokens: None,
+                response_ids: it.response_ids,
+            })
+            .collect();
+        self.inner.reward(&judged)
+    }
+}
+
+#[test]
+fn an_rl_run_whose_judge_dies_stops_with_its_last_checkpoint_intact_and_resumes() {
+    let dead = Arc::new(AtomicBool::new(false));
+    let gone = dead.clone();
+    let server = TestServer::start(4, move |_, number| {
+        if gone.load(Ordering::SeqCst) {
+            Reply::raw(500, "judge crashed")
+        } else if number % 2 == 0 {
+            Reply::completion("[[YES]]")
+        } else {
+            Reply::completion("[[NO]]")
+        }
+    });
+    let data = tempfile::tempdir().unwrap();
+    let prompts = data.path().join("prompts.jsonl");
+    let lines: String = (0..4)
+        .map(|i| {
+            let line = serde_json::json!({"id": format!("p{i}"), "task": "qa", "prompt": format!("Question {i}: say something."), "answer": "gold"});
+            format!("{line}\n")
+        })
+        .collect();
+    std::fs::write(&prompts, lines).unwrap();
+    let mut cfg = RlConfig {
+        train_file: prompts,
+        max_steps: 3,
+        train_batch_size: 2,
+        num_generations: 2,
+        temperature: 1.0,
+        top_p: 1.0,
+        max_response_length: 6,
+        dynamic_sampling: false,
+        ppo_mini_batch_size: 2,
+        micro_batch_tokens: 256,
+        ..RlConfig::default()
+    };
+    cfg.reward = reward_section(&server.url, JudgeFailure::Stop);
+    let out = tempfile::tempdir().unwrap();
+    let run = RunSection {
+        run_dir: out.path().to_path_buf(),
+        seed: 3,
+        save_steps: 1,
+        save_total_limit: 0,
+        progress: false,
+        ..RunSection::default()
+    };
+    let model = ModelSection::new(model_dir("tiny-qwen2-chatml"));
+    let train = |dies_at: usize, resume: bool| {
+        let inner = cfg
+            .reward
+            .build::<Flex>(cfg.max_response_length, &Default::default());
+        let rewarder = JudgedIds {
+            inner: inner.unwrap(),
+            calls: AtomicUsize::new(0),
+            dies_at,
+            dead: dead.clone(),
+        };
+        let rewarder: Arc<dyn Rewarder> = Arc::new(rewarder);
+        rl::train::<Autodiff<Flex>>(
+            &model,
+            &run,
+            &cfg,
+            Some(rewarder),
+            resume,
+            Default::default(),
+        )
+    };
+
+    // Step 1 is judged; the judge dies before step 2, whose update is never applied.
+    let e = train(1, false).expect_err("the run stops").to_string();
+    assert!(
+        e.contains("has been failing for") && e.contains(&server.url),
+        "{e}"
+    );
+    assert!(server.requests() > 2, "the judge was asked at step 1");
+    let checkpoints = out.path().join("checkpoints");
+    let latest = std::fs::read_to_string(checkpoints.join("latest")).unwrap();
+    assert_eq!(latest.trim(), "step-00000001");
+    assert!(!checkpoints.join("step-00000002").exists());
+    assert!(!out.path().join("final").exists());
+    let records = std::fs::read_to_string(out.path().join("metrics.jsonl")).unwrap();
+    assert_eq!(records.lines().count(), 1, "{records}");
+
+    // The judge is back: the run resumes from its checkpoint and finishes.
+    dead.store(false, Ordering::SeqCst);
+    let summary = train(usize::MAX, true).unwrap();
+    assert!(summary.final_dir.join("config.json").exists());
+    let records = std::fs::read_to_string(out.path().join("metrics.jsonl")).unwrap();
+    assert_eq!(records.lines().count(), 3, "{records}");
 }

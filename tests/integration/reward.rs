@@ -10,11 +10,11 @@ use std::sync::{Arc, Mutex};
 
 use burn::backend::Flex;
 use common::{model_dir, root};
-use longrl::reward::judge::{LocalJudge, LocalJudgeConfig};
+use longrl::reward::judge::{LocalJudge, LocalJudgeConfig, OutagePolicy};
 use longrl::reward::rule::{self, RuleOptions, TaskKind};
 use longrl::reward::{
-    HybridConfig, HybridReward, Judge, JudgeOutcome, JudgeQuery, OverlongConfig, RewardItem,
-    Verdict,
+    HybridConfig, HybridReward, Judge, JudgeFailure, JudgeOutcome, JudgeQuery, OverlongConfig,
+    RewardItem, Verdict,
 };
 use serde::Deserialize;
 
@@ -216,7 +216,7 @@ fn judge_is_asked_only_when_the_rule_fails_and_never_for_choices() {
             "1,083 feet",
         ),
     ];
-    let (out, stats) = reward.score_batch(&items);
+    let (out, stats) = reward.score_batch(&items).unwrap();
     let scores: Vec<f64> = out.iter().map(|o| o.score).collect();
     assert_eq!(scores, [1.0, 1.0, 0.0, 0.0, 0.0, 1.0]);
     let judged: Vec<Option<f64>> = out.iter().map(|o| o.judge).collect();
@@ -237,14 +237,14 @@ fn judge_is_asked_only_when_the_rule_fails_and_never_for_choices() {
     assert_eq!(stats.correct, 3);
 
     // A second batch with the same queries is answered from the cache.
-    let (again, stats2) = reward.score_batch(&items[1..3]);
+    let (again, stats2) = reward.score_batch(&items[1..3]).unwrap();
     assert_eq!(again[0].score, 1.0);
     assert_eq!((stats2.judge_calls, stats2.judge_cache_hits), (0, 2));
     assert_eq!(judge.calls.load(Ordering::SeqCst), 1);
 }
 
 #[test]
-fn judge_failures_score_zero_are_counted_and_not_cached() {
+fn judge_failures_under_rule_only_score_the_rule_alone_are_counted_and_not_cached() {
     let judge = Scripted::new(|q| {
         if q.answer.starts_with("down") {
             JudgeOutcome::failed("connection refused")
@@ -252,7 +252,14 @@ fn judge_failures_score_zero_are_counted_and_not_cached() {
             JudgeOutcome::from_reply("YES, they match")
         }
     });
-    let reward = HybridReward::new(HybridConfig::default(), Some(judge.clone()));
+    let rule_only = HybridConfig {
+        outage: OutagePolicy {
+            on_failure: JudgeFailure::RuleOnly,
+            ..OutagePolicy::default()
+        },
+        ..HybridConfig::default()
+    };
+    let reward = HybridReward::new(rule_only, Some(judge.clone()));
     let items = [
         item(
             TaskKind::Qa,
@@ -265,15 +272,37 @@ fn judge_failures_score_zero_are_counted_and_not_cached() {
             "up",
         ),
     ];
-    let (out, stats) = reward.score_batch(&items);
-    assert_eq!((out[0].score, out[0].verdict), (0.0, Some(Verdict::Failed)));
+    let (out, stats) = reward.score_batch(&items).unwrap();
     assert_eq!(
-        (out[1].score, out[1].verdict),
-        (0.0, Some(Verdict::Unparsed))
+        (out[0].score, out[0].judge, out[0].verdict),
+        (0.0, None, Some(Verdict::Failed))
     );
+    assert_eq!(
+        (out[1].score, out[1].judge, out[1].verdict),
+        (0.0, Some(0.0), Some(Verdict::Unparsed))
+    );
+    let written = serde_json::to_value(&out[0]).unwrap();
+    assert_eq!(written["verdict"], "error", "{written}");
+    assert!(written["judge"].is_null(), "{written}");
     assert_eq!((stats.judge_failures, stats.judge_unparsed), (1, 1));
-    let (_, stats2) = reward.score_batch(&items);
+    let (_, stats2) = reward.score_batch(&items).unwrap();
     assert_eq!((stats2.judge_calls, stats2.judge_cache_hits), (1, 1));
+
+    // Under `stop` (the default) the same failure is an error once the outage outlasts the
+    // bound (zero here: after the first round), naming the judge.
+    let stop = HybridConfig {
+        outage: OutagePolicy {
+            max_outage: std::time::Duration::ZERO,
+            ..OutagePolicy::default()
+        },
+        ..HybridConfig::default()
+    };
+    let reward = HybridReward::new(stop, Some(judge.clone()));
+    let e = reward.score_batch(&items).unwrap_err();
+    assert!(matches!(e, longrl::Error::Judge(_)), "{e}");
+    let e = e.to_string();
+    assert!(e.contains("scripted has been failing"), "{e}");
+    assert!(e.contains("connection refused"), "{e}");
 }
 
 #[test]
@@ -297,7 +326,7 @@ fn overlong_shaping_is_added_to_the_correctness() {
     a.response_tokens = Some(90);
     let mut b = a;
     b.response_tokens = Some(50);
-    let (out, stats) = reward.score_batch(&[a, b]);
+    let (out, stats) = reward.score_batch(&[a, b]).unwrap();
     assert_eq!(
         (out[0].score, out[0].overlong, out[0].reward),
         (1.0, -0.5, 0.5)
@@ -337,11 +366,13 @@ fn local_judge_runs_end_to_end_on_the_tiny_model() {
     assert!(judge.describe().contains("tiny-qwen2-chatml"));
 
     let reward = HybridReward::new(HybridConfig::default(), Some(Arc::new(judge)));
-    let (out, stats) = reward.score_batch(&[item(
-        TaskKind::Qa,
-        "<think>t</think>Therefore, the answer is 3",
-        "4",
-    )]);
+    let (out, stats) = reward
+        .score_batch(&[item(
+            TaskKind::Qa,
+            "<think>t</think>Therefore, the answer is 3",
+            "4",
+        )])
+        .unwrap();
     assert_eq!(stats.judge_calls, 1);
     assert!(out[0].judge.is_some());
 }

@@ -23,7 +23,10 @@ type B = Autodiff<Flex>;
 struct ByAnswer;
 
 impl Rewarder for ByAnswer {
-    fn reward(&self, items: &[RewardItem<'_>]) -> (Vec<RewardOutput>, RewardStats) {
+    fn reward(
+        &self,
+        items: &[RewardItem<'_>],
+    ) -> longrl::Result<(Vec<RewardOutput>, RewardStats)> {
         let out = items
             .iter()
             .enumerate()
@@ -37,7 +40,7 @@ impl Rewarder for ByAnswer {
                 RewardOutput::from_score(score, acc)
             })
             .collect();
-        (out, RewardStats::default())
+        Ok((out, RewardStats::default()))
     }
 }
 
@@ -320,12 +323,15 @@ fn rl_cli_runs_from_a_toml_config_with_the_hybrid_reward() {
 struct Broken;
 
 impl Rewarder for Broken {
-    fn reward(&self, items: &[RewardItem<'_>]) -> (Vec<RewardOutput>, RewardStats) {
-        let (mut out, stats) = LowIds.reward(items);
+    fn reward(
+        &self,
+        items: &[RewardItem<'_>],
+    ) -> longrl::Result<(Vec<RewardOutput>, RewardStats)> {
+        let (mut out, stats) = LowIds.reward(items)?;
         for o in &mut out {
             o.reward = f64::NAN;
         }
-        (out, stats)
+        Ok((out, stats))
     }
 }
 

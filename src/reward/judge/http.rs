@@ -1,14 +1,15 @@
 //! A judge behind any OpenAI-compatible chat-completions server (vLLM, SGLang, llama.cpp, a hosted
 //! API): one request per query, many in flight at once, retried with exponential backoff when the
-//! server is busy or unreachable (the transport is [`crate::openai::ChatClient`]).
+//! server is busy or unreachable, behind a circuit breaker that makes queries fail at once while
+//! the server is down (the transport is [`crate::openai::ChatClient`]).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
 use super::{Judge, JudgeOutcome, JudgeQuery, JUDGE_SYSTEM_PROMPT};
 use crate::error::{Error, Result};
-use crate::openai::{ChatClient, ChatClientConfig, OptionNames};
+use crate::openai::{BreakerConfig, ChatClient, ChatClientConfig, OptionNames};
 
 /// The flags an [`HttpJudgeConfig`] comes from, named in its errors.
 const JUDGE_OPTIONS: OptionNames = OptionNames {
@@ -38,11 +39,14 @@ pub struct HttpJudgeConfig {
     pub max_backoff: Duration,
     /// Most tokens of a reply (`max_tokens`); `None` leaves the server's default.
     pub max_tokens: Option<u32>,
+    /// Circuit breaker over all the judge's attempts; `None`: every query retries on its own.
+    pub breaker: Option<BreakerConfig>,
 }
 
 impl HttpJudgeConfig {
     /// Settings for `model` at `url` with the QwenLong-L1 defaults: 32 requests in flight, 120 s
-    /// timeout, 5 retries with backoff doubling from 1 s up to 64 s, the server's token limit.
+    /// timeout, 5 retries with backoff doubling from 1 s up to 64 s, the server's token limit, and
+    /// a circuit breaker that opens after 5 failed attempts in a row for 30 s.
     pub fn new(url: impl Into<String>, model: impl Into<String>) -> Self {
         Self {
             url: url.into(),
@@ -54,6 +58,7 @@ impl HttpJudgeConfig {
             initial_backoff: Duration::from_secs(1),
             max_backoff: Duration::from_secs(64),
             max_tokens: None,
+            breaker: Some(BreakerConfig::default()),
         }
     }
 
@@ -67,6 +72,7 @@ impl HttpJudgeConfig {
             max_retries: self.max_retries,
             initial_backoff: self.initial_backoff,
             max_backoff: self.max_backoff,
+            breaker: self.breaker,
         }
     }
 }
@@ -84,6 +90,7 @@ impl std::fmt::Debug for HttpJudgeConfig {
             .field("initial_backoff", &self.initial_backoff)
             .field("max_backoff", &self.max_backoff)
             .field("max_tokens", &self.max_tokens)
+            .field("breaker", &self.breaker)
             .finish()
     }
 }
@@ -146,7 +153,8 @@ impl HttpJudge {
         body
     }
 
-    /// Asks about one query, retrying as configured; never fails, a lost call is `Failed`.
+    /// Asks about one query, retrying as configured; never fails, a lost call is `Failed` (logged
+    /// at debug level: the reward logs an outage once, the breaker its state changes).
     fn judge_one(&self, index: usize, query: &JudgeQuery) -> JudgeOutcome {
         match self
             .client
@@ -154,7 +162,7 @@ impl HttpJudge {
         {
             Ok(reply) => JudgeOutcome::from_reply(&reply.content),
             Err(reason) => {
-                log::warn!(
+                log::debug!(
                     "judge query {index} failed at {}: {reason}",
                     self.client.endpoint()
                 );
@@ -185,6 +193,24 @@ impl Judge for HttpJudge {
             self.client.endpoint()
         )
     }
+
+    /// The breaker's remaining cool-down while its circuit is open.
+    fn retry_in(&self) -> Option<Duration> {
+        self.client.breaker()?.retry_in(Instant::now())
+    }
+
+    /// One query whose answers are equal, sent once without retries; any chat reply passes (its
+    /// verdict does not matter), an error status, a transport error or a malformed reply fails.
+    fn check(&self) -> std::result::Result<(), String> {
+        let query = JudgeQuery {
+            question: "What is 1 + 1?".into(),
+            answer: "2".into(),
+            gold: "2".into(),
+        };
+        self.client
+            .complete_once("judge health check", &self.request_body(&query))
+            .map(|_| ())
+    }
 }
 
 #[cfg(test)]
@@ -201,6 +227,7 @@ mod tests {
         assert_eq!(c.max_backoff, Duration::from_secs(64));
         assert_eq!(c.max_tokens, None);
         assert_eq!(c.api_key, None);
+        assert_eq!(c.breaker, Some(BreakerConfig::default()));
     }
 
     fn invalid_message(config: HttpJudgeConfig) -> String {

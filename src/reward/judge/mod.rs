@@ -3,19 +3,24 @@
 //! the strict verdict parser: [`HttpJudge`] for any OpenAI-compatible chat-completions server and
 //! [`LocalJudge`] for a Qwen2 checkpoint run by longrl itself.
 //!
-//! A judge never fails a batch: a call that cannot be answered becomes [`Verdict::Failed`] (score
-//! 0, counted), so training goes on when the judge server is down.
+//! A judge never fails a batch: a call that cannot be answered becomes [`Verdict::Failed`]
+//! (written out as `"error"`, counted); what follows (wait and stop, or score with the rule alone)
+//! is the reward's [`JudgeFailure`] policy.
 
 mod http;
 mod local;
+mod outage;
 
 pub use http::{HttpJudge, HttpJudgeConfig};
 pub use local::{LocalJudge, LocalJudgeConfig};
+pub use outage::{OutageNames, OutagePolicy, OutageWatch};
 
 /// The question of a templated prompt, as the judge is shown it (the template is data's).
 pub use crate::data::template::question_from_prompt;
 
-use serde::Serialize;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
 
 /// System prompt of the QwenLong-L1 judge (the public code's `GENERAL_ORM_PROMPT`, verbatim).
 pub const JUDGE_SYSTEM_PROMPT: &str = "You are an expert in verifying if two answers are the same.
@@ -49,8 +54,8 @@ impl JudgeQuery {
     }
 }
 
-/// What the judge said about one query.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+/// What the judge said about one query (written out as `yes`, `no`, `unparsed`, `error`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Verdict {
     /// `[[YES]]`: the answers are equivalent (score 1).
@@ -59,11 +64,23 @@ pub enum Verdict {
     No,
     /// The reply held neither marker (score 0, counted).
     Unparsed,
-    /// No reply: server down, timeout, retries exhausted, generation error (score 0, counted).
+    /// No reply: server down, timeout, retries exhausted, circuit open, generation error
+    /// (counted; written out as `"error"`, with no judge score).
+    #[serde(rename = "error", alias = "failed")]
     Failed,
 }
 
 impl Verdict {
+    /// The name this verdict is written out under (`yes`, `no`, `unparsed`, `error`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Verdict::Yes => "yes",
+            Verdict::No => "no",
+            Verdict::Unparsed => "unparsed",
+            Verdict::Failed => "error",
+        }
+    }
+
     /// The judge's reward: 1 for `Yes`, 0 otherwise.
     pub fn score(self) -> f64 {
         if self == Verdict::Yes {
@@ -109,6 +126,30 @@ pub trait Judge: Send + Sync {
     fn judge(&self, queries: &[JudgeQuery]) -> Vec<JudgeOutcome>;
     /// A short description for logs (server URL and model, or checkpoint folder).
     fn describe(&self) -> String;
+    /// How long until the judge takes queries again while it refuses them (an HTTP judge's open
+    /// circuit breaker), so a caller waiting out an outage knows when to ask again; `None`: now.
+    fn retry_in(&self) -> Option<Duration> {
+        None
+    }
+    /// Sends one test query so that a dead judge is found before any work; `Err` says why it
+    /// failed. The default (a judge with nothing to reach) passes.
+    fn check(&self) -> std::result::Result<(), String> {
+        Ok(())
+    }
+}
+
+/// What the reward does when the judge cannot be reached (`[rl.reward] judge_failure`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum JudgeFailure {
+    /// Ask the failed queries again, waiting out the outage up to a bound, then stop with an
+    /// error (no update from a half-judged batch).
+    #[default]
+    Stop,
+    /// Score the failed queries with the rule alone (counted in `judge_failures`), warning once
+    /// per outage.
+    #[value(name = "rule_only", alias = "rule-only")]
+    RuleOnly,
 }
 
 /// Strict verdict parsing: the last `[[YES]]` or `[[NO]]` marker in the reply decides; a reply with
@@ -150,6 +191,18 @@ mod tests {
             Verdict::Yes
         );
         assert_eq!(parse_verdict(""), Verdict::Unparsed);
+    }
+
+    #[test]
+    fn a_failed_verdict_is_written_as_error() {
+        assert_eq!(serde_json::to_value(Verdict::Failed).unwrap(), "error");
+        assert_eq!(Verdict::Failed.name(), "error");
+        assert_eq!(serde_json::to_value(Verdict::Unparsed).unwrap(), "unparsed");
+        let old: Verdict = serde_json::from_str("\"failed\"").unwrap();
+        assert_eq!(old, Verdict::Failed);
+        let policy: JudgeFailure = serde_json::from_str("\"rule_only\"").unwrap();
+        assert_eq!(policy, JudgeFailure::RuleOnly);
+        assert_eq!(JudgeFailure::default(), JudgeFailure::Stop);
     }
 
     #[test]

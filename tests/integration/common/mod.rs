@@ -101,10 +101,10 @@ impl longrl::reward::Rewarder for LowIds {
     fn reward(
         &self,
         items: &[longrl::reward::RewardItem<'_>],
-    ) -> (
+    ) -> longrl::Result<(
         Vec<longrl::reward::RewardOutput>,
         longrl::reward::RewardStats,
-    ) {
+    )> {
         let out = items
             .iter()
             .map(|it| {
@@ -113,6 +113,6 @@ impl longrl::reward::Rewarder for LowIds {
                 longrl::reward::RewardOutput::from_score(score, score >= 0.5)
             })
             .collect();
-        (out, longrl::reward::RewardStats::default())
+        Ok((out, longrl::reward::RewardStats::default()))
     }
 }
