@@ -56,13 +56,21 @@ pub fn remove_stale_tmp_files(dir: &Path, min_age: Duration) -> Result<Vec<PathB
             continue;
         }
         let path = entry.path();
-        let meta = entry.metadata().map_err(|e| Error::io(&path, e))?;
+        // Another thread of this run (a data-parallel worker) may remove the same file first.
+        let meta = match entry.metadata() {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(Error::io(&path, e)),
+        };
         let age = meta.modified().ok().and_then(|m| m.elapsed().ok());
         if !meta.is_file() || age.is_none_or(|age| age < min_age) {
             continue;
         }
-        std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
-        removed.push(path);
+        match std::fs::remove_file(&path) {
+            Ok(()) => removed.push(path),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(&path, e)),
+        }
     }
     Ok(removed)
 }

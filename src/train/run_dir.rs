@@ -60,7 +60,13 @@ impl RunDir {
             let path = entry.map_err(|e| Error::io(&ckpts, e))?.path();
             let name = path.file_name().map(|n| n.to_string_lossy().to_string());
             if name.is_some_and(|n| n.starts_with(".tmp-")) && path.is_dir() {
-                std::fs::remove_dir_all(&path).map_err(|e| Error::io(&path, e))?;
+                // Data-parallel workers open the run directory at once: one of them removes it.
+                match std::fs::remove_dir_all(&path) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(Error::io(&path, e))
+                    }
+                    _ => {}
+                }
             }
         }
         let stale = [
@@ -527,6 +533,26 @@ mod tests {
             assert!(root.join(name).exists(), "{name} should be kept");
         }
         assert!(!root.join("checkpoints/.tmp-step-00000004").exists());
+    }
+
+    #[test]
+    fn workers_opening_the_run_directory_at_once_all_succeed() {
+        for _ in 0..20 {
+            let dir = tempfile::tempdir().unwrap();
+            let ckpts = dir.path().join("checkpoints");
+            std::fs::create_dir_all(ckpts.join(".tmp-step-00000002/sub")).unwrap();
+            std::fs::write(ckpts.join(".tmp-step-00000002/sub/a"), b"x").unwrap();
+            std::fs::write(ckpts.join(format!(".latest.tmp{}", u32::MAX)), b"x").unwrap();
+            std::thread::scope(|s| {
+                let opens: Vec<_> = (0..4)
+                    .map(|_| s.spawn(|| RunDir::open(dir.path()).map(|_| ())))
+                    .collect();
+                for open in opens {
+                    open.join().unwrap().unwrap();
+                }
+            });
+            assert_eq!(std::fs::read_dir(&ckpts).unwrap().count(), 0);
+        }
     }
 
     #[test]
