@@ -792,3 +792,85 @@ fn an_rl_run_whose_judge_dies_stops_with_its_last_checkpoint_intact_and_resumes(
     let records = std::fs::read_to_string(out.path().join("metrics.jsonl")).unwrap();
     assert_eq!(records.lines().count(), 3, "{records}");
 }
+
+#[test]
+fn the_cli_refuses_a_dead_judge_at_start_or_writes_error_verdicts_under_rule_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = refused_url();
+    let longrl = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_longrl"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+
+    // `longrl rl`: refused before any work, exit status non-zero.
+    std::fs::write(
+        dir.path().join("docs.jsonl"),
+        "{\"id\": \"a\", \"data_source\": \"docmath_v1\", \"document\": \"Revenue was 12.\", \"question\": \"Revenue?\", \"answer\": \"12\"}\n",
+    )
+    .unwrap();
+    let config = dir.path().join("rl.toml");
+    let run_dir = dir.path().join("run");
+    std::fs::write(
+        &config,
+        format!(
+            "[model]\npath = {:?}\n\n[run]\nrun_dir = {:?}\nprogress = false\n\n[rl]\ntrain_file = \"docs.jsonl\"\nmax_steps = 1\ntrain_batch_size = 1\nnum_generations = 2\nmax_response_length = 4\nppo_mini_batch_size = 1\n\n[rl.reward]\njudge_url = {url:?}\njudge_model = \"judge-model\"\n",
+            model_dir("tiny-qwen2-chatml"),
+            run_dir,
+        ),
+    )
+    .unwrap();
+    let out = longrl(&[
+        "--device",
+        "flex",
+        "rl",
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{e}");
+    assert!(e.contains("did not answer a test query"), "{e}");
+    assert!(e.contains("rl.reward.judge_failure = \"rule_only\""), "{e}");
+    assert!(!run_dir.join("metrics.jsonl").exists());
+
+    // `longrl reward`: refused under the default `stop`; under rule_only each judged line says
+    // `"verdict": "error"`, `"judge": null` and scores with the rule.
+    let input = dir.path().join("r.jsonl");
+    std::fs::write(
+        &input,
+        "{\"task\": \"qa\", \"response\": \"<think>t</think>Therefore, the answer is Paris\", \"ground_truth\": \"Lyon\"}\n\
+         {\"task\": \"qa\", \"response\": \"<think>t</think>Therefore, the answer is Lyon\", \"ground_truth\": \"Lyon\"}\n",
+    )
+    .unwrap();
+    let input = input.to_str().unwrap();
+    let judge = ["--judge-url", &url, "--judge-model", "judge-model"];
+    let out = longrl(&[&["reward", "--input", input][..], &judge].concat());
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{e}");
+    assert!(
+        e.contains("--judge-url:") && e.contains("--judge-failure rule_only"),
+        "{e}"
+    );
+    let out = longrl(
+        &[
+            &["reward", "--input", input, "--judge-failure", "rule_only"][..],
+            &judge,
+        ]
+        .concat(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines[0]["verdict"], "error", "{}", lines[0]);
+    assert!(lines[0]["judge"].is_null());
+    assert_eq!(lines[0]["score"], 0.0);
+    assert_eq!(lines[1]["verdict"], Value::Null, "the rule was enough");
+    assert_eq!(lines[1]["score"], 1.0);
+}
