@@ -220,6 +220,30 @@ pub struct RunSection {
     pub device: Option<String>,
     /// Progress bar and per-step console lines.
     pub progress: bool,
+    /// The resolved configuration the run writes to `RUN_DIR/config.toml` once it really starts
+    /// (after every start-time check), so a refused run never overwrites a finished run's record.
+    /// Set by the command line; `None` writes nothing.
+    #[serde(skip)]
+    pub record: Option<ConfigRecord>,
+}
+
+/// What a run records as `RUN_DIR/config.toml`, and whether a resume may change its seed or
+/// learning rate.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ConfigRecord {
+    /// The resolved configuration as TOML.
+    pub text: String,
+    /// `--force`: resume even though the seed or a learning rate differ from the record.
+    pub force: bool,
+}
+
+impl ConfigRecord {
+    /// The record of `config` (serialised as TOML).
+    pub fn of<T: Serialize>(config: &T, force: bool) -> Result<Self> {
+        let text = toml::to_string_pretty(config)
+            .map_err(|e| Error::Invalid(format!("the resolved config cannot be written: {e}")))?;
+        Ok(Self { text, force })
+    }
 }
 
 impl Default for RunSection {
@@ -231,6 +255,7 @@ impl Default for RunSection {
             save_total_limit: 2,
             device: None,
             progress: true,
+            record: None,
         }
     }
 }
@@ -262,7 +287,8 @@ pub fn parse_toml<T: DeserializeOwned>(text: &str, path: &Path) -> Result<T> {
 /// Resolves a path from a config file: absolute as is; relative to the config's folder when that
 /// exists, else relative to the working directory.
 pub fn resolve_path(config_path: &Path, p: &Path) -> PathBuf {
-    if p.is_absolute() {
+    // An unset path stays unset (its check names the option), not the config's folder.
+    if p.is_absolute() || p.as_os_str().is_empty() {
         return p.to_path_buf();
     }
     let beside = config_path.parent().map(|d| d.join(p));

@@ -606,6 +606,7 @@ impl<'a, B: TrainBackend> Phases<'a, B> {
         let root = file.run.run_dir.clone();
         std::fs::create_dir_all(&root).map_err(|e| Error::io(&root, e))?;
         let mut state = load_state(&root, resume)?;
+        let resumed = !state.phases.is_empty();
         if state.phases.is_empty() {
             state.phases = start.to_vec();
         }
@@ -617,6 +618,9 @@ impl<'a, B: TrainBackend> Phases<'a, B> {
         check_stage_pools(&lengths, &file.stages)?;
         state.too_long = count_too_long(&lengths, &file.stages);
         let rewarder = rewarder_or_built::<B>(file, rewarder, &device)?;
+        if worker.is_leader() {
+            crate::train::record::record_config(&file.run, resumed)?;
+        }
         let phases = Self {
             file,
             root,
@@ -833,6 +837,7 @@ fn stage_rl_config(rl: &RlConfig, stage: &StageConfig) -> RlConfig {
 fn phase_run(run: &RunSection, root: &Path, name: &str) -> RunSection {
     RunSection {
         run_dir: root.join(name),
+        record: None,
         ..run.clone()
     }
 }

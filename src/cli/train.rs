@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use clap::Args;
 
-use crate::config::{load_toml, resolve_path, Overrides};
+use crate::config::{load_toml, resolve_path, ConfigRecord, Overrides};
 use crate::device::{AutodiffBackendFn, DeviceSpec};
 use crate::distributed::{launch, DistributedSection, Plan, Worker};
 use crate::error::Result;
@@ -33,6 +33,10 @@ pub struct TrainArgs {
     /// Continue from the latest checkpoint in the run directory.
     #[arg(long)]
     pub resume: bool,
+    /// With `--resume`: go on even though the seed or a learning rate differ from the run's
+    /// recorded `config.toml` (refused without it; other changed settings are only logged).
+    #[arg(long, requires = "resume")]
+    pub force: bool,
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
@@ -147,23 +151,18 @@ pub(super) fn pick_device(cli: Option<DeviceSpec>, config: Option<&str>) -> Resu
     }
 }
 
-/// Resolves the devices (one, or the `[distributed]` set), runs `check` on them (the memory
-/// plan) and records the resolved configuration as `RUN_DIR/config.toml` (node rank 0 only).
-fn start_run<T: serde::Serialize>(
-    file: &T,
-    run: &crate::config::RunSection,
+/// Resolves the devices (one, or the `[distributed]` set) and runs `check` on them (the memory
+/// plan). The resolved configuration is not written here but by the run once every start-time
+/// check has passed (`run.record`, see [`crate::train::record::record_config`]).
+fn start_run(
     distributed: &DistributedSection,
     device: Option<DeviceSpec>,
+    config_device: Option<&str>,
     check: impl FnOnce(&Plan) -> Result<()>,
 ) -> Result<Plan> {
-    let device = pick_device(device, run.device.as_deref())?;
+    let device = pick_device(device, config_device)?;
     let plan = distributed.plan(device)?;
     check(&plan)?;
-    std::fs::create_dir_all(&run.run_dir).map_err(|e| crate::error::Error::io(&run.run_dir, e))?;
-    if distributed.node_rank == 0 {
-        let text = toml::to_string_pretty(file).unwrap_or_default();
-        crate::io::write_atomic(&run.run_dir.join("config.toml"), text.as_bytes())?;
-    }
     if plan.world() > 1 {
         log::info!(
             "data parallel: {} workers ({} on this machine: {})",
@@ -248,9 +247,10 @@ pub fn run_sft(args: TrainArgs, device: Option<DeviceSpec>) -> Result<()> {
     }
     args.apply_distributed(&mut file.distributed, device);
     let workload = Workload::from_sft(&file);
-    let plan = start_run(&file, &file.run, &file.distributed, device, |p| {
+    let plan = start_run(&file.distributed, device, file.run.device.as_deref(), |p| {
         args.check_memory(&workload, p)
     })?;
+    file.run.record = Some(ConfigRecord::of(&file, args.force)?);
     let summary = run_job(
         &plan,
         SftTask {
@@ -338,9 +338,10 @@ pub fn run_rl(args: TrainArgs, device: Option<DeviceSpec>) -> Result<()> {
     }
     args.apply_distributed(&mut file.distributed, device);
     let workload = Workload::from_rl(&file);
-    let plan = start_run(&file, &file.run, &file.distributed, device, |p| {
+    let plan = start_run(&file.distributed, device, file.run.device.as_deref(), |p| {
         args.check_memory(&workload, p)
     })?;
+    file.run.record = Some(ConfigRecord::of(&file, args.force)?);
     let summary = run_job(
         &plan,
         RlTask {
@@ -406,9 +407,10 @@ pub fn run_pipeline(args: TrainArgs, device: Option<DeviceSpec>) -> Result<()> {
     }
     args.apply_distributed(&mut file.distributed, device);
     let workload = Workload::from_pipeline(&file);
-    let plan = start_run(&file, &file.run, &file.distributed, device, |p| {
+    let plan = start_run(&file.distributed, device, file.run.device.as_deref(), |p| {
         args.check_memory(&workload, p)
     })?;
+    file.run.record = Some(ConfigRecord::of(&file, args.force)?);
     let run_dir = file.run.run_dir.clone();
     let summary = run_job(
         &plan,

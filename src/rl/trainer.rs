@@ -40,7 +40,8 @@ use crate::model::{load_model, Qwen2ForCausalLM};
 pub use crate::reward::RewardSection;
 use crate::reward::{RewardStats, Rewarder};
 use crate::tokenizer::Tokenizer;
-use crate::train::{stable_param_ids, AdamWOptimizer, RunDir};
+use crate::train::record::record_config;
+use crate::train::{stable_param_ids, AdamWOptimizer, RunDir, SkipGuard};
 
 /// What an RL checkpoint remembers besides the weights and the optimiser.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -133,6 +134,11 @@ pub fn train_with<B: TrainBackend>(
     worker: &Worker,
 ) -> Result<RlSummary> {
     config.validate()?;
+    if config.train_file.as_os_str().is_empty() {
+        return Err(Error::Invalid(
+            "rl.train_file is required: the prompts to train on (JSONL, JSON or Parquet)".into(),
+        ));
+    }
     let tokenizer = model_section.load_tokenizer()?;
     let options = LoadOptions {
         strict: config.strict,
@@ -267,6 +273,8 @@ pub struct RlTrainer<'a, B: TrainBackend> {
     last_score: f64,
     /// Whether [`Self::warm_up`] ran.
     warmed_up: bool,
+    /// Stops the run after `rl.optim.max_skipped_updates` skipped updates in a row.
+    skips: SkipGuard,
 }
 
 /// The run's prompt sampler: one permutation per epoch, or balanced over task types
@@ -442,6 +450,9 @@ impl<'a, B: TrainBackend> RlTrainer<'a, B> {
             stop_strings: Vec::new(),
         };
         params.validate()?;
+        if leader {
+            record_config(run, resume_from.is_some())?;
+        }
         Ok(Self {
             model_section,
             run,
@@ -465,6 +476,7 @@ impl<'a, B: TrainBackend> RlTrainer<'a, B> {
             first_score: None,
             last_score: 0.0,
             warmed_up: false,
+            skips: SkipGuard::new("rl", config.optim.max_skipped_updates),
         })
     }
 
@@ -637,6 +649,12 @@ impl<'a, B: TrainBackend> RlTrainer<'a, B> {
         self.steps_done = step + 1;
         if self.worker.is_leader() {
             self.run_dir.log_metrics(&report.record)?;
+        }
+        // Before the checkpoint: a run that learns nothing stops with its last good one.
+        self.skips
+            .record(step + 1, updates.grad_norms.len(), updates.skipped_updates)?;
+        if self.steps_done == self.total_steps {
+            self.skips.finish()?;
         }
         self.save_checkpoint_if_due()?;
         Ok(report)

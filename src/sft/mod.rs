@@ -329,6 +329,9 @@ pub fn train_with<B: TrainBackend>(
     if leader {
         run_dir.truncate_metrics(resume_from.as_ref().map(|_| start))?;
     }
+    if leader {
+        crate::train::record::record_config(run, resume_from.is_some())?;
+    }
     let valid = |m: &Qwen2ForCausalLM<B>| {
         held_out_loss(m, valid_set.as_deref(), worker, pad, config, &device)
     };
@@ -347,6 +350,7 @@ pub fn train_with<B: TrainBackend>(
         "sft",
     );
     let mut last_loss = f64::NAN;
+    let mut skips = crate::train::SkipGuard::new("sft", config.optim.max_skipped_updates);
     for step in start..total_steps {
         let t0 = Instant::now();
         let idx = sampler.take(config.batch_size);
@@ -382,6 +386,11 @@ pub fn train_with<B: TrainBackend>(
         }
         if leader {
             run_dir.log_metrics(&record)?;
+        }
+        // Before the checkpoint: a run that learns nothing stops with its last good one.
+        skips.record(done, usize::from(!n.skipped), usize::from(n.skipped))?;
+        if last {
+            skips.finish()?;
         }
         bar.set_message(format!("loss {:.4}", n.loss));
         bar.inc(1);

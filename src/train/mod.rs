@@ -3,7 +3,9 @@
 
 pub mod batch;
 pub mod optim;
+pub mod record;
 pub mod run_dir;
+pub mod skips;
 pub mod warmup;
 
 pub use batch::{token_budget_batches, Packed, Sequence};
@@ -12,6 +14,7 @@ pub use optim::{
     LrSchedule, OptimConfig,
 };
 pub use run_dir::RunDir;
+pub use skips::SkipGuard;
 pub use warmup::{micro_batch_shapes, warm_up_micro_batches, warm_up_optimizer, MicroBatchShape};
 
 /// Refuses `bf16 = true` (in `section`, e.g. `rl`) on a device that cannot hold bf16 tensors

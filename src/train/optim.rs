@@ -56,6 +56,9 @@ pub struct OptimConfig {
     pub lr_scheduler: LrSchedule,
     /// Final learning rate of the cosine / linear schedules, as a fraction of `lr`.
     pub min_lr_ratio: f64,
+    /// Updates skipped in a row (non-finite loss or gradient norm) after which the run stops with
+    /// an error; 0 never stops early (a run with no applied update still fails at its end).
+    pub max_skipped_updates: usize,
 }
 
 impl Default for OptimConfig {
@@ -71,6 +74,7 @@ impl Default for OptimConfig {
             warmup_ratio: 0.0,
             lr_scheduler: LrSchedule::Constant,
             min_lr_ratio: 0.0,
+            max_skipped_updates: 8,
         }
     }
 }

@@ -191,7 +191,7 @@ fn rl_config(dir: &Path, steps: usize, mode: LossAggMode) -> RlConfig {
     let mut c = RlConfig {
         train_file,
         max_steps: steps,
-        train_batch_size: 3,
+        train_batch_size: 4,
         gen_batch_size: 4,
         num_generations: 4,
         temperature: 1.0,

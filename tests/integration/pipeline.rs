@@ -8,7 +8,7 @@ use std::path::Path;
 
 use burn::backend::{Autodiff, Flex};
 use common::model_dir;
-use longrl::config::parse_toml;
+use longrl::config::{parse_toml, ConfigRecord};
 use longrl::pipeline::{self, PipelineFile, PipelineState};
 use serde_json::Value;
 
@@ -90,8 +90,13 @@ fn store_after_stage1(stage1: &Path) -> longrl::data::curriculum::DifficultyStor
 #[test]
 fn shortened_pipeline_runs_end_to_end_and_resumes_across_a_stage() {
     let out = tempfile::tempdir().unwrap();
-    let f = file(out.path());
+    let mut f = file(out.path());
+    f.run.record = Some(ConfigRecord::of(&f, false).unwrap());
     let summary = pipeline::run::<B>(&f, None, false, Default::default()).unwrap();
+    // The run recorded its config at the top, not in each phase's folder.
+    let recorded = std::fs::read(out.path().join("config.toml")).unwrap();
+    assert_eq!(recorded, f.run.record.as_ref().unwrap().text.as_bytes());
+    assert!(!out.path().join("stage1/config.toml").exists());
     let names: Vec<&str> = summary.phases.iter().map(|p| p.name.as_str()).collect();
     assert_eq!(names, ["base", "sft", "stage1", "stage2"]);
     for p in &summary.phases {
@@ -141,10 +146,20 @@ fn shortened_pipeline_runs_end_to_end_and_resumes_across_a_stage() {
         serde_json::to_string(&s).unwrap(),
     )
     .unwrap();
-    let e = pipeline::run::<B>(&f, None, false, Default::default())
+    // A refused rerun (no --resume) leaves the record as it was.
+    let mut other = f.clone();
+    other.run.record = Some(ConfigRecord {
+        text: "# another config\n".into(),
+        force: false,
+    });
+    let e = pipeline::run::<B>(&other, None, false, Default::default())
         .unwrap_err()
         .to_string();
     assert!(e.contains("--resume"), "{e}");
+    assert_eq!(
+        std::fs::read(out.path().join("config.toml")).unwrap(),
+        recorded
+    );
     let again = pipeline::run::<B>(&f, None, true, Default::default()).unwrap();
     assert_eq!(again.phases.len(), 4);
     assert_eq!(again.phases[3].accuracy, summary.phases[3].accuracy);

@@ -23,10 +23,7 @@ type B = Autodiff<Flex>;
 struct ByAnswer;
 
 impl Rewarder for ByAnswer {
-    fn reward(
-        &self,
-        items: &[RewardItem<'_>],
-    ) -> longrl::Result<(Vec<RewardOutput>, RewardStats)> {
+    fn reward(&self, items: &[RewardItem<'_>]) -> longrl::Result<(Vec<RewardOutput>, RewardStats)> {
         let out = items
             .iter()
             .enumerate()
@@ -290,19 +287,52 @@ fn rl_cli_runs_from_a_toml_config_with_the_hybrid_reward() {
     assert!(dir.path().join("run/final/config.json").exists());
     assert!(dir.path().join("run/config.toml").exists());
 
-    // Running again without --resume is refused; a typo in the config names the field.
-    let again = Command::new(env!("CARGO_BIN_EXE_longrl"))
-        .args([
+    // Running again without --resume is refused, and the finished run's record is untouched.
+    let recorded = std::fs::read(dir.path().join("run/config.toml")).unwrap();
+    let longrl = |extra: &[&str]| {
+        let mut args = vec![
             "--device",
             "flex",
             "rl",
             "--config",
             config.to_str().unwrap(),
-            "--quiet",
-        ])
-        .output()
-        .unwrap();
+        ];
+        args.extend_from_slice(extra);
+        args.push("--quiet");
+        Command::new(env!("CARGO_BIN_EXE_longrl"))
+            .args(&args)
+            .output()
+            .unwrap()
+    };
+    let again = longrl(&[]);
+    assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("--resume"));
+    assert_eq!(
+        std::fs::read(dir.path().join("run/config.toml")).unwrap(),
+        recorded
+    );
+    // Resuming with another seed is refused without --force, naming the change.
+    let reseeded = longrl(&["--resume", "--seed", "7"]);
+    let e = String::from_utf8_lossy(&reseeded.stderr);
+    assert!(!reseeded.status.success());
+    assert!(
+        e.contains("run.seed: 0 -> 7") && e.contains("--force"),
+        "{e}"
+    );
+    assert_eq!(
+        std::fs::read(dir.path().join("run/config.toml")).unwrap(),
+        recorded
+    );
+    let forced = longrl(&["--resume", "--seed", "7", "--force"]);
+    assert!(
+        forced.status.success(),
+        "{}",
+        String::from_utf8_lossy(&forced.stderr)
+    );
+    let text = std::fs::read_to_string(dir.path().join("run/config.toml")).unwrap();
+    assert!(text.contains("seed = 7"), "{text}");
+
+    // A typo in the config names the field; a config without a train file says so.
     std::fs::write(
         &config,
         "[model]\npath = \"m\"\n[rl]\ntrain_file = \"x\"\nnum_generation = 8\n",
@@ -317,16 +347,24 @@ fn rl_cli_runs_from_a_toml_config_with_the_hybrid_reward() {
         e.contains("rl.toml:5") && e.contains("num_generation"),
         "{e}"
     );
+    std::fs::write(
+        &config,
+        format!(
+            "[model]\npath = {:?}\n[run]\nrun_dir = {:?}\n[rl]\nmax_steps = 1\n",
+            model_dir("tiny-qwen2-chatml"),
+            dir.path().join("run2"),
+        ),
+    )
+    .unwrap();
+    let e = String::from_utf8_lossy(&longrl(&[]).stderr).to_string();
+    assert!(e.contains("rl.train_file is required"), "{e}");
 }
 
 /// Rewards that are not numbers: every update fails.
 struct Broken;
 
 impl Rewarder for Broken {
-    fn reward(
-        &self,
-        items: &[RewardItem<'_>],
-    ) -> longrl::Result<(Vec<RewardOutput>, RewardStats)> {
+    fn reward(&self, items: &[RewardItem<'_>]) -> longrl::Result<(Vec<RewardOutput>, RewardStats)> {
         let (mut out, stats) = LowIds.reward(items)?;
         for o in &mut out {
             o.reward = f64::NAN;
@@ -336,11 +374,11 @@ impl Rewarder for Broken {
 }
 
 #[test]
-fn a_failed_update_is_skipped_and_reported_not_written() {
+fn a_run_whose_updates_are_all_skipped_fails_and_keeps_the_initial_weights() {
     let data = tempfile::tempdir().unwrap();
     let out = tempfile::tempdir().unwrap();
     let cfg = config(write_prompts(data.path(), &["x"; 4]), 2);
-    let summary = rl::train::<B>(
+    let e = rl::train::<B>(
         &model(),
         &run(out.path(), 0),
         &cfg,
@@ -348,20 +386,71 @@ fn a_failed_update_is_skipped_and_reported_not_written() {
         false,
         Default::default(),
     )
-    .unwrap();
-    for r in metrics(out.path()) {
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("all 2 updates since the run started") && e.contains("the first at step 1"),
+        "{e}"
+    );
+    // Each step's record says what happened; nothing was saved as if trained.
+    let records = metrics(out.path());
+    assert_eq!(records.len(), 2);
+    for r in records {
         assert_eq!(r["actor/skipped_updates"], 1, "{r}");
         assert_eq!(r["actor/updates"], 0);
     }
-    let logits = |dir: &Path| {
-        let m = longrl::model::load_model::<Flex>(dir, &Default::default()).unwrap();
-        m.sequence_logprobs(&[1, 2, 3, 4, 5], 64, &Default::default())
-            .unwrap()
+    assert!(!out.path().join("final").exists());
+    assert!(!out.path().join("checkpoints/latest").exists());
+}
+
+/// Well-formed rewards for the first `good` calls, then rewards that are not numbers.
+struct BreaksAfter {
+    good: usize,
+    calls: std::sync::atomic::AtomicUsize,
+}
+
+impl Rewarder for BreaksAfter {
+    fn reward(&self, items: &[RewardItem<'_>]) -> longrl::Result<(Vec<RewardOutput>, RewardStats)> {
+        let call = self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if call < self.good {
+            ByAnswer.reward(items)
+        } else {
+            Broken.reward(items)
+        }
+    }
+}
+
+#[test]
+fn skipped_updates_in_a_row_stop_the_run_with_its_last_checkpoint() {
+    let data = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let mut cfg = config(write_prompts(data.path(), &["mixed"; 4]), 6);
+    cfg.optim.max_skipped_updates = 2;
+    let rewarder = BreaksAfter {
+        good: 1,
+        calls: Default::default(),
     };
-    assert_eq!(
-        logits(&summary.final_dir),
-        logits(&model_dir("tiny-qwen2-chatml"))
+    let e = rl::train::<B>(
+        &model(),
+        &run(out.path(), 1),
+        &cfg,
+        Some(Arc::new(rewarder)),
+        false,
+        Default::default(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("2 updates in a row were skipped")
+            && e.contains("the first at step 2")
+            && e.contains("rl.optim.max_skipped_updates = 2"),
+        "{e}"
     );
+    // Stopped at step 3, before its checkpoint: step 2's (holding step 1's weights, as the
+    // skipped update never reached them) is the latest.
+    assert_eq!(metrics(out.path()).len(), 3);
+    let latest = std::fs::read_to_string(out.path().join("checkpoints/latest")).unwrap();
+    assert_eq!(latest.trim(), "step-00000002");
 }
 
 /// LoRA RL with a KL term against the base (the policy with its adapters off, no second model),
