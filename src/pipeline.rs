@@ -605,6 +605,9 @@ impl<'a, B: TrainBackend> Phases<'a, B> {
         }
         let root = file.run.run_dir.clone();
         std::fs::create_dir_all(&root).map_err(|e| Error::io(&root, e))?;
+        // Temporaries of an interrupted atomic write (pipeline_state.json, summaries); a minute
+        // old, as other machines' workers may be writing theirs.
+        crate::io::remove_stale_tmp_files(&root, std::time::Duration::from_secs(60))?;
         let mut state = load_state(&root, resume)?;
         let resumed = !state.phases.is_empty();
         if state.phases.is_empty() {

@@ -165,7 +165,9 @@ impl RlConfig {
             )));
         }
         if self.ppo_mini_batch_size < self.train_batch_size
-            && self.train_batch_size % self.ppo_mini_batch_size != 0
+            && !self
+                .train_batch_size
+                .is_multiple_of(self.ppo_mini_batch_size)
         {
             return Err(Error::Invalid(format!(
                 "rl.ppo_mini_batch_size = {} does not divide rl.train_batch_size = {}: every \
