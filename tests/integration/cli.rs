@@ -868,7 +868,10 @@ fn bench_rl_on_wgpu_compiles_once_and_reuses_the_autotune_cache() {
     let second = run(&["--steps", "1", "--no-warmup"]);
     let step = &second["steps"][0];
     assert!(step["kernels_compiled"].as_u64().unwrap() > 0, "{step}");
-    assert_eq!(step["autotunes"], 0, "autotune results come from the cache: {step}");
+    assert_eq!(
+        step["autotunes"], 0,
+        "autotune results come from the cache: {step}"
+    );
 }
 
 #[test]

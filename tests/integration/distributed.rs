@@ -156,10 +156,7 @@ fn sft_on_two_workers_takes_the_single_device_step() {
 struct EvenFirst;
 
 impl Rewarder for EvenFirst {
-    fn reward(
-        &self,
-        items: &[RewardItem<'_>],
-    ) -> longrl::Result<(Vec<RewardOutput>, RewardStats)> {
+    fn reward(&self, items: &[RewardItem<'_>]) -> longrl::Result<(Vec<RewardOutput>, RewardStats)> {
         let out = items
             .iter()
             .map(|it| {
