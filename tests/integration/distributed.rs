@@ -40,14 +40,7 @@ fn model() -> ModelSection {
 }
 
 fn run_section(dir: &Path, save_steps: usize) -> RunSection {
-    RunSection {
-        run_dir: dir.to_path_buf(),
-        seed: 5,
-        save_steps,
-        save_total_limit: 0,
-        progress: false,
-        ..RunSection::default()
-    }
+    common::run_section(dir, 5, save_steps)
 }
 
 /// Asserts that two saved models hold the same weights: for every tensor,

@@ -10,11 +10,11 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::common::model_dir;
 use crate::common::server::{Reply, TestServer};
+use crate::common::{model_dir, run_section};
 
 use burn::backend::{Autodiff, Flex};
-use longrl::config::{ModelSection, RunSection};
+use longrl::config::ModelSection;
 use longrl::openai::BreakerConfig;
 use longrl::reward::judge::{
     HttpJudge, HttpJudgeConfig, Judge, JudgeFailure, JudgeQuery, OutagePolicy, Verdict,
@@ -99,6 +99,8 @@ fn verdicts_come_back_in_order_and_requests_follow_the_protocol() {
         })
         .collect();
     let mut config = server.config();
+    // No failure is tested here: a generous timeout keeps a loaded machine from causing retries.
+    config.timeout = Duration::from_secs(10);
     config.api_key = Some("sk-test".into());
     config.max_tokens = Some(64);
     let judge = HttpJudge::new(config).unwrap();
@@ -740,14 +742,7 @@ fn an_rl_run_whose_judge_dies_stops_with_its_last_checkpoint_intact_and_resumes(
     };
     cfg.reward = reward_section(&server.url, JudgeFailure::Stop);
     let out = tempfile::tempdir().unwrap();
-    let run = RunSection {
-        run_dir: out.path().to_path_buf(),
-        seed: 3,
-        save_steps: 1,
-        save_total_limit: 0,
-        progress: false,
-        ..RunSection::default()
-    };
+    let run = run_section(out.path(), 3, 1);
     let model = ModelSection::new(model_dir("tiny-qwen2-chatml"));
     let train = |dies_at: usize, resume: bool| {
         let inner = cfg

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::{Bool, Distribution, Int, Tensor, TensorData};
 use common::{copy_dir, model_dir, read_safetensors, LowIds};
-use longrl::config::{ModelSection, RunSection};
+use longrl::config::ModelSection;
 use longrl::model::{
     load_adapted, load_model, save_adapter, save_model, LoraConfig, ModelType, Qwen2Config,
     Qwen3ForCausalLM, SaveDtype, TargetModules,
@@ -243,14 +243,7 @@ fn rl_steps_run_on_qwen3_with_gradient_checkpointing() {
         ..RlConfig::default()
     };
     cfg.loss.entropy_coeff = 0.0;
-    let run = RunSection {
-        run_dir: out.path().to_path_buf(),
-        seed: 5,
-        save_steps: 0,
-        save_total_limit: 0,
-        progress: false,
-        ..RunSection::default()
-    };
+    let run = common::run_section(out.path(), 5, 0);
     // The template is named so the run does not depend on how chat_template.jinja is detected.
     let mut section = ModelSection::new(tiny());
     section.chat_template = Some("chatml".into());

@@ -11,7 +11,7 @@ use std::process::{Command, Output};
 
 use burn::backend::{Autodiff, Flex};
 use common::{copy_dir, model_dir};
-use longrl::config::{ModelSection, RunSection};
+use longrl::config::ModelSection;
 use longrl::metrics::plot::{plot_run, read_metrics};
 use longrl::sft::{self, SftConfig, SftSummary};
 use longrl::train::OptimConfig;
@@ -54,14 +54,7 @@ fn sft_run(
     save_steps: usize,
     resume: bool,
 ) -> longrl::Result<SftSummary> {
-    let run = RunSection {
-        run_dir: dir.to_path_buf(),
-        seed: 3,
-        save_steps,
-        save_total_limit: 0,
-        progress: false,
-        ..RunSection::default()
-    };
+    let run = common::run_section(dir, 3, save_steps);
     let model = ModelSection::new(model_dir("tiny-qwen2-chatml"));
     sft::train::<B>(&model, &run, cfg, resume, Default::default())
 }

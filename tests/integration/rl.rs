@@ -57,14 +57,7 @@ fn model() -> ModelSection {
 }
 
 fn run(dir: &Path, save_steps: usize) -> RunSection {
-    RunSection {
-        run_dir: dir.to_path_buf(),
-        seed: 11,
-        save_steps,
-        save_total_limit: 0,
-        progress: false,
-        ..RunSection::default()
-    }
+    common::run_section(dir, 11, save_steps)
 }
 
 fn config(train_file: PathBuf, steps: usize) -> RlConfig {

@@ -24,6 +24,19 @@ pub fn model_dir(name: &str) -> PathBuf {
     root().join("models").join(name)
 }
 
+/// A quiet run directory section for tests: `dir`, `seed`, a checkpoint every `save_steps` steps
+/// (0: none), every checkpoint kept.
+pub fn run_section(dir: &Path, seed: u64, save_steps: usize) -> longrl::config::RunSection {
+    longrl::config::RunSection {
+        run_dir: dir.to_path_buf(),
+        seed,
+        save_steps,
+        save_total_limit: 0,
+        progress: false,
+        ..Default::default()
+    }
+}
+
 /// A tensor read from a fixture file, as f64 values with its shape.
 #[derive(Debug, Clone)]
 pub struct Arr {
