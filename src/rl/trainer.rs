@@ -41,7 +41,7 @@ pub use crate::reward::RewardSection;
 use crate::reward::{RewardStats, Rewarder};
 use crate::tokenizer::Tokenizer;
 use crate::train::record::record_config;
-use crate::train::{stable_param_ids, AdamWOptimizer, RunDir, SkipGuard};
+use crate::train::{stable_param_ids, AdamWOptimizer, RunDir, SkipCounts, SkipGuard};
 
 /// What an RL checkpoint remembers besides the weights and the optimiser.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -62,6 +62,9 @@ pub struct RlState {
     /// The observer's state (e.g. the pipeline's difficulty store).
     #[serde(default)]
     pub observer: serde_json::Value,
+    /// Skipped-update counts, so a resumed run goes on counting (absent in older checkpoints).
+    #[serde(default)]
+    pub skips: SkipCounts,
 }
 
 /// Watches an RL run: sees every rollout group's correctness scores and keeps state that is saved
@@ -476,7 +479,11 @@ impl<'a, B: TrainBackend> RlTrainer<'a, B> {
             first_score: None,
             last_score: 0.0,
             warmed_up: false,
-            skips: SkipGuard::new("rl", config.optim.max_skipped_updates),
+            skips: SkipGuard::new(
+                "rl",
+                config.optim.max_skipped_updates,
+                state.as_ref().map_or_else(SkipCounts::default, |s| s.skips),
+            ),
         })
     }
 
@@ -761,6 +768,7 @@ impl<'a, B: TrainBackend> RlTrainer<'a, B> {
             task_sampler,
             aepo: self.config.loss.aepo.then_some(self.aepo),
             observer: self.observer.state(),
+            skips: self.skips.counts(),
         };
         let optim = &self.optim;
         self.run_dir.save_checkpoint(
@@ -825,6 +833,7 @@ mod tests {
             task_sampler,
             aepo,
             observer: serde_json::Value::Null,
+            skips: SkipCounts::default(),
         }
     }
 

@@ -24,7 +24,7 @@ use crate::model::Qwen2ForCausalLM;
 use crate::tokenizer::Tokenizer;
 use crate::train::{
     clip_grad_norm, stable_param_ids, token_budget_batches, AdamWOptimizer, OptimConfig, Packed,
-    RunDir, Sequence,
+    RunDir, Sequence, SkipCounts, SkipGuard,
 };
 
 /// `[sft]`: the warm-up SFT settings.
@@ -248,6 +248,9 @@ pub struct SftState {
     pub total_steps: usize,
     /// The data sampler's position.
     pub sampler: SamplerState,
+    /// Skipped-update counts, so a resumed run goes on counting (absent in older checkpoints).
+    #[serde(default)]
+    pub skips: SkipCounts,
 }
 
 /// The outcome of an SFT run.
@@ -350,7 +353,8 @@ pub fn train_with<B: TrainBackend>(
         "sft",
     );
     let mut last_loss = f64::NAN;
-    let mut skips = crate::train::SkipGuard::new("sft", config.optim.max_skipped_updates);
+    let counts = state.as_ref().map_or_else(SkipCounts::default, |s| s.skips);
+    let mut skips = SkipGuard::new("sft", config.optim.max_skipped_updates, counts);
     for step in start..total_steps {
         let t0 = Instant::now();
         let idx = sampler.take(config.batch_size);
@@ -399,6 +403,7 @@ pub fn train_with<B: TrainBackend>(
                 step: done,
                 total_steps,
                 sampler: sampler.state(),
+                skips: skips.counts(),
             };
             run_dir.save_checkpoint(
                 done,

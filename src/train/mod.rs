@@ -14,7 +14,7 @@ pub use optim::{
     LrSchedule, OptimConfig,
 };
 pub use run_dir::RunDir;
-pub use skips::SkipGuard;
+pub use skips::{SkipCounts, SkipGuard};
 pub use warmup::{micro_batch_shapes, warm_up_micro_batches, warm_up_optimizer, MicroBatchShape};
 
 /// Refuses `bf16 = true` (in `section`, e.g. `rl`) on a device that cannot hold bf16 tensors

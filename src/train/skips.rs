@@ -3,7 +3,23 @@
 //! skipped, ends with an error naming the first bad step instead of exiting 0 with the initial
 //! weights (as `rl.temperature = 0` once did).
 
+use serde::{Deserialize, Serialize};
+
 use crate::error::{Error, Result};
+
+/// The counts of a [`SkipGuard`], saved in a run's checkpoints so that a resumed run goes on
+/// counting (a streak of skipped updates cut by a kill is not forgotten).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SkipCounts {
+    /// Skipped updates since the last applied one.
+    pub in_a_row: usize,
+    /// The 1-based step of the first skipped update of the current run of them.
+    pub first_bad_step: Option<usize>,
+    /// Updates applied since the run started.
+    pub applied: usize,
+    /// Updates skipped since the run started.
+    pub skipped: usize,
+}
 
 /// Counts skipped updates of a run; `section` names the trainer's option in errors.
 #[derive(Debug, Clone)]
@@ -11,58 +27,59 @@ pub struct SkipGuard {
     section: &'static str,
     /// Skipped updates in a row that end the run (0: never).
     limit: usize,
-    in_a_row: usize,
-    /// The 1-based step of the first skipped update of the current run of them.
-    first_bad_step: Option<usize>,
-    applied: usize,
-    skipped: usize,
+    counts: SkipCounts,
 }
 
 impl SkipGuard {
-    /// A guard stopping after `limit` skipped updates in a row (`section.optim.max_skipped_updates`).
-    pub fn new(section: &'static str, limit: usize) -> Self {
+    /// A guard stopping after `limit` skipped updates in a row (`section.optim.max_skipped_updates`),
+    /// going on from `counts` (those of the checkpoint a run resumes from; default when fresh).
+    pub fn new(section: &'static str, limit: usize, counts: SkipCounts) -> Self {
         Self {
             section,
             limit,
-            in_a_row: 0,
-            first_bad_step: None,
-            applied: 0,
-            skipped: 0,
+            counts,
         }
+    }
+
+    /// The counts so far, to save in a checkpoint.
+    pub fn counts(&self) -> SkipCounts {
+        self.counts
     }
 
     /// Records the updates of 1-based `step`: an error once `limit` skipped updates follow one
     /// another (an applied update starts the count again).
     pub fn record(&mut self, step: usize, applied: usize, skipped: usize) -> Result<()> {
-        self.applied += applied;
-        self.skipped += skipped;
+        let c = &mut self.counts;
+        c.applied += applied;
+        c.skipped += skipped;
         if applied > 0 {
-            self.in_a_row = 0;
-            self.first_bad_step = None;
+            c.in_a_row = 0;
+            c.first_bad_step = None;
         }
         if skipped > 0 && applied == 0 {
-            self.in_a_row += skipped;
-            self.first_bad_step.get_or_insert(step);
+            c.in_a_row += skipped;
+            c.first_bad_step.get_or_insert(step);
         }
-        if self.limit > 0 && self.in_a_row >= self.limit {
-            return Err(self.error(format!("{} updates in a row were skipped", self.in_a_row)));
+        let in_a_row = c.in_a_row;
+        if self.limit > 0 && in_a_row >= self.limit {
+            return Err(self.error(format!("{in_a_row} updates in a row were skipped")));
         }
         Ok(())
     }
 
     /// At the end of a run: an error when updates were skipped and none was applied.
     pub fn finish(&self) -> Result<()> {
-        if self.applied == 0 && self.skipped > 0 {
+        if self.counts.applied == 0 && self.counts.skipped > 0 {
             return Err(self.error(format!(
-                "all {} updates since the run started (or resumed) were skipped",
-                self.skipped
+                "all {} updates of the run were skipped",
+                self.counts.skipped
             )));
         }
         Ok(())
     }
 
     fn error(&self, what: String) -> Error {
-        let first = self.first_bad_step.unwrap_or_default();
+        let first = self.counts.first_bad_step.unwrap_or_default();
         Error::Invalid(format!(
             "{}: {what} for a non-finite loss or gradient norm, the first at step {first} \
              ({}.optim.max_skipped_updates = {}); the run learns nothing, so it stops. The \
@@ -80,7 +97,7 @@ mod tests {
 
     #[test]
     fn a_run_of_skipped_updates_stops_naming_its_first_step() {
-        let mut g = SkipGuard::new("rl", 3);
+        let mut g = SkipGuard::new("rl", 3, SkipCounts::default());
         g.record(1, 2, 0).unwrap();
         g.record(2, 0, 1).unwrap();
         // An applied update starts the count again.
@@ -95,13 +112,30 @@ mod tests {
 
     #[test]
     fn a_run_without_an_applied_update_fails_at_the_end() {
-        let mut g = SkipGuard::new("sft", 0);
+        let mut g = SkipGuard::new("sft", 0, SkipCounts::default());
         for step in 1..=20 {
             g.record(step, 0, 1).unwrap();
         }
         let e = g.finish().unwrap_err().to_string();
-        assert!(e.contains("all 20 updates since the run started"), "{e}");
+        assert!(e.contains("all 20 updates of the run were skipped"), "{e}");
         assert!(e.contains("the first at step 1"), "{e}");
-        SkipGuard::new("sft", 5).finish().unwrap();
+        SkipGuard::new("sft", 5, SkipCounts::default())
+            .finish()
+            .unwrap();
+    }
+
+    #[test]
+    fn a_resumed_guard_goes_on_counting() {
+        let mut g = SkipGuard::new("rl", 3, SkipCounts::default());
+        g.record(1, 0, 1).unwrap();
+        g.record(2, 0, 1).unwrap();
+        let saved = serde_json::to_value(g.counts()).unwrap();
+        let counts: SkipCounts = serde_json::from_value(saved).unwrap();
+        let mut resumed = SkipGuard::new("rl", 3, counts);
+        let e = resumed.record(3, 0, 1).unwrap_err().to_string();
+        assert!(
+            e.contains("3 updates in a row") && e.contains("the first at step 1"),
+            "{e}"
+        );
     }
 }

@@ -382,7 +382,7 @@ fn a_run_whose_updates_are_all_skipped_fails_and_keeps_the_initial_weights() {
     .unwrap_err()
     .to_string();
     assert!(
-        e.contains("all 2 updates since the run started") && e.contains("the first at step 1"),
+        e.contains("all 2 updates of the run were skipped") && e.contains("the first at step 1"),
         "{e}"
     );
     // Each step's record says what happened; nothing was saved as if trained.
@@ -419,20 +419,23 @@ fn skipped_updates_in_a_row_stop_the_run_with_its_last_checkpoint() {
     let out = tempfile::tempdir().unwrap();
     let mut cfg = config(write_prompts(data.path(), &["mixed"; 4]), 6);
     cfg.optim.max_skipped_updates = 2;
-    let rewarder = BreaksAfter {
-        good: 1,
-        calls: Default::default(),
+    let go = |good: usize, resume: bool| {
+        let rewarder = BreaksAfter {
+            good,
+            calls: Default::default(),
+        };
+        rl::train::<B>(
+            &model(),
+            &run(out.path(), 1),
+            &cfg,
+            Some(Arc::new(rewarder)),
+            resume,
+            Default::default(),
+        )
+        .unwrap_err()
+        .to_string()
     };
-    let e = rl::train::<B>(
-        &model(),
-        &run(out.path(), 1),
-        &cfg,
-        Some(Arc::new(rewarder)),
-        false,
-        Default::default(),
-    )
-    .unwrap_err()
-    .to_string();
+    let e = go(1, false);
     assert!(
         e.contains("2 updates in a row were skipped")
             && e.contains("the first at step 2")
@@ -444,6 +447,14 @@ fn skipped_updates_in_a_row_stop_the_run_with_its_last_checkpoint() {
     assert_eq!(metrics(out.path()).len(), 3);
     let latest = std::fs::read_to_string(out.path().join("checkpoints/latest")).unwrap();
     assert_eq!(latest.trim(), "step-00000002");
+    // Resumed with the fault still there, the run goes on counting from its checkpoint: it
+    // stops at step 3 again, naming the same first step, not two steps later.
+    let e = go(0, true);
+    assert!(
+        e.contains("2 updates in a row were skipped") && e.contains("the first at step 2"),
+        "{e}"
+    );
+    assert_eq!(metrics(out.path()).len(), 3);
 }
 
 /// LoRA RL with a KL term against the base (the policy with its adapters off, no second model),
