@@ -3,7 +3,8 @@
 //! sampling on); a 2-worker run resumed on 1 worker ends where an uninterrupted 2-worker run
 //! does; a failing, panicking or silent worker stops the run with an error naming it; two
 //! processes on loopback (node ranks 0 and 1) train like one, and a killed peer stops the other
-//! within its timeout; `longrl sft|rl|pipeline --devices flex,flex` run from the command line.
+//! within its timeout, as does a judge outage on one worker; `longrl sft|rl|pipeline --devices
+//! flex,flex` run from the command line.
 
 use crate::common;
 
@@ -366,6 +367,68 @@ fn a_failing_worker_stops_the_run_and_is_named() {
     })
     .unwrap();
     assert_eq!(ranks, vec![1.0]);
+}
+
+/// [`EvenFirst`] until its worker's `good` calls are used, then the error a reward gives when its
+/// judge has been down longer than `judge_max_outage_s` under `judge_failure = "stop"`.
+struct JudgeDownAfter {
+    good: usize,
+    calls: std::sync::atomic::AtomicUsize,
+}
+
+impl Rewarder for JudgeDownAfter {
+    fn reward(&self, items: &[RewardItem<'_>]) -> longrl::Result<(Vec<RewardOutput>, RewardStats)> {
+        if self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < self.good {
+            return EvenFirst.reward(items);
+        }
+        Err(longrl::Error::Judge(
+            "judge at http://127.0.0.1:9 has been failing for 300.0 s".into(),
+        ))
+    }
+}
+
+/// A judge outage on one worker of a data-parallel RL run ends the whole run at once (not after
+/// the collective's timeout), naming the worker and the judge; the last checkpoint is intact.
+#[test]
+fn a_judge_outage_on_one_worker_stops_the_data_parallel_run() {
+    let data = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let mut cfg = rl_config(data.path(), 3, LossAggMode::TokenMean);
+    // One reward call per step and worker.
+    cfg.dynamic_sampling = false;
+    let run = run_section(out.path(), 1);
+    let model = model();
+    let t0 = Instant::now();
+    let err = launch(&plan(2), move |w: Worker| {
+        w.run::<Flex, _>(&Default::default(), || {
+            // Rank 1's judge goes down after the first step's rewards; rank 0's stays up.
+            let good = if w.rank == 1 { 1 } else { usize::MAX };
+            let rewarder = JudgeDownAfter {
+                good,
+                calls: Default::default(),
+            };
+            rl::train_with::<B>(
+                &model,
+                &run,
+                &cfg,
+                Some(Arc::new(rewarder)),
+                false,
+                Default::default(),
+                &w,
+            )
+        })
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("worker 1 (flex) failed") && err.contains("has been failing for 300.0 s"),
+        "{err}"
+    );
+    // The plan's collective timeout is 120 s: the peer learnt of the failure, it did not wait.
+    assert!(t0.elapsed() < Duration::from_secs(60), "{:?}", t0.elapsed());
+    let latest = std::fs::read_to_string(out.path().join("checkpoints/latest")).unwrap();
+    assert_eq!(latest.trim(), "step-00000001");
+    assert!(!out.path().join("final").exists());
 }
 
 /// A free loopback port whose next two ports (the data services of node ranks 0 and 1) are free too.
