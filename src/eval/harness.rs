@@ -2,7 +2,8 @@
 //! (template + middle truncation), generates `n` answers with a [`Responder`] (a longrl model or
 //! an OpenAI-compatible endpoint), scores them by rule and by the judge, and appends one JSON line
 //! per answer to `OUT/<benchmark>.jsonl` as it goes. A rerun skips the answers already there (and
-//! asks the judge again where it had failed), then writes `summary.json` and `summary.md`.
+//! asks the judge again where it had failed), then writes `summary.json` and `summary.md`. A
+//! judge that does not answer a test query is an error before any generation.
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::Write;
@@ -435,6 +436,18 @@ fn judge_records(judge: &dyn Judge, records: &mut [ItemRecord], asks: &[(usize, 
     }
 }
 
+/// Sends the judge its test query before any generation, so that a dead judge is an error at
+/// once rather than a whole run of `error` verdicts.
+fn check_judge(judge: &dyn Judge) -> Result<()> {
+    judge.check().map_err(|why| {
+        Error::Judge(format!(
+            "{} did not answer a test query: {why}. Start it (or fix --judge-url), or pass \
+             --judge-policy off to score by the rule alone",
+            judge.describe()
+        ))
+    })
+}
+
 /// Whether the judge's query about `r` failed (`error`, or `failed` in older answer files).
 fn judge_failed(r: &ItemRecord) -> bool {
     matches!(r.judge_verdict.as_deref(), Some("error" | "failed"))
@@ -478,6 +491,12 @@ pub fn run_eval(
         .iter()
         .map(|&bench| BenchPlan::new(bench, options, n))
         .collect::<Result<Vec<_>>>()?;
+    let judging = plans
+        .iter()
+        .any(|p| p.pending() > 0 || p.records.iter().any(judge_failed));
+    if let (Some(judge), true) = (&judge, judging && policy != JudgePolicy::Off) {
+        check_judge(judge.as_ref())?;
+    }
     let bar = progress_bar(options.quiet, plans.iter().map(BenchPlan::pending).sum());
 
     let mut answering = Answering {

@@ -404,6 +404,58 @@ fn on_failure_policy_skips_answers_the_rule_accepts() {
     assert!((summary.benchmarks["docmath"].accuracy - 200.0 / 3.0).abs() < 1e-9);
 }
 
+/// A judge whose server is down: its test query and every query fail.
+struct DeadJudge;
+
+impl Judge for DeadJudge {
+    fn judge(&self, queries: &[JudgeQuery]) -> Vec<JudgeOutcome> {
+        queries
+            .iter()
+            .map(|_| JudgeOutcome::failed("connection refused"))
+            .collect()
+    }
+
+    fn describe(&self) -> String {
+        "judge at http://127.0.0.1:9".into()
+    }
+
+    fn check(&self) -> Result<(), String> {
+        Err("connection refused".into())
+    }
+}
+
+#[test]
+fn a_dead_judge_is_refused_before_any_generation() {
+    let dir = tempfile::tempdir().unwrap();
+    let answered = Arc::new(Mutex::new(0));
+    let mut responder = Scripted {
+        answered: answered.clone(),
+    };
+    let opts = options(dir.path(), JudgePolicy::Every, 1);
+    let e = run_eval(&mut responder, None, Some(Arc::new(DeadJudge)), &opts)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("judge at http://127.0.0.1:9 did not answer a test query: connection refused")
+            && e.contains("--judge-policy off"),
+        "{e}"
+    );
+    assert_eq!(*answered.lock().unwrap(), 0);
+    assert!(!dir.path().join("docmath.jsonl").exists());
+    // Without the judge's policy, nothing asks it.
+    let off = options(dir.path(), JudgePolicy::Off, 1);
+    run_eval(&mut responder, None, Some(Arc::new(DeadJudge)), &off).unwrap();
+    // A finished evaluation with nothing left to judge is summarised again without the judge.
+    let done = tempfile::tempdir().unwrap();
+    let opts = options(done.path(), JudgePolicy::Every, 1);
+    let judge = Arc::new(ScriptedJudge {
+        seen: Mutex::new(Vec::new()),
+    });
+    let first = run_eval(&mut responder, None, Some(judge), &opts).unwrap();
+    let again = run_eval(&mut responder, None, Some(Arc::new(DeadJudge)), &opts).unwrap();
+    assert_eq!(again.benchmarks, first.benchmarks);
+}
+
 fn longrl() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_longrl"));
     c.arg("--device").arg("flex");
