@@ -458,14 +458,7 @@ fn draw_chart(
             .label(s.label)
             .legend(move |(x, y)| PathElement::new([(x, y), (x + 24, y)], color.stroke_width(3)));
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .label_font((FAMILY, 15))
-        .background_style(WHITE.mix(0.85))
-        .border_style(RGBColor(180, 180, 180))
-        .draw()
-        .map_err(fail)?;
+    draw_legend(&mut chart).map_err(fail)?;
     root.present().map_err(fail)
 }
 
@@ -542,6 +535,15 @@ pub fn plot_bars(
         });
         chart.draw_series(whiskers).map_err(fail)?;
     }
+    draw_legend(&mut chart).map_err(fail)?;
+    root.present().map_err(fail)
+}
+
+/// The series legend every chart shares: upper right, on a light box.
+fn draw_legend<'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, BitMapBackend<'a>, CT>,
+) -> std::result::Result<(), DrawingAreaErrorKind<<BitMapBackend<'a> as DrawingBackend>::ErrorType>>
+{
     chart
         .configure_series_labels()
         .position(SeriesLabelPosition::UpperRight)
@@ -549,8 +551,6 @@ pub fn plot_bars(
         .background_style(WHITE.mix(0.85))
         .border_style(RGBColor(180, 180, 180))
         .draw()
-        .map_err(fail)?;
-    root.present().map_err(fail)
 }
 
 fn draw_phase_label(
