@@ -16,6 +16,7 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 use crate::io::{write_atomic, JsonlReader};
+use crate::reward::judge::check_judge;
 use crate::reward::{Judge, JudgeQuery, Verdict};
 use crate::tokenizer::Tokenizer;
 
@@ -436,18 +437,6 @@ fn judge_records(judge: &dyn Judge, records: &mut [ItemRecord], asks: &[(usize, 
     }
 }
 
-/// Sends the judge its test query before any generation, so that a dead judge is an error at
-/// once rather than a whole run of `error` verdicts.
-fn check_judge(judge: &dyn Judge) -> Result<()> {
-    judge.check().map_err(|why| {
-        Error::Judge(format!(
-            "{} did not answer a test query: {why}. Start it (or fix --judge-url), or pass \
-             --judge-policy off to score by the rule alone",
-            judge.describe()
-        ))
-    })
-}
-
 /// Whether the judge's query about `r` failed (`error`, or `failed` in older answer files).
 fn judge_failed(r: &ItemRecord) -> bool {
     matches!(r.judge_verdict.as_deref(), Some("error" | "failed"))
@@ -494,8 +483,10 @@ pub fn run_eval(
     let judging = plans
         .iter()
         .any(|p| p.pending() > 0 || p.records.iter().any(judge_failed));
+    // A dead judge is an error before any generation, not a whole run of `error` verdicts.
     if let (Some(judge), true) = (&judge, judging && policy != JudgePolicy::Off) {
-        check_judge(judge.as_ref())?;
+        let without = "pass --judge-policy off to score by the rule alone";
+        check_judge(judge.as_ref(), "--judge-url", without)?;
     }
     let bar = progress_bar(options.quiet, plans.iter().map(BenchPlan::pending).sum());
 

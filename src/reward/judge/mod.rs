@@ -13,7 +13,7 @@ mod outage;
 
 pub use http::{HttpJudge, HttpJudgeConfig};
 pub use local::{LocalJudge, LocalJudgeConfig};
-pub use outage::{OutageNames, OutagePolicy, OutageWatch};
+pub use outage::{check_judge, OutageNames, OutagePolicy, OutageWatch};
 
 /// The question of a templated prompt, as the judge is shown it (the template is data's).
 pub use crate::data::template::question_from_prompt;

@@ -85,30 +85,36 @@ impl OutagePolicy {
     /// under `stop` (naming the judge, the reason and how to go on without it), a warning under
     /// `rule_only`.
     pub fn check(&self, judge: &dyn Judge) -> Result<()> {
-        let Err(why) = judge.check() else {
-            return Ok(());
-        };
         let names = self.names;
-        match self.on_failure {
-            JudgeFailure::Stop => Err(Error::Judge(format!(
-                "{}: {} did not answer a test query: {why}. Start it (or fix {}), or set {} to \
-                 score with the rule alone while it is down",
-                names.url,
-                judge.describe(),
-                names.url,
+        if self.on_failure == JudgeFailure::Stop {
+            let without = format!(
+                "set {} to score with the rule alone while it is down",
                 names.rule_only
-            ))),
-            JudgeFailure::RuleOnly => {
-                log::warn!(
-                    "{} did not answer a test query ({why}); going on, scoring with the rule \
-                     alone while it is down ({})",
-                    judge.describe(),
-                    names.rule_only
-                );
-                Ok(())
-            }
+            );
+            return check_judge(judge, names.url, &without);
         }
+        if let Err(why) = judge.check() {
+            log::warn!(
+                "{} did not answer a test query ({why}); going on, scoring with the rule alone \
+                 while it is down ({})",
+                judge.describe(),
+                names.rule_only
+            );
+        }
+        Ok(())
     }
+}
+
+/// Sends `judge` its test query ([`Judge::check`]) before any work; a failure is an error naming
+/// the setting `url` of the judge, the reason, and `without` (how to go on without the judge).
+/// The training reward and `longrl eval` refuse a dead judge with it.
+pub fn check_judge(judge: &dyn Judge, url: &str, without: &str) -> Result<()> {
+    judge.check().map_err(|why| {
+        Error::Judge(format!(
+            "{url}: {} did not answer a test query: {why}. Start it (or fix {url}), or {without}",
+            judge.describe()
+        ))
+    })
 }
 
 /// The outage in progress.
